@@ -1,0 +1,3 @@
+from nvramfs.cli import main
+
+raise SystemExit(main())
