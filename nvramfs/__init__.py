@@ -3,7 +3,7 @@
 Layers (arrows point down only; see docs/ARCHITECTURE.md):
 
     cli  ->  fuse  ->  mm      (the simulated kernel VM)
-                  \->  image   (the on-NVRAM format)
+                  `->  image   (the on-NVRAM format)
     everything -> events, errors
 """
 
