@@ -1,0 +1,369 @@
+"""The life of a mount: open the image, mount, serve, and always end cleanly.
+
+    nvramfs mount IMAGE DIR      fork; the child opens the image, builds mm and
+                                 the operations, calls pyfuse3.init (the mount
+                                 exists from here), and writes `OK` to a pipe;
+                                 the parent prints the log path and exits 0
+                                 (or prints the child's one-line error, exit 1).
+    serving                      trio.run: pyfuse3.main, a ticker calling
+                                 mm.tick() once a second (policy pass, dirty
+                                 expiry, counters) and flushing the log, and a
+                                 signal watcher (SIGINT/SIGTERM/SIGHUP end the
+                                 loop as an unmount would).
+    the end                      the kernel mount goes (fusermount3 -u, or we
+                                 unmount after a signal); then metadata and
+                                 every dirty frame are written back, orphans
+                                 freed, the `unmount` event written, the log
+                                 closed and the image closed clean.
+
+After `kill -9` nothing of the end runs; the image layer's journal keeps the
+image consistent, and the next mount sees `was_clean == False`, says what
+recovery did (stderr and the `mount` event's `recovered`).
+
+The pipe protocol (child -> parent), one line each: `MSG text` (print it to
+stderr), then `OK pid log` or `ERR exit_code text`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import pyfuse3
+import trio
+
+from nvramfs.errors import NvramfsError
+from nvramfs.events import schema
+from nvramfs.fuse.control import Control
+from nvramfs.fuse.options import PAGE_SIZE, MountOptions
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 1.0
+
+
+def check_mountpoint(mountpoint: str) -> str:
+    """The absolute mountpoint, or a one-line NvramfsError (exit 1) saying what is wrong."""
+    path = os.path.abspath(mountpoint)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NvramfsError(f"mountpoint {mountpoint} does not exist") from None
+    except OSError as exc:
+        raise NvramfsError(
+            f"mountpoint {mountpoint}: {exc.strerror}"
+            + (" (a dead FUSE mount? try fusermount3 -uz)" if exc.errno == 107 else "")
+        ) from None
+    import stat as stat_
+
+    if not stat_.S_ISDIR(st.st_mode):
+        raise NvramfsError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(path) or path in mounted_paths():
+        raise NvramfsError(f"mountpoint {mountpoint} is already a mountpoint")
+    return path
+
+
+def mounted_paths(fstype_prefix: str = "") -> set[str]:
+    """Mountpoints listed in /proc/mounts (optionally of types starting with a prefix)."""
+    out = set()
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2].startswith(fstype_prefix):
+                    out.add(parts[1].replace("\\040", " ").replace("\\011", "\t"))
+    except OSError:
+        pass
+    return out
+
+
+def daemon_log_path(event_log: str) -> str:
+    """Where a background daemon's Python log (warnings, tracebacks) goes."""
+    base = event_log[: -len(".events.jsonl")] if event_log.endswith(".events.jsonl") else event_log
+    return base + ".daemon.log"
+
+
+# --------------------------------------------------------------------- parent
+
+
+def mount(
+    image: str, mountpoint: str, opts: MountOptions, *, foreground: bool, debug: bool = False
+) -> int:
+    """`nvramfs mount`: returns 0 once the mount is ready (or when it ends, with -f)."""
+    image = os.path.abspath(image)
+    if not os.path.exists(image):
+        raise NvramfsError(f"image {image} does not exist")
+    mountpoint = check_mountpoint(mountpoint)
+    if foreground:
+        return serve(image, mountpoint, opts, report=_print_report, debug=debug)
+
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        code = 1
+        try:
+            os.close(r)
+            os.setsid()
+            _detach(opts.log_path(image), debug)
+            pipe = os.fdopen(w, "w", buffering=1)
+
+            def report(kind: str, text: str) -> None:
+                try:
+                    pipe.write(f"{kind} {text}\n")
+                except OSError:
+                    pass
+
+            code = serve(image, mountpoint, opts, report=report, debug=debug, pipe=pipe)
+        except BaseException:
+            logging.getLogger(__name__).exception("daemon failed")
+        finally:
+            os._exit(code)
+
+    os.close(w)
+    with os.fdopen(r) as pipe:
+        for line in pipe:
+            kind, _, text = line.rstrip("\n").partition(" ")
+            if kind == "MSG":
+                print(f"nvramfs: {text}", file=sys.stderr)
+            elif kind == "OK":
+                dpid, _, logpath = text.partition(" ")
+                print(f"mounted {image} on {mountpoint} (pid {dpid}); event log: {logpath}")
+                return 0
+            elif kind == "ERR":
+                code_s, _, msg = text.partition(" ")
+                os.waitpid(pid, 0)
+                raise NvramfsError(msg, int(code_s))
+    _, status = os.waitpid(pid, 0)
+    raise NvramfsError(f"the mount daemon exited before the mount was ready (status {status})")
+
+
+def _print_report(kind: str, text: str) -> None:
+    if kind == "MSG":
+        print(f"nvramfs: {text}", file=sys.stderr)
+    elif kind == "OK":
+        dpid, _, logpath = text.partition(" ")
+        print(f"serving in the foreground (pid {dpid}); event log: {logpath}", flush=True)
+    elif kind == "ERR":
+        code_s, _, msg = text.partition(" ")
+        raise NvramfsError(msg, int(code_s))
+
+
+def _detach(event_log: str, debug: bool) -> None:
+    """Daemon file descriptors: stdin from /dev/null, stdout/stderr to the daemon log.
+
+    The parent's stdout/stderr must not stay open here, or whoever captures
+    `nvramfs mount`'s output would wait for the daemon to exit."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    try:
+        out = os.open(daemon_log_path(event_log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        out = null
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+# --------------------------------------------------------------------- daemon
+
+
+def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
+    """The page-serving backend: the simulated MemoryManager, or NoSim for sim=off."""
+    if not opts.sim:
+        from nvramfs.fuse.nosim import NoSim
+
+        return NoSim(img)
+    from nvramfs.mm import MemoryManager
+
+    kw: dict[str, Any] = {"events": events}
+    params = inspect.signature(MemoryManager).parameters
+    if opts.policy is not None:
+        kw["policy"] = opts.policy
+    if "nr_nvram_pages" in params:
+        kw["nr_nvram_pages"] = img.nr_blocks
+    if opts.writeback is not None:
+        for name in ("writeback_seconds", "dirty_expire", "writeback", "dirty_expire_seconds"):
+            if name in params:
+                kw[name] = opts.writeback
+                break
+    return MemoryManager(img, opts.dram_pages, **kw)
+
+
+def serve(
+    image: str,
+    mountpoint: str,
+    opts: MountOptions,
+    *,
+    report: Any,
+    debug: bool = False,
+    pipe: Any = None,
+) -> int:
+    """Open, mount, serve until unmounted or signalled, then end cleanly. Returns the exit code."""
+    from nvramfs.events.writer import EventWriter
+    from nvramfs.fuse.operations import Operations
+    from nvramfs.image import Image
+
+    logpath = opts.log_path(image)
+    try:
+        img = Image.open(image, readonly=opts.readonly)
+    except NvramfsError as exc:
+        report("ERR", f"{exc.exit_code} {exc}")
+        return exc.exit_code
+    except OSError as exc:
+        report("ERR", f"1 image {image}: {exc.strerror or exc}")
+        return 1
+
+    recovered = not img.was_clean
+    if recovered:
+        what = "; ".join(getattr(img, "recovery", []) or []) or "journal replayed"
+        report("MSG", f"{image} was not cleanly unmounted; recovery ran: {what}")
+        log.warning("%s was not cleanly unmounted; recovery ran: %s", image, what)
+
+    events = None
+    mm = None
+    try:
+        events = EventWriter(logpath, trace_faults=opts.trace_faults)
+        mm = make_mm(img, opts, events)
+    except Exception as exc:
+        if events is not None:
+            events.close()
+        img.close(clean=True)
+        msg = (
+            str(exc)
+            if isinstance(exc, NvramfsError | ValueError | KeyError | OSError)
+            else repr(exc)
+        )
+        if isinstance(exc, ValueError | KeyError):
+            report("ERR", f"2 {msg}")
+            return 2
+        report("ERR", f"1 cannot start: {msg}")
+        return 1
+
+    policy = getattr(mm, "policy_name", None) or getattr(mm, "policy", None)
+    if not isinstance(policy, str):
+        policy = getattr(policy, "name", None) or opts.policy or "default"
+    info = {
+        "pid": os.getpid(),
+        "image": image,
+        "mountpoint": mountpoint,
+        "log": logpath,
+        "sim": opts.sim,
+        "cache": opts.cache,
+        "policy": policy,
+        "dram_pages": opts.dram_pages,
+        "recovered": recovered,
+    }
+    control = Control(mm, events, info)
+    ops = Operations(img, mm, events, cache=opts.cache, readonly=opts.readonly, control=control)
+    control.ops = ops
+    try:
+        pyfuse3.init(ops, mountpoint, opts.fuse_options(image))
+    except RuntimeError as exc:
+        mm.close()
+        events.close()
+        img.close(clean=True)
+        report("ERR", f"1 cannot mount on {mountpoint}: {exc}")
+        return 1
+
+    events.emit(
+        schema.MOUNT,
+        image=image,
+        dram_pages=opts.dram_pages,
+        page_size=PAGE_SIZE,
+        policy=policy,
+        pte_special=bool(getattr(mm, "pte_special", True)),
+        cache=opts.cache,
+        sim=opts.sim,
+        recovered=recovered,
+        wall=time.time(),
+        mountpoint=mountpoint,
+    )
+    events.flush()
+    report("OK", f"{os.getpid()} {logpath}")
+    if pipe is not None:
+        pipe.close()
+
+    signalled = False
+    try:
+        signalled = trio.run(_serve, ops, mm, events)
+    except BaseException as exc:
+        log.exception("the FUSE main loop failed: %s", exc)
+    finally:
+        _finish(ops, mm, events, img, unmount=True)
+    log.info("unmounted %s%s", mountpoint, " after a signal" if signalled else "")
+    return 0
+
+
+async def _serve(ops: Any, mm: Any, events: Any) -> bool:
+    """pyfuse3.main with the ticker and the signal watcher beside it."""
+    state = {"signalled": False}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_ticker, ops, mm, events)
+        nursery.start_soon(_signals, state)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+    return state["signalled"]
+
+
+async def _ticker(ops: Any, mm: Any, events: Any) -> None:
+    """Once a second: mm's policy pass and dirty expiry, sizes to the image, the log out."""
+    while True:
+        await trio.sleep(TICK_SECONDS)
+        try:
+            mm.tick()
+            ops.flush_all_meta()
+        except Exception as exc:
+            ops.translate("tick", exc)
+        try:
+            events.flush()
+        except Exception:
+            log.exception("cannot flush the event log")
+
+
+async def _signals(state: dict[str, bool]) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.warning("%s: unmounting", signal.Signals(signum).name)
+            state["signalled"] = True
+            pyfuse3.terminate()
+            return
+
+
+def _finish(ops: Any, mm: Any, events: Any, img: Any, *, unmount: bool) -> None:
+    """Unmount (if still mounted), write everything back, close log and image clean."""
+    try:
+        pyfuse3.close(unmount=unmount)
+    except Exception:
+        log.exception("pyfuse3.close failed")
+    clean = True
+    for what, step in (
+        ("shutdown", ops.shutdown),
+        ("mm.close", mm.close),
+    ):
+        try:
+            step()
+        except Exception as exc:
+            clean = False
+            ops.translate(what, exc)
+    try:
+        events.emit(schema.UNMOUNT, clean=clean)
+        events.close()
+    except Exception:
+        log.exception("cannot close the event log")
+    try:
+        img.close(clean=True)
+    except Exception:
+        log.exception("cannot close the image")

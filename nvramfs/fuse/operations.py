@@ -1,0 +1,813 @@
+"""The pyfuse3 Operations: FUSE requests translated into image and mm calls.
+
+Read this file first to find the data path: `read` clamps the byte range to
+EOF and hands it to `mm.read`, whose buffer (a memoryview of the image mmap for
+an XIP run, or of a pagecache frame) goes back to the kernel without a copy;
+`write` stores through `mm.write`, which copies XIP pages into frames
+(`pfn_mkwrite`, event `cow`). Namespace calls go to `nvramfs.image.Image`,
+where each one is a crash-consistent transaction.
+
+Gotchas, written down so nobody rediscovers them:
+
+- pyfuse3 lets only `FUSEError` out of a handler; anything else ends
+  `pyfuse3.main()` and with it the mount. Every handler is therefore wrapped
+  by `_handler`: image `FsError` becomes its errno, anything unexpected is
+  logged, emitted as an `error` event and answered with EIO; an mm BUG also
+  turns the mount read-only.
+- The kernel keeps a *lookup count* per inode: +1 for every successful
+  lookup/create/mkdir/mknod/symlink/link and every readdirplus entry it
+  accepts, -n with `forget`. An inode whose last name is unlinked while the
+  kernel still knows it (open, or merely cached) goes onto the image's orphan
+  list and is freed (`Image.release`) when both its lookup count and its open
+  count reach zero, or at unmount.
+- Attributes are cached here and in the kernel (timeouts > 0: with 0 the
+  kernel sends a GETATTR before every read). Size and mtime changed by writes
+  live in the cache and reach the image at flush/fsync/release, on the
+  once-a-second tick and at unmount; fsync makes them durable before it
+  returns.
+- `cache=direct` opens files with `direct_io` (every read reaches the
+  simulation; MAP_SHARED mmap is refused by the kernel, MAP_PRIVATE works);
+  `cache=kernel` keeps the kernel page cache (`keep_cache`).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from nvramfs.events import schema
+
+log = logging.getLogger(__name__)
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+NAME_MAX = 255
+
+# Attribute/entry timeouts given to the kernel. Every change to an inode goes
+# through this daemon, so the kernel's copy only goes stale through our own
+# replies, which carry fresh attributes; a long timeout costs nothing and
+# saves a GETATTR per request.
+ATTR_TIMEOUT = 60.0
+
+RESIDENCY_XATTR = b"user.nvramfs.residency"
+CTL_NAME = b".nvramfs"
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+
+
+def _fs_error_type() -> type[BaseException] | None:
+    try:
+        from nvramfs.image import FsError
+    except ImportError:  # the image layer is not there yet
+        return None
+    return FsError
+
+
+def _mm_bug_types() -> tuple[type[BaseException], ...]:
+    """The mm layer's BUG exception(s): a broken invariant of the simulated VM."""
+    try:
+        from nvramfs.mm.bug import MMBug
+    except ImportError:  # the mm layer is not there yet
+        return ()
+    return (MMBug,)
+
+
+def _handler(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a request handler so that only FUSEError ever leaves it.
+
+    An image `FsError` is the errno a kernel filesystem would give; anything
+    else is a bug: logged with its traceback, counted, emitted as an `error`
+    event and answered with EIO, and the daemon stays up.
+    """
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: Operations, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except FUSEError:
+            raise
+        except Exception as exc:
+            raise self.translate(name, exc) from None
+
+    return wrapper
+
+
+def _quiet_handler(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """For `forget` and friends, which must not raise at all."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: Operations, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except Exception as exc:
+            self.translate(name, exc)
+            return None
+
+    return wrapper
+
+
+class OpenFile:
+    """One open file handle: the inode, its cached attributes, and the control state."""
+
+    __slots__ = ("ino", "attr", "ctl", "writable")
+
+    def __init__(self, ino: int, attr: pyfuse3.EntryAttributes, writable: bool, ctl: Any = None):
+        self.ino = ino
+        self.attr = attr
+        self.writable = writable
+        self.ctl = ctl
+
+
+class Operations(pyfuse3.Operations):
+    """nvramfs as pyfuse3 sees it. `mm` is a MemoryManager, or the sim=off backend."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        img: Any,
+        mm: Any,
+        events: Any = None,
+        *,
+        cache: str = "direct",
+        readonly: bool = False,
+        control: Any = None,
+    ) -> None:
+        super().__init__()
+        self.img = img
+        self.mm = mm
+        self.events = events
+        self.readonly = readonly
+        self.direct_io = cache == "direct"
+        self.control = control
+        self.errors = 0
+        self._fs_error = _fs_error_type()
+        self._mm_bugs = _mm_bug_types()
+        self._root = int(img.root_ino)
+        if self._root != pyfuse3.ROOT_INODE:
+            raise RuntimeError(
+                f"image root inode is {self._root}; the FUSE layer expects {pyfuse3.ROOT_INODE}"
+            )
+        self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
+        self._meta_dirty: set[int] = set()  # size/mtime changed by writes, not yet in the image
+        self._nlookup: dict[int, int] = {}
+        self._nopen: dict[int, int] = {}
+        self._orphans: set[int] = set()  # unlinked, still known to the kernel
+        self._paths: dict[int, str] = {self._root: "/"}
+        self._fh: dict[int, OpenFile] = {}
+        self._next_fh = 1
+
+    # ------------------------------------------------------------------ errors
+
+    def translate(self, what: str, exc: BaseException) -> FUSEError:
+        """Turn an exception from a lower layer into the FUSEError to answer with."""
+        if isinstance(exc, FUSEError):
+            return exc
+        if self._fs_error is not None and isinstance(exc, self._fs_error):
+            return FUSEError(getattr(exc, "errno", None) or errno.EIO)
+        fatal = bool(self._mm_bugs) and isinstance(exc, self._mm_bugs)
+        self.errors += 1
+        log.error("%s: unexpected %s: %s", what, type(exc).__name__, exc, exc_info=exc)
+        if fatal and not self.readonly:
+            self.readonly = True
+            log.error("mm invariant broken: the mount is read-only from now on")
+        self.emit(schema.ERROR, what=f"{what}: {type(exc).__name__}: {exc}", fatal=fatal)
+        return FUSEError(errno.EIO)
+
+    def emit(self, ev: str, **fields: Any) -> None:
+        if self.events is not None:
+            try:
+                self.events.emit(ev, **fields)
+            except Exception:  # the log must never take a request down
+                log.exception("cannot emit %s event", ev)
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise FUSEError(errno.EROFS)
+
+    # -------------------------------------------------------------- attributes
+
+    def _attr(self, ino: int) -> pyfuse3.EntryAttributes:
+        entry = self._attrs.get(ino)
+        if entry is None:
+            entry = self._load(ino)
+        return entry
+
+    def _load(self, ino: int) -> pyfuse3.EntryAttributes:
+        """(Re)read the image's attributes into the cached EntryAttributes, in place.
+
+        Open files hold the cached object, so it is updated, never replaced.
+        Size and times changed by writes not yet flushed stay as they are.
+        """
+        a = self.img.getattr(ino)
+        entry = self._attrs.get(ino)
+        if entry is None:
+            entry = pyfuse3.EntryAttributes()
+            entry.st_ino = ino
+            entry.generation = 0
+            entry.entry_timeout = ATTR_TIMEOUT
+            entry.attr_timeout = ATTR_TIMEOUT
+            entry.st_blksize = PAGE_SIZE
+            self._attrs[ino] = entry
+        entry.st_mode = a.mode
+        entry.st_nlink = a.nlink
+        entry.st_uid = a.uid
+        entry.st_gid = a.gid
+        entry.st_rdev = a.rdev
+        entry.st_atime_ns = a.atime_ns
+        entry.st_blocks = a.blocks
+        if ino not in self._meta_dirty:
+            entry.st_size = a.size
+            entry.st_mtime_ns = a.mtime_ns
+            entry.st_ctime_ns = a.ctime_ns
+        return entry
+
+    def _refresh(self, *inos: int) -> None:
+        """Re-read cached attributes after a namespace call changed them."""
+        for ino in inos:
+            if ino in self._attrs:
+                try:
+                    self._load(ino)
+                except Exception:
+                    self._attrs.pop(ino, None)
+
+    def flush_meta(self, ino: int) -> None:
+        """Write size and times changed by writes into the image (one transaction)."""
+        if ino not in self._meta_dirty:
+            return
+        entry = self._attrs.get(ino)
+        self._meta_dirty.discard(ino)
+        if entry is None or ino in self._orphans and self._nlookup.get(ino, 0) == 0:
+            return
+        a = self.img.setattr(
+            ino, size=entry.st_size, mtime_ns=entry.st_mtime_ns, ctime_ns=entry.st_ctime_ns
+        )
+        entry.st_blocks = a.blocks
+
+    def flush_all_meta(self) -> None:
+        for ino in list(self._meta_dirty):
+            try:
+                self.flush_meta(ino)
+            except Exception as exc:
+                self.translate("flush_meta", exc)
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _remember(self, parent: int, name: bytes, ino: int) -> None:
+        """Count one kernel lookup of `ino` and name it in the log the first time."""
+        self._nlookup[ino] = self._nlookup.get(ino, 0) + 1
+        if ino not in self._paths:
+            self._name(parent, name, ino)
+
+    def _name(self, parent: int, name: bytes, ino: int) -> None:
+        base = self._paths.get(parent)
+        if base is None:
+            return
+        path = (base.rstrip("/") + "/" + os.fsdecode(name)) if name else base
+        self._paths[ino] = path
+        self.emit(schema.PATH, ino=ino, path=path)
+
+    def _maybe_reap(self, ino: int) -> None:
+        """Free an orphan once neither the kernel nor an open file knows it."""
+        if ino in self._orphans and not self._nlookup.get(ino) and not self._nopen.get(ino):
+            self._orphans.discard(ino)
+            self._meta_dirty.discard(ino)
+            self._attrs.pop(ino, None)
+            self._paths.pop(ino, None)
+            self.mm.evict_inode(ino)
+            self.img.release(ino)
+
+    def _ctx_ids(self, parent: int, ctx: pyfuse3.RequestContext, mode: int) -> tuple[int, int, int]:
+        """Owner, group and mode of a new inode, as the VFS would give them.
+
+        The umask is applied (idempotent if the kernel did already); a setgid
+        directory passes its group on, and its setgid bit to subdirectories.
+        """
+        mode = mode & ~(ctx.umask & 0o777)
+        gid = ctx.gid
+        pattr = self._attr(parent)
+        if pattr.st_mode & stat.S_ISGID:
+            gid = pattr.st_gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return ctx.uid, gid, mode
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise FUSEError(errno.ENAMETOOLONG)
+
+    def _is_ctl(self, ino: int) -> bool:
+        return self.control is not None and self.control.owns(ino)
+
+    # ----------------------------------------------------------------- lookup
+
+    @_handler
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """Find `name` in a directory. Success adds one to the inode's lookup count."""
+        if self.control is not None:
+            if parent_inode == self._root and name == CTL_NAME:
+                return self.control.attr(self.control.DIR)
+            if self.control.owns(parent_inode):
+                return self.control.attr(self.control.lookup(name))
+        self._check_name(name)
+        if name == b".":
+            ino = parent_inode
+        else:
+            ino = self.img.lookup(parent_inode, name)
+        entry = self._attr(ino)
+        self._remember(parent_inode, name if name not in (b".", b"..") else b"", ino)
+        return entry
+
+    @_quiet_handler
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        """The kernel dropped `nlookup` references; an orphan at zero is freed."""
+        for ino, n in inode_list:
+            left = self._nlookup.get(ino, 0) - n
+            if left > 0:
+                self._nlookup[ino] = left
+                continue
+            self._nlookup.pop(ino, None)
+            if ino in self._orphans:
+                self._maybe_reap(ino)
+            elif not self._nopen.get(ino) and ino not in self._meta_dirty:
+                self._attrs.pop(ino, None)
+
+    @_handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        """Attributes of an inode, from the cache (the image only on a miss)."""
+        if self._is_ctl(inode):
+            return self.control.attr(inode)
+        return self._attr(inode)
+
+    @_handler
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        """chmod/chown/truncate/utimens. UTIME_NOW arrives as a time pyfuse3 filled in,
+        UTIME_OMIT as a field not flagged. Any change stamps ctime."""
+        if self._is_ctl(inode):
+            return self.control.attr(inode)  # `echo cmd > ctl` truncates first: accept
+        self._check_writable()
+        cur = self._attr(inode)
+        now = time.time_ns()
+        kw: dict[str, int] = {}
+        if fields.update_size:
+            if stat.S_ISDIR(cur.st_mode):
+                raise FUSEError(errno.EISDIR)
+            if not stat.S_ISREG(cur.st_mode):
+                raise FUSEError(errno.EINVAL)
+            size = attr.st_size
+            if size < 0:
+                raise FUSEError(errno.EINVAL)
+            if size > cur.st_size:
+                # Grow: let the image refuse (EFBIG) before anything changes.
+                self.flush_meta(inode)
+                self.img.setattr(inode, size=size)
+                self.mm.truncate(inode, size)
+            else:
+                self.mm.truncate(inode, size)
+            kw["size"] = size
+            kw["mtime_ns"] = now
+            cur.st_size = size
+        if fields.update_mode:
+            kw["mode"] = stat.S_IFMT(cur.st_mode) | stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_atime:
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime_ns"] = attr.st_mtime_ns
+        kw["ctime_ns"] = attr.st_ctime_ns if fields.update_ctime else now
+        if inode in self._meta_dirty:
+            kw.setdefault("size", cur.st_size)
+            kw.setdefault("mtime_ns", cur.st_mtime_ns)
+            self._meta_dirty.discard(inode)
+        self.img.setattr(inode, **kw)
+        return self._load(inode)
+
+    @_handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        """Target of a symlink."""
+        return self.img.readlink(inode)
+
+    # -------------------------------------------------------------- namespace
+
+    async def _new_entry(self, parent: int, name: bytes, ino: int) -> pyfuse3.EntryAttributes:
+        self._refresh(parent)
+        entry = self._load(ino)
+        self._remember(parent, name, ino)
+        return entry
+
+    @_handler
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """Create a regular file, fifo, socket or device node (+1 lookup)."""
+        self._check_writable()
+        self._check_name(name)
+        uid, gid, mode = self._ctx_ids(parent_inode, ctx, mode)
+        ino = self.img.create(parent_inode, name, mode, uid, gid, rdev)
+        return await self._new_entry(parent_inode, name, ino)
+
+    @_handler
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """Create a directory (+1 lookup); the parent gains a link."""
+        self._check_writable()
+        self._check_name(name)
+        uid, gid, mode = self._ctx_ids(parent_inode, ctx, stat.S_IFDIR | (mode & 0o7777))
+        ino = self.img.mkdir(parent_inode, name, mode, uid, gid)
+        return await self._new_entry(parent_inode, name, ino)
+
+    @_handler
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """Create a symlink (+1 lookup)."""
+        self._check_writable()
+        self._check_name(name)
+        gid = ctx.gid
+        pattr = self._attr(parent_inode)
+        if pattr.st_mode & stat.S_ISGID:
+            gid = pattr.st_gid
+        ino = self.img.symlink(parent_inode, name, target, ctx.uid, gid)
+        return await self._new_entry(parent_inode, name, ino)
+
+    @_handler
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """A new name for an inode (+1 lookup); its nlink and ctime change."""
+        self._check_writable()
+        self._check_name(new_name)
+        self.img.link(inode, new_parent_inode, new_name)
+        self._orphans.discard(inode)
+        return await self._new_entry(new_parent_inode, new_name, inode)
+
+    def _in_use(self, ino: int) -> bool:
+        return bool(self._nlookup.get(ino) or self._nopen.get(ino))
+
+    def _after_unlink(self, ino: int, in_use: bool) -> None:
+        """The inode lost a name: if it was the last, it is an orphan or gone."""
+        try:
+            nlink = self.img.getattr(ino).nlink
+        except Exception:
+            nlink = 0
+        if nlink > 0:
+            self._refresh(ino)
+            return
+        if in_use:
+            self._orphans.add(ino)
+            entry = self._attrs.get(ino)
+            if entry is not None:
+                entry.st_nlink = 0
+        else:
+            self._attrs.pop(ino, None)
+            self._meta_dirty.discard(ino)
+            self.mm.evict_inode(ino)
+
+    @_handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        """Remove a name. An inode the kernel still knows (open or cached) stays
+        readable as an orphan until its last forget/release."""
+        self._check_writable()
+        self._check_name(name)
+        ino = self.img.lookup(parent_inode, name)
+        in_use = self._in_use(ino)
+        self.img.unlink(parent_inode, name, still_open=in_use)
+        self._refresh(parent_inode)
+        self._after_unlink(ino, in_use)
+
+    @_handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        """Remove an empty directory (ENOTEMPTY otherwise); the parent loses a link."""
+        self._check_writable()
+        self._check_name(name)
+        ino = self.img.lookup(parent_inode, name)
+        self.img.rmdir(parent_inode, name)
+        self._refresh(parent_inode)
+        self._attrs.pop(ino, None)
+
+    @_handler
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        """Move a name, atomically replacing an existing target (RENAME_NOREPLACE and
+        RENAME_EXCHANGE as the flags say). A replaced inode still in use is kept as
+        an orphan, like unlink."""
+        self._check_writable()
+        self._check_name(name_old)
+        self._check_name(name_new)
+        ino = self.img.lookup(parent_inode_old, name_old)
+        victim = None
+        try:
+            victim = self.img.lookup(parent_inode_new, name_new)
+        except Exception:
+            victim = None
+        if victim == ino:
+            victim = None
+        in_use = victim is not None and self._in_use(victim)
+        self._rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, victim, in_use)
+        self._refresh(parent_inode_old, parent_inode_new, ino)
+        if self._paths.get(ino) is not None or ino in self._nlookup:
+            self._name(parent_inode_new, name_new, ino)
+        if victim is not None:
+            if flags & pyfuse3.RENAME_EXCHANGE:
+                self._refresh(victim)
+                self._name(parent_inode_old, name_old, victim)
+            else:
+                self._after_unlink(victim, in_use)
+
+    def _rename(
+        self,
+        old_parent: int,
+        old_name: bytes,
+        new_parent: int,
+        new_name: bytes,
+        flags: int,
+        victim: int | None,
+        in_use: bool,
+    ) -> None:
+        self.img.rename(old_parent, old_name, new_parent, new_name, flags)
+
+    # ----------------------------------------------------------------- files
+
+    def _new_fh(self, of: OpenFile) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._fh[fh] = of
+        self._nopen[of.ino] = self._nopen.get(of.ino, 0) + 1
+        return fh
+
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+        if self.direct_io:
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+
+    @_handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        """Open a file; the handle is passed to read/write/flush/fsync/release."""
+        if self._is_ctl(inode):
+            return self.control.open(inode, flags, self)
+        writable = bool(flags & _WRITE_FLAGS)
+        if writable:
+            self._check_writable()
+        entry = self._attr(inode)
+        if stat.S_ISDIR(entry.st_mode):
+            raise FUSEError(errno.EISDIR)
+        fh = self._new_fh(OpenFile(inode, entry, writable))
+        return self._file_info(fh)
+
+    @_handler
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        """Create and open a regular file (+1 lookup)."""
+        self._check_writable()
+        self._check_name(name)
+        if parent_inode == self._root and name == CTL_NAME:
+            raise FUSEError(errno.EEXIST)
+        uid, gid, mode = self._ctx_ids(parent_inode, ctx, mode)
+        ino = self.img.create(parent_inode, name, mode, uid, gid, 0)
+        entry = await self._new_entry(parent_inode, name, ino)
+        fh = self._new_fh(OpenFile(ino, entry, True))
+        return self._file_info(fh), entry
+
+    @_handler
+    async def read(self, fh: int, off: int, size: int) -> Any:
+        """Read up to `size` bytes at `off`: short only at EOF (the kernel would
+        otherwise fill the rest with zeros). Zero copy: mm's buffer goes out as is."""
+        of = self._fh[fh]
+        if of.ctl is not None:
+            return of.ctl.read(off, size)
+        end = of.attr.st_size
+        if off >= end:
+            return b""
+        if off + size > end:
+            size = end - off
+        return self.mm.read(of.ino, off, size)
+
+    @_handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        """Store `buf` at `off` through mm (COW of XIP pages); all of it or an errno.
+        A write past EOF leaves a hole that reads as zeros."""
+        of = self._fh[fh]
+        if of.ctl is not None:
+            return of.ctl.write(off, buf)
+        if self.readonly:
+            raise FUSEError(errno.EROFS)
+        n = len(buf)
+        if n == 0:
+            return 0
+        self.reserve(of.ino, off, n)
+        self.mm.write(of.ino, off, buf)
+        entry = of.attr
+        if off + n > entry.st_size:
+            entry.st_size = off + n
+        entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
+        self._meta_dirty.add(of.ino)
+        return n
+
+    def reserve(self, ino: int, off: int, length: int) -> None:
+        """Reserve image blocks for the holes a write fills (ENOSPC now, not at writeback)."""
+
+    @_handler
+    async def flush(self, fh: int) -> None:
+        """close(2) of one descriptor (may come several times per handle): size and
+        times reach the image, so `ls -l` after a crash shows what was closed."""
+        of = self._fh[fh]
+        if of.ctl is None and of.writable:
+            self.flush_meta(of.ino)
+
+    @_handler
+    async def release(self, fh: int) -> None:
+        """The last descriptor of a handle is gone; an orphan may now be freed."""
+        of = self._fh.pop(fh)
+        if of.ctl is not None:
+            return
+        ino = of.ino
+        left = self._nopen.get(ino, 1) - 1
+        if left > 0:
+            self._nopen[ino] = left
+        else:
+            self._nopen.pop(ino, None)
+        self.flush_meta(ino)
+        self._maybe_reap(ino)
+
+    @_handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        """Write the file's dirty frames back and its size/times into the image;
+        returns only when both are durable."""
+        of = self._fh[fh]
+        if of.ctl is not None:
+            return
+        self.mm.fsync(of.ino)
+        self.flush_meta(of.ino)
+
+    # ------------------------------------------------------------ directories
+
+    @_handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        """Directories need no per-open state: the handle is the inode."""
+        if self._is_ctl(inode):
+            return inode
+        if not stat.S_ISDIR(self._attr(inode).st_mode):
+            raise FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """List entries after cookie `start_id` (the image's stable cookies, so
+        creations and removals between calls skip or repeat nothing). Each entry
+        the kernel accepts (readdirplus) adds one to that inode's lookup count."""
+        if self._is_ctl(fh):
+            self.control.readdir(start_id, token)
+            return
+        hide_ctl = fh == self._root and self.control is not None
+        for cookie, name, ino in self.img.readdir(fh, after=start_id):
+            if hide_ctl and name == CTL_NAME:
+                continue
+            entry = self._attr(ino)
+            if not pyfuse3.readdir_reply(token, name, entry, cookie):
+                break
+            self._remember(fh, name, ino)
+
+    @_handler
+    async def releasedir(self, fh: int) -> None:
+        """Nothing to free (see opendir)."""
+
+    @_handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        """Namespace calls are durable when they return: nothing left to do."""
+
+    # ------------------------------------------------------------------ misc
+
+    @_handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """Block and inode counts from the image (no scan); f_namemax is 255."""
+        s = self.img.statfs()
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = s.bsize
+        st.f_frsize = s.bsize
+        st.f_blocks = s.blocks
+        st.f_bfree = s.bfree
+        st.f_bavail = s.bfree
+        st.f_files = s.files
+        st.f_ffree = s.ffree
+        st.f_favail = s.ffree
+        st.f_namemax = getattr(s, "namemax", NAME_MAX) or NAME_MAX
+        return st
+
+    @_handler
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        """access(2) without default_permissions: the mode bits, as the VFS checks them."""
+        if self._is_ctl(inode):
+            return True
+        a = self._attr(inode)
+        if mode == os.F_OK:
+            return True
+        if ctx.uid == 0:
+            if mode & os.X_OK and not stat.S_ISDIR(a.st_mode):
+                return bool(a.st_mode & 0o111)
+            return True
+        if ctx.uid == a.st_uid:
+            bits = (a.st_mode >> 6) & 7
+        elif ctx.gid == a.st_gid or a.st_gid in pyfuse3.get_sup_groups(ctx.pid):
+            bits = (a.st_mode >> 3) & 7
+        else:
+            bits = a.st_mode & 7
+        return (mode & bits) == mode
+
+    # ----------------------------------------------------------------- xattrs
+
+    @_handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        """One xattr; `user.nvramfs.residency` is computed from mm (not stored, not listed)."""
+        if name == RESIDENCY_XATTR and not self._is_ctl(inode):
+            if not stat.S_ISREG(self._attr(inode).st_mode):
+                raise FUSEError(pyfuse3.ENOATTR)
+            return json.dumps(self.mm.residency(inode), sort_keys=True).encode()
+        if self._is_ctl(inode):
+            raise FUSEError(pyfuse3.ENOATTR)
+        return self.img.getxattr(inode, name)
+
+    @_handler
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        """Store an xattr in the image (user.* and friends; not system.* ACLs)."""
+        self._check_writable()
+        if self._is_ctl(inode):
+            raise FUSEError(errno.ENOTSUP)
+        if name == RESIDENCY_XATTR:
+            raise FUSEError(errno.EPERM)
+        if name.startswith(b"system."):
+            raise FUSEError(errno.ENOTSUP)
+        self.img.setxattr(inode, name, value)
+        self._refresh(inode)
+
+    @_handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        """Stored xattr names (the computed residency xattr is not listed)."""
+        if self._is_ctl(inode):
+            return []
+        return list(self.img.listxattr(inode))
+
+    @_handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        """Remove an xattr (ENODATA when there is none)."""
+        self._check_writable()
+        if self._is_ctl(inode) or name == RESIDENCY_XATTR:
+            raise FUSEError(errno.EPERM)
+        self.img.removexattr(inode, name)
+        self._refresh(inode)
+
+    # -------------------------------------------------------------- lifecycle
+
+    def sync_all(self, reason: str = schema.REASON_SYNC) -> None:
+        """Everything dirty to the image: frames (mm) and sizes/times (here)."""
+        self.mm.sync_all(reason)
+        self.flush_all_meta()
+
+    def shutdown(self) -> None:
+        """After pyfuse3.main returned: metadata out, orphans freed (the kernel will
+        send no more forgets). mm.close() (writeback of every frame) comes next."""
+        self.flush_all_meta()
+        self._nlookup.clear()
+        self._nopen.clear()
+        for ino in list(self._orphans):
+            try:
+                self._maybe_reap(ino)
+            except Exception as exc:
+                self.translate("release orphan", exc)

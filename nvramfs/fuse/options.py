@@ -1,0 +1,171 @@
+"""Mount options: `-o ro,dram=64M,policy=2q,...` parsed into a `MountOptions`.
+
+The same option string arrives from `nvramfs mount -o ...` and from mount(8)
+through `mount.fuse.nvramfs IMAGE DIR -o OPTS`; mount(8) and fuse3's
+`mount.fuse` add generic options (`rw`, `dev`, `nosuid`, `noatime`, `_netdev`,
+`x-systemd.*`, ...), which are accepted: the VFS flags among them are handed to
+libfuse, the rest (fstab-only words) are ignored. Anything else is a usage
+error (exit 2), so a typo never mounts with a default the user did not ask for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from nvramfs.errors import UsageError
+
+PAGE_SIZE = 4096
+DEFAULT_DRAM = 64 << 20
+
+# Option help, in the order `nvramfs mount --help` lists it.
+OPTION_HELP = [
+    ("ro / rw", "mount read-only / read-write (default rw)"),
+    ("allow_other", "let other users in (off by default; implies default_permissions)"),
+    ("default_permissions", "let the kernel check permissions from the mode bits"),
+    ("dram=SIZE", "DRAM budget of the simulated pagecache, e.g. 64M, 1G (default 64M)"),
+    ("policy=NAME", "migration policy of the mm layer (default: the mm layer's default)"),
+    ("log=PATH", "event log (default: IMAGE.events.jsonl beside the image)"),
+    (
+        "cache=direct|kernel",
+        "direct (default): every read/write reaches the simulation (direct_io; "
+        "MAP_SHARED mmap refused, MAP_PRIVATE works); kernel: the kernel page cache "
+        "sits in front, MAP_SHARED works, the simulation sees only the kernel's misses",
+    ),
+    ("sim=on|off", "off: serve straight from the image, no simulation (benchmark baseline)"),
+    ("trace_faults", "log one `fault` event per page fault (many)"),
+    ("writeback=SECONDS", "write dirty frames back after this long (default: mm's)"),
+]
+
+# VFS mount flags libfuse understands; passed on to the kernel mount.
+_VFS_FLAGS = {
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
+    "diratime",
+    "nodiratime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "lazytime",
+    "nolazytime",
+    "async",
+    "sync",
+    "dirsync",
+}
+# Words mount(8)/fstab use that mean nothing to the filesystem itself.
+_IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_netdev", "nofail"}
+_IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
+
+_SIZE_RE = re.compile(r"^(\d+)([KMGT]?)(i?B?)?$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """`64M` / `1G` / `4096` -> bytes (binary units; a trailing `B`/`iB` is allowed)."""
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        raise UsageError(f"bad size {text!r} (use e.g. 4096, 512K, 64M, 1G)")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+@dataclass
+class MountOptions:
+    """Everything `-o` can say, with the defaults of a plain `nvramfs mount`."""
+
+    readonly: bool = False
+    allow_other: bool = False
+    default_permissions: bool = False
+    dram_bytes: int = DEFAULT_DRAM
+    policy: str | None = None
+    log: str | None = None
+    cache: str = "direct"
+    sim: bool = True
+    trace_faults: bool = False
+    writeback: float | None = None
+    vfs_flags: list[str] = field(default_factory=list)
+
+    @property
+    def dram_pages(self) -> int:
+        return max(1, self.dram_bytes // PAGE_SIZE)
+
+    def log_path(self, image: str) -> str:
+        """The event log path: `log=` or `IMAGE.events.jsonl` beside the image."""
+        return os.path.abspath(self.log or image + ".events.jsonl")
+
+    def fuse_options(self, image: str) -> set[str]:
+        """The option set for `pyfuse3.init`: what df -T and /proc/mounts show."""
+        opts = {f"fsname={os.path.abspath(image)}", "subtype=nvramfs"}
+        if self.readonly:
+            opts.add("ro")
+        if self.allow_other:
+            opts.add("allow_other")
+        if self.default_permissions or self.allow_other:
+            opts.add("default_permissions")
+        opts.update(self.vfs_flags)
+        return opts
+
+
+def parse_options(groups: list[str] | None) -> MountOptions:
+    """Parse the `-o` arguments (each a comma-separated list; later words win)."""
+    opts = MountOptions()
+    for group in groups or []:
+        for word in group.split(","):
+            word = word.strip()
+            if word:
+                _apply(opts, word)
+    return opts
+
+
+def _apply(opts: MountOptions, word: str) -> None:
+    key, eq, value = word.partition("=")
+    if eq and not value and key not in ("log",):
+        raise UsageError(f"option {key!r} needs a value")
+    if word == "ro":
+        opts.readonly = True
+    elif word == "rw":
+        opts.readonly = False
+    elif word == "allow_other":
+        opts.allow_other = True
+    elif word == "default_permissions":
+        opts.default_permissions = True
+    elif word == "trace_faults":
+        opts.trace_faults = True
+    elif key == "dram" and eq:
+        opts.dram_bytes = parse_size(value)
+        if opts.dram_bytes < PAGE_SIZE:
+            raise UsageError(f"dram={value}: the budget must hold at least one 4 KiB frame")
+    elif key == "policy" and eq:
+        opts.policy = value
+    elif key == "log" and eq:
+        if not value:
+            raise UsageError("option 'log' needs a path")
+        opts.log = value
+    elif key == "cache" and eq:
+        if value not in ("direct", "kernel"):
+            raise UsageError(f"cache={value}: use cache=direct or cache=kernel")
+        opts.cache = value
+    elif key == "sim" and eq:
+        if value not in ("on", "off"):
+            raise UsageError(f"sim={value}: use sim=on or sim=off")
+        opts.sim = value == "on"
+    elif key == "writeback" and eq:
+        try:
+            opts.writeback = float(value)
+        except ValueError:
+            raise UsageError(f"writeback={value}: give seconds, e.g. writeback=5") from None
+        if not opts.writeback > 0:
+            raise UsageError(f"writeback={value}: must be more than 0 seconds")
+    elif word in _VFS_FLAGS:
+        opts.vfs_flags.append(word)
+    elif word in _IGNORED or word.startswith(_IGNORED_PREFIXES):
+        pass
+    else:
+        raise UsageError(f"unknown mount option {word!r} (see nvramfs mount --help)")
