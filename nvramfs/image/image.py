@@ -1,0 +1,1616 @@
+"""`Image`: the whole filesystem API over one image file (docs/ARCHITECTURE.md).
+
+Reads go straight to the mmap (numpy views, a few in-memory caches of parsed
+structures); every change is one journal transaction (journal.py) whose block
+images are built in memory and become durable together on commit. While a
+transaction is open, `_block()` returns its copy of a block, so an operation
+reads its own writes; an exception aborts the transaction and drops the caches
+it touched, so the image stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nvramfs.image import format as F
+from nvramfs.image import journal
+from nvramfs.image.errors import CorruptImage, FsError, NotAnImage
+from nvramfs.image.persist import Persist
+
+BS = F.BLOCK_SIZE
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+LINK_MAX = 65000
+MAX_PAGES = 1 << 32
+# Blocks kept back from statfs/reserve() so metadata (extent, directory,
+# xattr blocks) and writeback of reserved pages never hit ENOSPC.
+META_HEADROOM = 32
+
+_FTYPE = {
+    stat.S_IFREG: F.DT_REG,
+    stat.S_IFDIR: F.DT_DIR,
+    stat.S_IFLNK: F.DT_LNK,
+    stat.S_IFIFO: F.DT_FIFO,
+    stat.S_IFCHR: F.DT_CHR,
+    stat.S_IFBLK: F.DT_BLK,
+    stat.S_IFSOCK: F.DT_SOCK,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """What stat(2) needs. `blocks` is in 512-byte units, as st_blocks."""
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int
+    blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    bsize: int
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    namemax: int = F.NAME_MAX
+
+
+class _Ext:
+    """An inode's extent map, parsed: sorted int64 arrays + the chain blocks."""
+
+    __slots__ = ("lblk", "len", "pblk", "chain")
+
+    def __init__(self, lblk: np.ndarray, ln: np.ndarray, pblk: np.ndarray, chain: list[int]):
+        self.lblk, self.len, self.pblk, self.chain = lblk, ln, pblk, chain
+
+    def lookup(self, pages: np.ndarray) -> np.ndarray:
+        if not len(self.lblk):
+            return np.zeros(len(pages), np.int64)
+        i = np.searchsorted(self.lblk, pages, side="right") - 1
+        ic = np.maximum(i, 0)
+        inside = (i >= 0) & (pages < self.lblk[ic] + self.len[ic])
+        return np.where(inside, self.pblk[ic] + pages - self.lblk[ic], 0)
+
+
+class _Dir:
+    """A directory, parsed: per block a list of [off, rec_len, ino, ftype, name]."""
+
+    __slots__ = ("blocks", "names")
+
+    def __init__(self) -> None:
+        self.blocks: list[list[list]] = []
+        self.names: dict[bytes, tuple[int, int, int]] = {}  # name -> (ino, lblk, off)
+
+
+class _Txn:
+    __slots__ = ("blocks", "seal", "inos", "freed")
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, bytearray] = {}
+        self.seal: dict[int, tuple[int, int]] = {}
+        self.inos: set[int] = set()
+        self.freed = 0
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+def _check_name(name: bytes) -> None:
+    if not isinstance(name, bytes | bytearray):
+        raise TypeError("names are bytes")
+    if len(name) > F.NAME_MAX:
+        raise FsError(errno.ENAMETOOLONG)
+    if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+        raise FsError(errno.EINVAL, f"invalid name {name!r}")
+
+
+class Image:
+    """One nvramfs image, open. Not thread-safe: one trio thread calls it."""
+
+    # ------------------------------------------------------------------ open
+    def __init__(self) -> None:  # use Image.open / mkfs
+        self._mm: mmap.mmap | None = None
+        self._txn: _Txn | None = None
+        self._attrs: dict[int, Attr] = {}
+        self._exts: dict[int, _Ext] = {}
+        self._dirs: dict[int, _Dir] = {}
+        self._ihint = 2
+        self._bhint = 0
+        self.reserved = 0
+        self.readonly = True
+        self.was_clean = True
+        self.recovery: list[str] = []
+        self.root_ino = F.ROOT_INO
+        self.path = ""
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike, *, readonly: bool = False, persist: Persist | None = None
+    ) -> Image:
+        """Map the image and check what serving it needs, in O(1) of its size.
+
+        Checks both superblock copies, the journal and the root inode before
+        anything is written; then (writable) replays the journal, reclaims
+        orphans and marks the image in use. Readonly opens replay into a
+        private copy-on-write mapping, so the file is never modified.
+        """
+        img = cls()
+        img.path = str(path)
+        img.readonly = readonly
+        try:
+            fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
+        except FileNotFoundError:
+            raise NotAnImage(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise NotAnImage(f"{path}: is a directory") from None
+        except PermissionError:
+            raise NotAnImage(f"{path}: permission denied") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < 2 * BS:
+                raise NotAnImage(f"{path}: not an nvramfs image ({size} bytes, too short)")
+            access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
+            mm = mmap.mmap(fd, size, access=access)
+        finally:
+            os.close(fd)
+        img._attach(mm, size, persist)
+        try:
+            img._mount(size)
+        except BaseException:
+            img._release_map()
+            raise
+        return img
+
+    def _attach(self, mm: mmap.mmap, size: int, persist: Persist | None) -> None:
+        self._mm = mm
+        self._size = size
+        self._ro = memoryview(mm).toreadonly()
+        self.persist = persist or Persist()
+        self.persist.attach(mm)
+
+    def _release_map(self) -> None:
+        self._attrs.clear()
+        self._exts.clear()
+        self._dirs.clear()
+        self._ro.release()
+        with contextlib.suppress(BufferError):  # a caller still holds a block_view
+            self._mm.close()
+        self._mm = None
+
+    @staticmethod
+    def _check_sb(raw: memoryview, size: int) -> tuple[np.void | None, str]:
+        sb = np.frombuffer(raw[: F.SB_SIZE], F.SB_DTYPE)[0].copy()
+        if int(sb["magic"]) != F.MAGIC:
+            return None, "bad magic"
+        if F.sb_crc(raw[: F.SB_SIZE]) != int(sb["crc"]):
+            return None, "bad checksum"
+        if int(sb["version"]) != F.VERSION:
+            return None, f"unsupported version {int(sb['version'])}"
+        if int(sb["block_size"]) != BS:
+            return None, f"unsupported block size {int(sb['block_size'])}"
+        if int(sb["features"]) & ~F.FEATURES:
+            return None, f"unknown feature flags {int(sb['features']):#x}"
+        lay = F.Layout.from_sb(sb)
+        probs = lay.problems()
+        if probs:
+            return None, probs[0]
+        if lay.nr_blocks * BS > size:
+            return None, (
+                f"image truncated: superblock says {lay.nr_blocks * BS} bytes, file has {size}"
+            )
+        if int(sb["free_blocks"]) > lay.nr_blocks - lay.data_start:
+            return None, f"absurd free_blocks {int(sb['free_blocks'])}"
+        if int(sb["free_inodes"]) > lay.nr_inodes - 2:
+            return None, f"absurd free_inodes {int(sb['free_inodes'])}"
+        if int(sb["root_ino"]) != F.ROOT_INO:
+            return None, f"root inode {int(sb['root_ino'])} is not {F.ROOT_INO}"
+        if int(sb["orphan_head"]) >= lay.nr_inodes:
+            return None, f"orphan list head {int(sb['orphan_head'])} out of range"
+        return sb, ""
+
+    def _mount(self, size: int) -> None:
+        a, why_a = self._check_sb(self._ro[0:BS], size)
+        b, why_b = self._check_sb(self._ro[BS : 2 * BS], size)
+        if a is None and b is None:
+            magic_a = int.from_bytes(self._ro[0:8], "little") == F.MAGIC
+            magic_b = int.from_bytes(self._ro[BS : BS + 8], "little") == F.MAGIC
+            if not (magic_a or magic_b):
+                raise NotAnImage(f"{self.path}: not an nvramfs image (no superblock magic)")
+            raise CorruptImage(f"superblock (block 0): {why_a}; copy B (block 1): {why_b}")
+        self.sb_problems = []
+        if a is None:
+            self.sb_problems.append(f"superblock copy A (block 0): {why_a}")
+        if b is None:
+            self.sb_problems.append(f"superblock copy B (block 1): {why_b}")
+        if a is not None and b is not None and int(b["generation"]) > int(a["generation"]):
+            best = b
+        else:
+            best = a if a is not None else b
+        if (
+            a is not None
+            and b is not None
+            and bytes(self._ro[0 : F.SB_SIZE]) != bytes(self._ro[BS : BS + F.SB_SIZE])
+        ):
+            self.sb_problems.append("superblock copies A and B differ")
+        self._sb = best
+        self.L = F.Layout.from_sb(best)
+        self.nr_blocks = self.L.nr_blocks
+        self.was_clean = int(best["state"]) == F.STATE_CLEAN
+        # The journal: replay a committed transaction newer than the superblock.
+        jt = self._journal_txn()
+        replay = jt is not None and jt[0] > int(best["generation"])
+        if replay:
+            self._check_journal(jt)
+            self.was_clean = False
+        if replay and self.readonly:
+            self._remap_private()
+        if replay:
+            self._replay(jt)
+            self.recovery.append(f"journal replayed (transaction {jt[0]}, {len(jt[1])} blocks)")
+        # Root must be a directory we can read.
+        root = self._inode(F.ROOT_INO)
+        if not stat.S_ISDIR(int(root["mode"])):
+            raise CorruptImage(f"inode {F.ROOT_INO} (root): not a directory")
+        self.generation = int(self._sb["generation"])
+        if self.readonly:
+            return
+        bad_copy = bool(self.sb_problems)
+        self._reclaim_orphans()
+        with self._transaction() as txn:
+            self._sb["state"] = F.STATE_DIRTY
+            self._sb["mounts"] = int(self._sb["mounts"]) + 1
+            txn.blocks.setdefault(0, bytearray(BS))  # force a commit (rewrites both copies)
+        if bad_copy:
+            self.recovery.extend(f"rewrote {p}" for p in self.sb_problems)
+            self.sb_problems = []
+
+    def _remap_private(self) -> None:
+        """Readonly open that needs a replay: map the file copy-on-write."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            mm = mmap.mmap(fd, self._size, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(fd)
+        self._ro.release()
+        self._mm.close()
+        self._mm = mm
+        self._ro = memoryview(mm).toreadonly()
+        self.persist = Persist()  # never the caller's: nothing here is durable
+        self.persist.attach(mm)
+
+    def _journal_txn(self) -> tuple[int, dict[int, bytes]] | None:
+        L = self.L
+        area = self._ro[L.journal_start * BS : (L.journal_start + L.journal_blocks) * BS]
+        return journal.decode(area, journal.max_txn_blocks(L.journal_blocks))
+
+    def _check_journal(self, jt: tuple[int, dict[int, bytes]]) -> None:
+        """A committed transaction we would replay must be sane first."""
+        seq, blocks = jt
+        L = self.L
+        for home in blocks:
+            if home >= L.nr_blocks or L.journal_start <= home < L.bbitmap_start:
+                raise CorruptImage(f"journal (block {L.journal_start}): home block {home} invalid")
+        if 0 not in blocks or 1 not in blocks:
+            raise CorruptImage(f"journal (block {L.journal_start}): transaction lacks a superblock")
+        sb, why = self._check_sb(memoryview(blocks[0]), self._size)
+        if sb is None:
+            raise CorruptImage(f"journal (block {L.journal_start}): superblock image: {why}")
+        if F.Layout.from_sb(sb) != L or int(sb["generation"]) != seq:
+            raise CorruptImage(f"journal (block {L.journal_start}): superblock image mismatch")
+
+    def _replay(self, jt: tuple[int, dict[int, bytes]]) -> None:
+        journal.checkpoint(self.persist, jt[1])
+        self._sb = np.frombuffer(jt[1][0][: F.SB_SIZE], F.SB_DTYPE)[0].copy()
+
+    # ---------------------------------------------------------------- close
+    def close(self, clean: bool = True) -> None:
+        """Unmap; writable and `clean`: reclaim orphans, mark cleanly unmounted."""
+        if self._mm is None:
+            return
+        try:
+            if not self.readonly and clean:
+                if self.persist.bulk:  # end of mkfs: everything durable, then one journaled txn
+                    self.persist.sync()
+                    self.persist.bulk = False
+                self._reclaim_orphans()
+                with self._transaction() as txn:
+                    self._sb["state"] = F.STATE_CLEAN
+                    txn.blocks.setdefault(0, bytearray(BS))
+        finally:
+            self._release_map()
+
+    def __enter__(self) -> Image:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(clean=exc[0] is None)
+
+    # ------------------------------------------------------------ raw blocks
+    def _block(self, b: int) -> memoryview:
+        """Block `b` as this transaction sees it (its copy, else the mapping)."""
+        txn = self._txn
+        if txn is not None:
+            cur = txn.blocks.get(b)
+            if cur is not None:
+                return memoryview(cur)
+        return self._ro[b * BS : (b + 1) * BS]
+
+    def _wblock(self, b: int, kind: int = 0, owner: int = 0, fresh: bool = False) -> bytearray:
+        """The transaction's writable copy of block `b` (sealed with kind/owner at commit)."""
+        txn = self._txn
+        assert txn is not None, "write outside a transaction"
+        if not 0 < b < self.nr_blocks:
+            raise CorruptImage(f"write to block {b} outside the device")
+        cur = txn.blocks.get(b)
+        if cur is None:
+            cur = bytearray(BS) if fresh else bytearray(self._ro[b * BS : (b + 1) * BS])
+            txn.blocks[b] = cur
+        elif fresh:
+            cur[:] = bytes(BS)
+        if kind:
+            txn.seal[b] = (kind, owner)
+        return cur
+
+    def _check_block(self, b: int, kind: int, owner: int, what: str) -> memoryview:
+        L = self.L
+        if not L.data_start <= b < L.nr_blocks:
+            raise CorruptImage(f"{what}: block {b} outside the data area")
+        blk = self._block(b)
+        if self._txn is None or b not in self._txn.blocks:
+            why = F.check_tail(blk, b, kind, owner)
+            if why:
+                raise CorruptImage(f"{what} (block {b}): {why}")
+        return blk
+
+    # -------------------------------------------------------------- inodes
+    def _ino_loc(self, ino: int) -> tuple[int, int]:
+        if not 0 < ino < self.L.nr_inodes:
+            raise FsError(errno.ENOENT, f"inode {ino} out of range")
+        return self.L.itable_start + ino // F.INODES_PER_BLOCK, (ino % F.INODES_PER_BLOCK) * 256
+
+    def _inode(self, ino: int, allow_free: bool = False) -> np.void:
+        """Inode `ino` (checked); free inodes raise ENOENT unless allow_free."""
+        b, off = self._ino_loc(ino)
+        raw = self._block(b)[off : off + F.INODE_SIZE]
+        rec = np.frombuffer(raw, F.INODE_DTYPE)[0]
+        if int(rec["mode"]) == 0:
+            if allow_free:
+                return rec
+            raise FsError(errno.ENOENT, f"inode {ino} is free")
+        if self._txn is None or ino not in self._txn.inos:
+            if F.inode_crc(raw, ino) != int(rec["crc"]):
+                raise CorruptImage(f"inode {ino} (inode table block {b}): bad checksum")
+            if stat.S_IFMT(int(rec["mode"])) not in _FTYPE:
+                raise CorruptImage(f"inode {ino}: bad file type in mode {int(rec['mode']):#o}")
+        return rec
+
+    def _winode(self, ino: int) -> np.void:
+        b, off = self._ino_loc(ino)
+        blk = self._wblock(b)
+        self._txn.inos.add(ino)
+        return np.frombuffer(blk, F.INODE_DTYPE)[off // F.INODE_SIZE]
+
+    def getattr(self, ino: int) -> Attr:
+        """stat(2) of `ino`; cached until a transaction changes the inode."""
+        a = self._attrs.get(ino)
+        if a is not None:
+            return a
+        r = self._inode(ino)
+        a = Attr(
+            ino,
+            int(r["mode"]),
+            int(r["uid"]),
+            int(r["gid"]),
+            int(r["nlink"]),
+            int(r["size"]),
+            int(r["atime_ns"]),
+            int(r["mtime_ns"]),
+            int(r["ctime_ns"]),
+            int(r["rdev"]),
+            int(r["blocks"]) * (BS // 512),
+        )
+        if self._txn is None:
+            self._attrs[ino] = a
+        return a
+
+    # -------------------------------------------------------------- extents
+    def _ext(self, ino: int) -> _Ext:
+        e = self._exts.get(ino)
+        if e is None:
+            e = self._parse_ext(ino, self._inode(ino))
+            self._exts[ino] = e
+        return e
+
+    def _parse_ext(self, ino: int, rec: np.void) -> _Ext:
+        n = int(rec["nextents"])
+        L = self.L
+        if n > L.nr_blocks:
+            raise CorruptImage(f"inode {ino}: absurd extent count {n}")
+        if int(rec["flags"]) & F.IFLAG_INLINE_DATA:
+            if n or int(rec["ext_blk"]):
+                raise CorruptImage(f"inode {ino}: inline data and extents")
+            z = np.zeros(0, np.int64)
+            return _Ext(z, z.copy(), z.copy(), [])
+        parts = [np.frombuffer(rec["inline"].tobytes(), F.EXTENT_DTYPE, count=min(n, 8))]
+        chain: list[int] = []
+        left = n - min(n, 8)
+        b = int(rec["ext_blk"])
+        while left > 0:
+            if b == 0:
+                raise CorruptImage(f"inode {ino}: extent chain ends {left} extents early")
+            blk = self._check_block(b, F.KIND_EXTENT, ino, f"inode {ino} extent block")
+            cnt = int.from_bytes(blk[8:12], "little")
+            if not 0 < cnt <= min(left, F.EXTENTS_PER_BLOCK):
+                raise CorruptImage(f"inode {ino} extent block {b}: bad count {cnt}")
+            parts.append(np.frombuffer(blk[F.EXTBLK_HDR :], F.EXTENT_DTYPE, count=cnt).copy())
+            chain.append(b)
+            left -= cnt
+            b = int.from_bytes(blk[0:8], "little")
+        if b != 0:
+            raise CorruptImage(f"inode {ino}: extent chain longer than nextents {n}")
+        ext = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+        lb = ext["lblk"].astype(np.int64)
+        ln = ext["len"].astype(np.int64)
+        pb = ext["pblk"].astype(np.int64)
+        if n:
+            if (ln <= 0).any() or (lb + ln > MAX_PAGES).any():
+                raise CorruptImage(f"inode {ino}: extent with a bad length")
+            if (pb < L.data_start).any() or (pb + ln > L.nr_blocks).any():
+                i = int(np.flatnonzero((pb < L.data_start) | (pb + ln > L.nr_blocks))[0])
+                raise CorruptImage(
+                    f"inode {ino}: extent {i} (blocks {int(pb[i])}+{int(ln[i])}) "
+                    f"outside the device (data area {L.data_start}..{L.nr_blocks})"
+                )
+            if (lb[1:] < lb[:-1] + ln[:-1]).any():
+                raise CorruptImage(f"inode {ino}: extents overlap or are out of order")
+        return _Ext(lb, ln, pb, chain)
+
+    def _store_ext(self, ino: int, lb: np.ndarray, ln: np.ndarray, pb: np.ndarray) -> None:
+        """Write a new extent map (merging neighbours); rewrites only changed chain blocks."""
+        old = self._ext(ino)
+        if len(lb) > 1:
+            order = np.argsort(lb, kind="stable")
+            lb, ln, pb = lb[order], ln[order], pb[order]
+            join = (lb[:-1] + ln[:-1] == lb[1:]) & (pb[:-1] + ln[:-1] == pb[1:])
+            if join.any():
+                start = np.concatenate([[True], ~join])
+                grp = np.cumsum(start) - 1
+                ln = np.bincount(grp, weights=ln).astype(np.int64)
+                lb, pb = lb[start], pb[start]
+        n = len(lb)
+        rec = self._winode(ino)
+        arr = np.zeros(n, F.EXTENT_DTYPE)
+        arr["lblk"], arr["len"], arr["pblk"] = lb, ln, pb
+        inline = np.zeros(F.INLINE_EXTENTS, F.EXTENT_DTYPE)
+        inline[: min(n, 8)] = arr[:8]
+        rec["inline"] = inline.tobytes()
+        rec["nextents"] = n
+        rest = arr[8:]
+        need = -(-len(rest) // F.EXTENTS_PER_BLOCK)
+        chain = list(old.chain)
+        while len(chain) > need:
+            self._free_runs([(chain.pop(), 1)])
+            rec["blocks"] = int(rec["blocks"]) - 1
+        while len(chain) < need:
+            chain.append(self._alloc_meta(chain[-1] + 1 if chain else pb[-1] + 1))
+            rec["blocks"] = int(rec["blocks"]) + 1
+        rec["ext_blk"] = chain[0] if chain else 0
+        for i, b in enumerate(chain):
+            part = rest[i * F.EXTENTS_PER_BLOCK : (i + 1) * F.EXTENTS_PER_BLOCK]
+            body = bytearray(F.TAIL_OFF)
+            nxt = chain[i + 1] if i + 1 < len(chain) else 0
+            body[0:8] = nxt.to_bytes(8, "little")
+            body[8:12] = len(part).to_bytes(4, "little")
+            raw = part.tobytes()
+            body[F.EXTBLK_HDR : F.EXTBLK_HDR + len(raw)] = raw
+            cur = self._block(b)
+            if (
+                b in old.chain
+                and bytes(cur[: F.TAIL_OFF]) == bytes(body)
+                and not F.check_tail(cur, b, F.KIND_EXTENT, ino)
+            ):
+                continue
+            blk = self._wblock(b, F.KIND_EXTENT, ino, fresh=True)
+            blk[: F.TAIL_OFF] = body
+        self._exts[ino] = _Ext(lb.copy(), ln.copy(), pb.copy(), chain)
+
+    def bmap(self, ino: int, first: int, count: int) -> np.ndarray:
+        """NVRAM block of each page [first, first+count) of `ino`; 0 = hole."""
+        e = self._ext(ino)
+        if count == 1 and len(e.lblk):
+            i = int(np.searchsorted(e.lblk, first, side="right")) - 1
+            if i >= 0 and first < e.lblk[i] + e.len[i]:
+                return np.array([e.pblk[i] + first - e.lblk[i]], np.int64)
+            return np.zeros(1, np.int64)
+        return e.lookup(np.arange(first, first + count, dtype=np.int64))
+
+    def block_view(self, block: int, count: int = 1) -> memoryview:
+        """Blocks [block, block+count) as a read-only, zero-copy slice of the mapping."""
+        if not (0 < block and count >= 0 and block + count <= self.nr_blocks):
+            raise ValueError(f"blocks {block}+{count} outside the device ({self.nr_blocks})")
+        return self._ro[block * BS : (block + count) * BS]
+
+    # ----------------------------------------------------------- allocation
+    def _bitmap_bits(self, start: int, i: int) -> np.ndarray:
+        blk = self._block(start + i)
+        return np.unpackbits(np.frombuffer(blk[: F.PAYLOAD], np.uint8), bitorder="little")
+
+    def _find_free(
+        self, start: int, nbm: int, total: int, lo: int, want: int, goal: int
+    ) -> list[tuple[int, int]]:
+        """Up to `want` free bits in [lo, total), first from `goal` on, as runs."""
+        kind = F.KIND_BBITMAP if start == self.L.bbitmap_start else F.KIND_IBITMAP
+        runs: list[tuple[int, int]] = []
+        got = 0
+        goal = goal if lo <= goal < total else lo
+        g0 = goal // F.BITS_PER_BITMAP_BLOCK
+        for k in range(nbm + 1):
+            i = (g0 + k) % nbm
+            if k == nbm and g0 == 0:
+                break
+            blk = self._block(start + i)
+            if self._txn is None or (start + i) not in self._txn.blocks:
+                why = F.check_tail(blk, start + i, kind, start + i)
+                if why:
+                    raise CorruptImage(f"{F.KIND_NAMES[kind]} block {start + i}: {why}")
+            bits = self._bitmap_bits(start, i)
+            base = i * F.BITS_PER_BITMAP_BLOCK
+            free = np.flatnonzero(bits == 0) + base
+            first = goal if k == 0 else lo
+            if k == nbm:  # wrapped back to the goal's block: the part before goal
+                free = free[free < goal]
+            free = free[(free >= (first if k < nbm else lo)) & (free < total)]
+            if not len(free):
+                continue
+            brk = np.flatnonzero(np.diff(free) != 1) + 1
+            for seg in np.split(free, brk):
+                take = min(len(seg), want - got)
+                runs.append((int(seg[0]), take))
+                got += take
+                if got == want:
+                    return runs
+        return runs
+
+    def _set_bits(self, start: int, kind: int, first: int, n: int, value: int) -> None:
+        while n > 0:
+            i, bit = divmod(first, F.BITS_PER_BITMAP_BLOCK)
+            take = min(n, F.BITS_PER_BITMAP_BLOCK - bit)
+            blk = self._wblock(start + i, kind, start + i)
+            arr = np.frombuffer(blk, np.uint8, count=F.PAYLOAD)
+            bits = np.unpackbits(arr, bitorder="little")
+            seg = bits[bit : bit + take]
+            if (seg == value).any():
+                what = "allocated" if value else "freed"
+                raise CorruptImage(
+                    f"{F.KIND_NAMES[kind]} block {start + i}: bit {first} already {what}"
+                )
+            seg[:] = value
+            arr[:] = np.packbits(bits, bitorder="little")
+            first += take
+            n -= take
+
+    def _avail(self) -> int:
+        return int(self._sb["free_blocks"]) - self.reserved
+
+    def _alloc_blocks(self, want: int, goal: int, meta: bool) -> list[tuple[int, int]]:
+        """Allocate `want` blocks near `goal` (metadata must leave reservations alone)."""
+        free = int(self._sb["free_blocks"])
+        if want > (free - self.reserved if meta else free):
+            raise FsError(errno.ENOSPC)
+        L = self.L
+        runs = self._find_free(
+            L.bbitmap_start, L.bbitmap_blocks, L.nr_blocks, L.data_start, want, goal
+        )
+        if sum(n for _, n in runs) < want:
+            raise CorruptImage(
+                f"block bitmap: superblock counts {free} free blocks, bitmap has fewer"
+            )
+        for s, n in runs:
+            self._set_bits(L.bbitmap_start, F.KIND_BBITMAP, s, n, 1)
+        self._sb["free_blocks"] = free - want
+        self._bhint = runs[-1][0] + runs[-1][1]
+        return runs
+
+    def _alloc_meta(self, goal: int = 0) -> int:
+        return self._alloc_blocks(1, int(goal) or self._bhint, meta=True)[0][0]
+
+    def _free_runs(self, runs: Sequence[tuple[int, int]]) -> None:
+        L = self.L
+        total = 0
+        for s, n in runs:
+            s, n = int(s), int(n)
+            if n <= 0:
+                continue
+            if s < L.data_start or s + n > L.nr_blocks:
+                raise CorruptImage(f"free of blocks {s}+{n} outside the data area")
+            self._set_bits(L.bbitmap_start, F.KIND_BBITMAP, s, n, 0)
+            total += n
+        self._sb["free_blocks"] = int(self._sb["free_blocks"]) + total
+        if self._txn is not None:
+            self._txn.freed += total
+
+    def _alloc_inode(self) -> int:
+        L = self.L
+        if int(self._sb["free_inodes"]) <= 0:
+            raise FsError(errno.ENOSPC, "no free inodes")
+        runs = self._find_free(L.ibitmap_start, L.ibitmap_blocks, L.nr_inodes, 2, 1, self._ihint)
+        if not runs:
+            raise CorruptImage("inode bitmap: superblock counts free inodes, bitmap has none")
+        ino = runs[0][0]
+        self._set_bits(L.ibitmap_start, F.KIND_IBITMAP, ino, 1, 1)
+        self._sb["free_inodes"] = int(self._sb["free_inodes"]) - 1
+        self._ihint = ino + 1
+        return ino
+
+    def _free_inode(self, ino: int) -> None:
+        self._winode(ino)
+        b, off = self._ino_loc(ino)
+        self._txn.blocks[b][off : off + F.INODE_SIZE] = bytes(F.INODE_SIZE)
+        self._set_bits(self.L.ibitmap_start, F.KIND_IBITMAP, ino, 1, 0)
+        self._sb["free_inodes"] = int(self._sb["free_inodes"]) + 1
+        self._exts.pop(ino, None)
+        self._dirs.pop(ino, None)
+
+    # ---------------------------------------------------------- transactions
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[_Txn]:
+        """One crash-consistent update: all its blocks become durable together."""
+        if self.readonly:
+            raise FsError(errno.EROFS)
+        if self._mm is None:
+            raise FsError(errno.EBADF, "image closed")
+        assert self._txn is None, "nested transaction"
+        txn = _Txn()
+        snap = self._sb.copy()
+        hints = (self._ihint, self._bhint)
+        self._txn = txn
+        try:
+            yield txn
+        except BaseException:
+            self._txn = None
+            self._sb = snap
+            self._ihint, self._bhint = hints
+            for ino in txn.inos:
+                self._attrs.pop(ino, None)
+                self._exts.pop(ino, None)
+                self._dirs.pop(ino, None)
+            raise
+        try:
+            self._commit(txn)
+        finally:
+            self._txn = None
+            for ino in txn.inos:
+                self._attrs.pop(ino, None)
+
+    def _commit(self, txn: _Txn) -> None:
+        if not txn.blocks:
+            return
+        if len(txn.blocks) + 2 > journal.max_txn_blocks(self.L.journal_blocks):
+            raise FsError(errno.EFBIG, "transaction larger than the journal")
+        for ino in txn.inos:
+            b, off = self._ino_loc(ino)
+            blk = txn.blocks[b]
+            raw = memoryview(blk)[off : off + F.INODE_SIZE]
+            if int.from_bytes(raw[0:4], "little") == 0:
+                raw[:] = bytes(F.INODE_SIZE)
+            else:
+                raw[F.INODE_SIZE - 4 :] = F.inode_crc(raw, ino).to_bytes(4, "little")
+        for b, (kind, owner) in txn.seal.items():
+            F.seal_block(txn.blocks[b], kind, owner, b)
+        self.generation = int(self._sb["generation"]) + 1
+        self._sb["generation"] = self.generation
+        self._sb["write_time_ns"] = _now()
+        self._sb["crc"] = 0
+        raw = bytearray(self._sb.tobytes())
+        raw[F.SB_SIZE - 4 :] = F.sb_crc(raw).to_bytes(4, "little")
+        self._sb["crc"] = int.from_bytes(raw[F.SB_SIZE - 4 :], "little")
+        sbblk = bytes(raw) + bytes(BS - F.SB_SIZE)
+        txn.blocks[0] = bytearray(sbblk)
+        txn.blocks[1] = bytearray(sbblk)
+        if self.persist.bulk:
+            journal.checkpoint(self.persist, txn.blocks)
+        else:
+            journal.commit(self.persist, self.L.journal_start, self.generation, txn.blocks)
+
+    def _txn_room(self) -> int:
+        """Blocks the open transaction may still add (keeps slack for inodes and bitmaps)."""
+        return journal.max_txn_blocks(self.L.journal_blocks) - len(self._txn.blocks) - 8
+
+    # ---------------------------------------------------------- directories
+    def _dir(self, ino: int) -> _Dir:
+        d = self._dirs.get(ino)
+        if d is not None:
+            return d
+        rec = self._inode(ino)
+        if not stat.S_ISDIR(int(rec["mode"])):
+            raise FsError(errno.ENOTDIR)
+        size = int(rec["size"])
+        if size % BS:
+            raise CorruptImage(f"directory inode {ino}: size {size} not a multiple of {BS}")
+        nblk = size // BS
+        blocks = self.bmap(ino, 0, nblk) if nblk else np.zeros(0, np.int64)
+        d = _Dir()
+        for lb, pb in enumerate(blocks.tolist()):
+            if pb == 0:
+                raise CorruptImage(f"directory inode {ino}: hole at block {lb}")
+            blk = self._check_block(pb, F.KIND_DIR, ino, f"directory inode {ino}")
+            recs = self._parse_dirblock(ino, pb, blk)
+            d.blocks.append(recs)
+            for off, _rl, e_ino, _ft, name in recs:
+                if e_ino:
+                    if name in d.names:
+                        raise CorruptImage(
+                            f"directory inode {ino} block {pb}: duplicate name {name!r}"
+                        )
+                    d.names[name] = (e_ino, lb, off)
+        self._dirs[ino] = d
+        return d
+
+    def _parse_dirblock(self, dino: int, pb: int, blk: memoryview) -> list[list]:
+        recs = []
+        off = 0
+        where = f"directory inode {dino} block {pb}"
+        while off < F.PAYLOAD:
+            if off + F.DIRENT_HDR > F.PAYLOAD:
+                raise CorruptImage(f"{where}: record at {off} runs past the block")
+            e_ino = int.from_bytes(blk[off : off + 8], "little")
+            rl = int.from_bytes(blk[off + 8 : off + 10], "little")
+            nl = blk[off + 10]
+            ft = blk[off + 11]
+            if rl < F.DIRENT_HDR or rl % 8 or off + rl > F.PAYLOAD:
+                raise CorruptImage(f"{where}: record at {off} has bad length {rl}")
+            name = b""
+            if e_ino:
+                if not 0 < e_ino < self.L.nr_inodes:
+                    raise CorruptImage(f"{where}: entry at {off} names inode {e_ino} out of range")
+                if nl == 0 or F.dirent_len(nl) > rl:
+                    raise CorruptImage(f"{where}: entry at {off} has bad name length {nl}")
+                name = bytes(blk[off + F.DIRENT_HDR : off + F.DIRENT_HDR + nl])
+                if b"/" in name or b"\0" in name or name in (b".", b".."):
+                    raise CorruptImage(f"{where}: entry at {off} has an invalid name {name!r}")
+            recs.append([off, rl, e_ino, ft, name])
+            off += rl
+        return recs
+
+    def _write_dirblock(self, dino: int, lb: int) -> None:
+        d = self._dirs[dino]
+        pb = int(self._ext(dino).lookup(np.array([lb], np.int64))[0])
+        blk = self._wblock(pb, F.KIND_DIR, dino, fresh=True)
+        for off, rl, e_ino, ft, name in d.blocks[lb]:
+            blk[off : off + 8] = e_ino.to_bytes(8, "little")
+            blk[off + 8 : off + 10] = rl.to_bytes(2, "little")
+            blk[off + 10] = len(name)
+            blk[off + 11] = ft
+            blk[off + F.DIRENT_HDR : off + F.DIRENT_HDR + len(name)] = name
+        self._winode(dino)  # keeps the directory in the txn's touched set
+
+    def _dir_add(self, dino: int, name: bytes, ino: int, ftype: int) -> None:
+        d = self._dir(dino)
+        need = F.dirent_len(len(name))
+        for lb, recs in enumerate(d.blocks):
+            for k, r in enumerate(recs):
+                off, rl, e_ino, _ft, nm = r
+                used = F.dirent_len(len(nm)) if e_ino else 0
+                if rl - used >= need:
+                    if e_ino:
+                        r[1] = used
+                        recs.insert(k + 1, [off + used, rl - used, ino, ftype, name])
+                        d.names[name] = (ino, lb, off + used)
+                    else:
+                        r[2], r[3], r[4] = ino, ftype, name
+                        d.names[name] = (ino, lb, off)
+                    self._write_dirblock(dino, lb)
+                    return
+        # No room: grow the directory by one block.
+        lb = len(d.blocks)
+        e = self._ext(dino)
+        goal = int(e.pblk[-1] + e.len[-1]) if len(e.pblk) else self._bhint
+        pb = self._alloc_meta(goal)
+        self._store_ext(dino, np.append(e.lblk, lb), np.append(e.len, 1), np.append(e.pblk, pb))
+        rec = self._winode(dino)
+        rec["size"] = (lb + 1) * BS
+        rec["blocks"] = int(rec["blocks"]) + 1
+        d.blocks.append([[0, F.PAYLOAD, ino, ftype, name]])
+        d.names[name] = (ino, lb, 0)
+        self._write_dirblock(dino, lb)
+
+    def _dir_remove(self, dino: int, name: bytes) -> int:
+        d = self._dir(dino)
+        ino, lb, off = d.names.pop(name)
+        recs = d.blocks[lb]
+        k = next(i for i, r in enumerate(recs) if r[0] == off)
+        if k > 0:
+            recs[k - 1][1] += recs[k][1]
+            del recs[k]
+        else:
+            recs[0][2:] = [0, 0, b""]
+        self._write_dirblock(dino, lb)
+        return ino
+
+    def _dir_set(self, dino: int, name: bytes, ino: int, ftype: int) -> None:
+        """Point an existing entry at another inode (rename over a target)."""
+        d = self._dir(dino)
+        _old, lb, off = d.names[name]
+        r = next(r for r in d.blocks[lb] if r[0] == off)
+        r[2], r[3] = ino, ftype
+        d.names[name] = (ino, lb, off)
+        self._write_dirblock(dino, lb)
+
+    def lookup(self, parent: int, name: bytes) -> int:
+        """The inode `name` in directory `parent` names (ENOENT if none)."""
+        if name == b".":
+            self._dir(parent)
+            return parent
+        if name == b"..":
+            self._dir(parent)
+            return int(self._inode(parent)["parent"]) or parent
+        if len(name) > F.NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        hit = self._dir(parent).names.get(bytes(name))
+        if hit is None:
+            raise FsError(errno.ENOENT)
+        return hit[0]
+
+    def readdir(self, ino: int, after: int = 0) -> Iterator[tuple[int, bytes, int]]:
+        """Entries (cookie, name, ino) with cookie > `after`; "." and ".." are not listed.
+
+        A cookie is the entry's position (block * 4096 + offset + 1): entries
+        never move, so cookies stay valid across other entries' changes.
+        """
+        d = self._dir(ino)
+        out = []
+        for lb, recs in enumerate(d.blocks):
+            if (lb + 1) * BS <= after:
+                continue
+            for off, _rl, e_ino, _ft, name in recs:
+                cookie = lb * BS + off + 1
+                if e_ino and cookie > after:
+                    out.append((cookie, name, e_ino))
+        return iter(out)
+
+    def readlink(self, ino: int) -> bytes:
+        rec = self._inode(ino)
+        if not stat.S_ISLNK(int(rec["mode"])):
+            raise FsError(errno.EINVAL)
+        size = int(rec["size"])
+        if not 0 < size <= F.SYMLINK_MAX:
+            raise CorruptImage(f"symlink inode {ino}: bad target length {size}")
+        if int(rec["flags"]) & F.IFLAG_INLINE_DATA:
+            if size > F.INLINE_SIZE:
+                raise CorruptImage(f"symlink inode {ino}: inline target too long ({size})")
+            return rec["inline"].tobytes()[:size]
+        b = int(self.bmap(ino, 0, 1)[0])
+        if b == 0:
+            raise CorruptImage(f"symlink inode {ino}: no target block")
+        return bytes(self._block(b)[:size])
+
+    def statfs(self) -> StatFs:
+        """Counts from the superblock (no scan); reservations are not free."""
+        free = max(0, int(self._sb["free_blocks"]) - self.reserved - META_HEADROOM)
+        return StatFs(
+            BS,
+            self.nr_blocks,
+            free,
+            free,
+            self.L.nr_inodes - 1,
+            int(self._sb["free_inodes"]),
+        )
+
+    def reserve(self, nblocks: int) -> None:
+        """Promise `nblocks` to writeback: ENOSPC now (at write()) rather than later."""
+        if nblocks < 0:
+            raise ValueError("negative reservation")
+        if int(self._sb["free_blocks"]) - self.reserved - nblocks < META_HEADROOM:
+            raise FsError(errno.ENOSPC)
+        self.reserved += nblocks
+
+    def unreserve(self, nblocks: int) -> None:
+        self.reserved = max(0, self.reserved - nblocks)
+
+    # ------------------------------------------------------------ namespace
+    def _new_inode(self, mode: int, uid: int, gid: int, rdev: int = 0) -> tuple[int, np.void]:
+        ino = self._alloc_inode()
+        rec = self._winode(ino)
+        now = _now()
+        b, off = self._ino_loc(ino)
+        self._txn.blocks[b][off : off + F.INODE_SIZE] = bytes(F.INODE_SIZE)
+        rec["mode"], rec["uid"], rec["gid"], rec["nlink"] = mode, uid, gid, 1
+        rec["atime_ns"] = rec["mtime_ns"] = rec["ctime_ns"] = now
+        rec["rdev"] = rdev
+        rec["igen"] = self.generation & 0xFFFF_FFFF
+        self._exts[ino] = _Ext(*(np.zeros(0, np.int64) for _ in range(3)), [])
+        return ino, rec
+
+    def _touch_dir(self, dino: int, now: int | None = None) -> None:
+        rec = self._winode(dino)
+        rec["mtime_ns"] = rec["ctime_ns"] = now or _now()
+
+    def _prepare_add(self, parent: int, name: bytes) -> None:
+        _check_name(name)
+        if name in self._dir(parent).names:
+            raise FsError(errno.EEXIST)
+        if int(self._inode(parent)["nlink"]) == 0:
+            raise FsError(errno.ENOENT, "directory was removed")
+
+    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0) -> int:
+        """A new regular file or special file (fifo, char/block device, socket)."""
+        fmt = stat.S_IFMT(mode) or stat.S_IFREG
+        if fmt not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
+            raise FsError(errno.EINVAL, "create: not a file type")
+        if fmt not in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = 0
+        with self._transaction():
+            self._prepare_add(parent, name)
+            ino, _rec = self._new_inode(fmt | (mode & 0o7777), uid, gid, rdev)
+            self._dir_add(parent, name, ino, _FTYPE[fmt])
+            self._touch_dir(parent)
+        return ino
+
+    def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> int:
+        with self._transaction():
+            self._prepare_add(parent, name)
+            prec = self._winode(parent)
+            if int(prec["nlink"]) >= LINK_MAX:
+                raise FsError(errno.EMLINK)
+            ino, rec = self._new_inode(stat.S_IFDIR | (mode & 0o7777), uid, gid)
+            rec["nlink"] = 2
+            rec["parent"] = parent
+            self._dirs[ino] = _Dir()
+            self._dir_add(parent, name, ino, F.DT_DIR)
+            prec["nlink"] = int(prec["nlink"]) + 1
+            self._touch_dir(parent)
+        return ino
+
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> int:
+        if not target or b"\0" in target:
+            raise FsError(errno.EINVAL, "bad symlink target")
+        if len(target) > F.SYMLINK_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        with self._transaction():
+            self._prepare_add(parent, name)
+            ino, rec = self._new_inode(stat.S_IFLNK | 0o777, uid, gid)
+            rec["size"] = len(target)
+            if len(target) <= F.INLINE_SIZE:
+                rec["flags"] = F.IFLAG_INLINE_DATA
+                rec["inline"] = bytes(target).ljust(F.INLINE_SIZE, b"\0")
+            else:
+                b = self._alloc_meta()
+                blk = self._wblock(b, fresh=True)  # a data block, journaled with its inode
+                blk[: len(target)] = target
+                self._store_ext(
+                    ino, np.array([0], np.int64), np.array([1], np.int64), np.array([b], np.int64)
+                )
+                rec["blocks"] = 1
+            self._dir_add(parent, name, ino, F.DT_LNK)
+            self._touch_dir(parent)
+        return ino
+
+    def link(self, ino: int, new_parent: int, new_name: bytes) -> None:
+        with self._transaction():
+            rec = self._inode(ino)
+            if stat.S_ISDIR(int(rec["mode"])):
+                raise FsError(errno.EPERM, "hard link to a directory")
+            if int(rec["nlink"]) == 0:
+                raise FsError(errno.ENOENT)
+            if int(rec["nlink"]) >= LINK_MAX:
+                raise FsError(errno.EMLINK)
+            self._prepare_add(new_parent, new_name)
+            self._dir_add(new_parent, new_name, ino, _FTYPE[stat.S_IFMT(int(rec["mode"]))])
+            rec = self._winode(ino)
+            rec["nlink"] = int(rec["nlink"]) + 1
+            rec["ctime_ns"] = _now()
+            self._touch_dir(new_parent)
+
+    @staticmethod
+    def _is_open(still_open: bool | Callable[[int], bool], ino: int) -> bool:
+        return still_open(ino) if callable(still_open) else bool(still_open)
+
+    def _drop_link(self, ino: int, still_open: bool | Callable[[int], bool]) -> bool:
+        """nlink -= 1; at zero, free the inode or put it on the orphan list.
+
+        Returns True when the inode still has to be reclaimed after the commit
+        (too big to free in this transaction: it went onto the orphan list).
+        """
+        rec = self._winode(ino)
+        n = int(rec["nlink"]) - 1
+        rec["nlink"] = max(n, 0)
+        rec["ctime_ns"] = _now()
+        if n > 0:
+            return False
+        if self._is_open(still_open, ino) or not self._free_all(ino, final=True):
+            self._orphan_add(ino)
+            return not self._is_open(still_open, ino)
+        return False
+
+    def unlink(
+        self, parent: int, name: bytes, *, still_open: bool | Callable[[int], bool] = False
+    ) -> int:
+        """Remove a non-directory entry; returns its inode.
+
+        At nlink 0 the inode is freed, or, when `still_open` (a bool or a
+        predicate on the inode), put on the orphan list until `release(ino)`.
+        """
+        _check_name(name)
+        with self._transaction():
+            ino = self.lookup(parent, name)
+            if stat.S_ISDIR(int(self._inode(ino)["mode"])):
+                raise FsError(errno.EISDIR)
+            self._dir_remove(parent, name)
+            self._touch_dir(parent)
+            later = self._drop_link(ino, still_open)
+        if later:
+            self._reclaim(ino)
+        return ino
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        _check_name(name)
+        with self._transaction():
+            ino = self.lookup(parent, name)
+            rec = self._inode(ino)
+            if not stat.S_ISDIR(int(rec["mode"])):
+                raise FsError(errno.ENOTDIR)
+            if self._dir(ino).names:
+                raise FsError(errno.ENOTEMPTY)
+            self._dir_remove(parent, name)
+            prec = self._winode(parent)
+            prec["nlink"] = int(prec["nlink"]) - 1
+            self._touch_dir(parent)
+            self._winode(ino)["nlink"] = 0
+            if not self._free_all(ino, final=True):
+                raise FsError(errno.EFBIG, "directory too large to remove in one transaction")
+
+    def _is_ancestor(self, a: int, b: int) -> bool:
+        """Is directory `a` equal to `b` or above it?"""
+        seen = 0
+        while True:
+            if b == a:
+                return True
+            if b == F.ROOT_INO:
+                return False
+            b = int(self._inode(b)["parent"])
+            seen += 1
+            if b == 0 or seen > self.L.nr_inodes:
+                raise CorruptImage(f"directory loop or broken parent chain above inode {a}")
+
+    def rename(
+        self,
+        old_parent: int,
+        old_name: bytes,
+        new_parent: int,
+        new_name: bytes,
+        flags: int = 0,
+        *,
+        still_open: bool | Callable[[int], bool] = False,
+    ) -> None:
+        """rename(2)/renameat2 with RENAME_NOREPLACE or RENAME_EXCHANGE.
+
+        A replaced target that reaches nlink 0 is freed, or orphaned when
+        `still_open` says so (as for unlink).
+        """
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
+            RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
+            raise FsError(errno.EINVAL)
+        _check_name(old_name)
+        _check_name(new_name)
+        later = 0
+        with self._transaction():
+            src = self.lookup(old_parent, old_name)
+            srec = self._inode(src)
+            s_dir = stat.S_ISDIR(int(srec["mode"]))
+            s_ft = _FTYPE[stat.S_IFMT(int(srec["mode"]))]
+            self._dir(new_parent)
+            dst = self._dir(new_parent).names.get(new_name)
+            dst = dst[0] if dst else 0
+            if flags & RENAME_EXCHANGE:
+                if not dst:
+                    raise FsError(errno.ENOENT)
+                drec = self._inode(dst)
+                d_dir = stat.S_ISDIR(int(drec["mode"]))
+                if s_dir and self._is_ancestor(src, new_parent):
+                    raise FsError(errno.EINVAL)
+                if d_dir and self._is_ancestor(dst, old_parent):
+                    raise FsError(errno.EINVAL)
+                if src == dst:
+                    return
+                self._dir_set(old_parent, old_name, dst, _FTYPE[stat.S_IFMT(int(drec["mode"]))])
+                self._dir_set(new_parent, new_name, src, s_ft)
+                if old_parent != new_parent:
+                    if s_dir:
+                        self._winode(src)["parent"] = new_parent
+                    if d_dir:
+                        self._winode(dst)["parent"] = old_parent
+                    delta = int(s_dir) - int(d_dir)
+                    if delta:
+                        op, np_ = self._winode(old_parent), self._winode(new_parent)
+                        op["nlink"] = int(op["nlink"]) - delta
+                        np_["nlink"] = int(np_["nlink"]) + delta
+                now = _now()
+                for i in (src, dst):
+                    self._winode(i)["ctime_ns"] = now
+                self._touch_dir(old_parent, now)
+                self._touch_dir(new_parent, now)
+                return
+            if dst == src:
+                return  # two links to one inode: POSIX says do nothing
+            if s_dir and self._is_ancestor(src, new_parent):
+                raise FsError(errno.EINVAL, "rename a directory into itself")
+            if dst:
+                if flags & RENAME_NOREPLACE:
+                    raise FsError(errno.EEXIST)
+                drec = self._inode(dst)
+                d_dir = stat.S_ISDIR(int(drec["mode"]))
+                if s_dir and not d_dir:
+                    raise FsError(errno.ENOTDIR)
+                if d_dir and not s_dir:
+                    raise FsError(errno.EISDIR)
+                if d_dir and self._dir(dst).names:
+                    raise FsError(errno.ENOTEMPTY)
+            else:
+                _check_name(new_name)
+            if new_parent != old_parent and s_dir:
+                np_ = self._inode(new_parent)
+                if int(np_["nlink"]) >= LINK_MAX:
+                    raise FsError(errno.EMLINK)
+            now = _now()
+            self._dir_remove(old_parent, old_name)
+            if dst:
+                self._dir_set(new_parent, new_name, src, s_ft)
+                if d_dir:
+                    np_ = self._winode(new_parent)
+                    np_["nlink"] = int(np_["nlink"]) - 1
+                    self._winode(dst)["nlink"] = 0
+                    if not self._free_all(dst, final=True):
+                        raise FsError(errno.EFBIG, "directory too large to replace")
+                elif self._drop_link(dst, still_open):
+                    later = dst
+            else:
+                self._dir_add(new_parent, new_name, src, s_ft)
+            if s_dir and new_parent != old_parent:
+                self._winode(src)["parent"] = new_parent
+                op, np_ = self._winode(old_parent), self._winode(new_parent)
+                op["nlink"] = int(op["nlink"]) - 1
+                np_["nlink"] = int(np_["nlink"]) + 1
+            self._winode(src)["ctime_ns"] = now
+            self._touch_dir(old_parent, now)
+            self._touch_dir(new_parent, now)
+        if later:
+            self._reclaim(later)
+
+    # --------------------------------------------------------- freeing / orphans
+    def _free_tail(self, ino: int, npages: int) -> bool:
+        """Free the blocks of pages >= npages, as many as fit the transaction.
+
+        Returns True when none are left. Frees from the end, so each
+        transaction leaves a valid (shorter) map.
+        """
+        e = self._ext(ino)
+        lb, ln, pb = e.lblk, e.len, e.pblk
+        keep = lb + ln <= npages
+        if keep.all():
+            return True
+        cut = np.flatnonzero(~keep)
+        runs: list[tuple[int, int]] = []
+        new_lb, new_ln, new_pb = list(lb[keep]), list(ln[keep]), list(pb[keep])
+        bitmaps: set[int] = set()
+        room = self._txn_room() - len(e.chain)
+        done = True
+        for i in cut[::-1]:
+            s, n, p = int(lb[i]), int(ln[i]), int(pb[i])
+            first = max(s, npages)
+            lo_b = (p + first - s) // F.BITS_PER_BITMAP_BLOCK
+            span = set(range(lo_b, (p + n - 1) // F.BITS_PER_BITMAP_BLOCK + 1))
+            if len(bitmaps | span) > room:
+                done = False
+                new_lb.append(s)
+                new_ln.append(n)
+                new_pb.append(p)
+                continue
+            bitmaps |= span
+            runs.append((p + first - s, n - (first - s)))
+            if first > s:
+                new_lb.append(s)
+                new_ln.append(first - s)
+                new_pb.append(p)
+        rec = self._winode(ino)
+        self._free_runs(runs)
+        rec["blocks"] = int(rec["blocks"]) - sum(n for _, n in runs)
+        self._store_ext(
+            ino,
+            np.array(new_lb, np.int64),
+            np.array(new_ln, np.int64),
+            np.array(new_pb, np.int64),
+        )
+        return done
+
+    def _free_all(self, ino: int, final: bool) -> bool:
+        """Free every block of `ino`, then (final) the inode; False if it did not fit."""
+        rec = self._inode(ino)
+        if not (int(rec["flags"]) & F.IFLAG_INLINE_DATA):
+            if not self._free_tail(ino, 0):
+                return False
+        rec = self._winode(ino)
+        xb = int(rec["xattr_blk"])
+        if xb:
+            self._free_runs([(xb, 1)])
+            rec["xattr_blk"] = 0
+        if final:
+            self._free_inode(ino)
+        return True
+
+    def _orphan_add(self, ino: int) -> None:
+        rec = self._winode(ino)
+        if int(rec["flags"]) & F.IFLAG_ORPHAN:
+            return
+        rec["flags"] = int(rec["flags"]) | F.IFLAG_ORPHAN
+        rec["orphan_next"] = int(self._sb["orphan_head"])
+        self._sb["orphan_head"] = ino
+        self._sb["orphan_count"] = int(self._sb["orphan_count"]) + 1
+
+    def _orphan_remove(self, ino: int) -> None:
+        prev = 0
+        cur = int(self._sb["orphan_head"])
+        steps = 0
+        while cur and cur != ino:
+            prev = cur
+            cur = int(self._inode(cur, allow_free=True)["orphan_next"])
+            steps += 1
+            if steps > self.L.nr_inodes:
+                raise CorruptImage("orphan list: loop")
+        if cur != ino:
+            raise CorruptImage(f"orphan list: inode {ino} flagged orphan but not on the list")
+        nxt = int(self._inode(ino)["orphan_next"])
+        if prev:
+            self._winode(prev)["orphan_next"] = nxt
+        else:
+            self._sb["orphan_head"] = nxt
+        self._sb["orphan_count"] = max(0, int(self._sb["orphan_count"]) - 1)
+        rec = self._winode(ino)
+        rec["orphan_next"] = 0
+        rec["flags"] = int(rec["flags"]) & ~F.IFLAG_ORPHAN
+
+    def _reclaim(self, ino: int) -> None:
+        """Free an orphan (nlink 0) or finish its truncate, in as many transactions as needed."""
+        while True:
+            with self._transaction():
+                rec = self._inode(ino)
+                if int(rec["nlink"]) == 0:
+                    if self._free_all(ino, final=False):
+                        self._orphan_remove(ino)
+                        self._free_inode(ino)
+                        return
+                else:
+                    npages = -(-int(rec["size"]) // BS)
+                    if self._free_tail(ino, npages):
+                        self._orphan_remove(ino)
+                        return
+
+    def release(self, ino: int) -> None:
+        """Last close of `ino`: an orphan (nlink 0) is freed with its blocks now."""
+        try:
+            rec = self._inode(ino)
+        except FsError:
+            return
+        if int(rec["nlink"]) == 0 and int(rec["flags"]) & F.IFLAG_ORPHAN:
+            self._reclaim(ino)
+
+    def _reclaim_orphans(self) -> None:
+        n = 0
+        t = 0
+        while int(self._sb["orphan_head"]):
+            ino = int(self._sb["orphan_head"])
+            rec = self._inode(ino, allow_free=True)
+            if not int(rec["flags"]) & F.IFLAG_ORPHAN or int(rec["mode"]) == 0:
+                raise CorruptImage(f"orphan list: inode {ino} is not an orphan")
+            if int(rec["nlink"]) == 0:
+                n += 1
+            else:
+                t += 1
+            self._reclaim(ino)
+        if n:
+            self.recovery.append(f"reclaimed {n} orphan inode{'s' * (n != 1)}")
+        if t:
+            self.recovery.append(f"finished {t} interrupted truncate{'s' * (t != 1)}")
+
+    # -------------------------------------------------------------- setattr
+    def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        ctime_ns: int | None = None,
+    ) -> Attr:
+        """chmod/chown/truncate/utimens in one transaction; stamps ctime (and mtime on size).
+
+        Shrinking frees the blocks past the new end and zeroes the tail of the
+        last partial block (so a later extension reads zeros). Growing only
+        sets the size: pages past the old end read as holes. A shrink too big
+        for one transaction goes via the orphan list and is finished at once
+        (or by recovery after a crash).
+        """
+        later = False
+        with self._transaction():
+            rec = self._inode(ino)
+            fmt = stat.S_IFMT(int(rec["mode"]))
+            now = _now()
+            w = self._winode(ino)
+            if mode is not None:
+                w["mode"] = fmt | (mode & 0o7777)
+            if uid is not None:
+                w["uid"] = uid
+            if gid is not None:
+                w["gid"] = gid
+            if size is not None and size != int(rec["size"]):
+                if fmt == stat.S_IFDIR:
+                    raise FsError(errno.EISDIR)
+                if fmt != stat.S_IFREG:
+                    raise FsError(errno.EINVAL)
+                if not 0 <= size < MAX_PAGES * BS:
+                    raise FsError(errno.EFBIG)
+                old = int(rec["size"])
+                w["size"] = size
+                w["mtime_ns"] = now
+                if size < old:
+                    npages = -(-size // BS)
+                    if size % BS:
+                        b = int(self.bmap(ino, size // BS, 1)[0])
+                        if b:
+                            blk = self._wblock(b)  # journaled: the zeroing is atomic with the size
+                            blk[size % BS :] = bytes(BS - size % BS)
+                    if not self._free_tail(ino, npages):
+                        self._orphan_add(ino)
+                        later = True
+            if atime_ns is not None:
+                w["atime_ns"] = atime_ns
+            if mtime_ns is not None:
+                w["mtime_ns"] = mtime_ns
+            w["ctime_ns"] = ctime_ns if ctime_ns is not None else now
+        if later:
+            self._reclaim(ino)
+        return self.getattr(ino)
+
+    # ---------------------------------------------------------------- xattrs
+    def _xattrs(self, ino: int) -> dict[bytes, bytes]:
+        rec = self._inode(ino)
+        xb = int(rec["xattr_blk"])
+        if not xb:
+            return {}
+        blk = self._check_block(xb, F.KIND_XATTR, ino, f"inode {ino} xattr block")
+        out: dict[bytes, bytes] = {}
+        off = 0
+        while off + 4 <= F.PAYLOAD:
+            nl = blk[off]
+            if nl == 0:
+                break
+            vl = int.from_bytes(blk[off + 2 : off + 4], "little")
+            end = off + 4 + nl + vl
+            if end > F.PAYLOAD:
+                raise CorruptImage(f"inode {ino} xattr block {xb}: entry at {off} overruns")
+            out[bytes(blk[off + 4 : off + 4 + nl])] = bytes(blk[off + 4 + nl : end])
+            off = end
+        return out
+
+    def _store_xattrs(self, ino: int, xs: dict[bytes, bytes]) -> None:
+        body = b"".join(
+            bytes([len(k), 0]) + len(v).to_bytes(2, "little") + k + v for k, v in sorted(xs.items())
+        )
+        if len(body) > F.PAYLOAD:
+            raise FsError(errno.ENOSPC, "xattrs do not fit in one block")
+        rec = self._winode(ino)
+        xb = int(rec["xattr_blk"])
+        if not xs:
+            if xb:
+                self._free_runs([(xb, 1)])
+                rec["xattr_blk"] = 0
+                rec["blocks"] = int(rec["blocks"]) - 1
+            return
+        if not xb:
+            xb = self._alloc_meta()
+            rec["xattr_blk"] = xb
+            rec["blocks"] = int(rec["blocks"]) + 1
+        blk = self._wblock(xb, F.KIND_XATTR, ino, fresh=True)
+        blk[: len(body)] = body
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        v = self._xattrs(ino).get(bytes(name))
+        if v is None:
+            raise FsError(errno.ENODATA)
+        return v
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return list(self._xattrs(ino))
+
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        if not name or len(name) > F.NAME_MAX:
+            raise FsError(errno.ERANGE)
+        with self._transaction():
+            xs = self._xattrs(ino)
+            if flags & XATTR_CREATE and name in xs:
+                raise FsError(errno.EEXIST)
+            if flags & XATTR_REPLACE and name not in xs:
+                raise FsError(errno.ENODATA)
+            xs[bytes(name)] = bytes(value)
+            self._store_xattrs(ino, xs)
+            self._winode(ino)["ctime_ns"] = _now()
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        with self._transaction():
+            xs = self._xattrs(ino)
+            if xs.pop(bytes(name), None) is None:
+                raise FsError(errno.ENODATA)
+            self._store_xattrs(ino, xs)
+            self._winode(ino)["ctime_ns"] = _now()
+
+    # ------------------------------------------------------------- writeback
+    def write_pages(self, ino: int, indices: np.ndarray, pages: Sequence) -> np.ndarray:
+        """Write back whole pages; durable on return. Returns each page's block.
+
+        Ordered mode: the data is stored, flushed and fenced before the
+        transaction that maps new blocks commits, so a crash never exposes
+        garbage. A page whose block exists is rewritten *in place* (its pfn,
+        which mm may have mapped, stays valid; a power cut during the store
+        can tear that one page, as in ext4 data=ordered). Holes get new
+        blocks, taken from the reservation first. Sizes are not changed.
+        """
+        idx = np.asarray(indices, dtype=np.int64)
+        if len(idx) != len(pages):
+            raise ValueError("indices and pages differ in length")
+        rec = self._inode(ino)
+        if not stat.S_ISREG(int(rec["mode"])):
+            raise FsError(errno.EINVAL, "write_pages on a non-regular inode")
+        if self.readonly:
+            raise FsError(errno.EROFS)
+        if len(idx) and (idx.min() < 0 or idx.max() >= MAX_PAGES):
+            raise FsError(errno.EFBIG)
+        # Last write of a page index wins.
+        latest = {int(i): k for k, i in enumerate(idx.tolist())}
+        order = sorted(latest)
+        data = [self._page_bytes(pages[latest[i]]) for i in order]
+        pidx = np.array(order, dtype=np.int64)
+        out = np.zeros(len(pidx), np.int64)
+        done = 0
+        while done < len(pidx):
+            done += self._write_batch(ino, pidx, data, out, done)
+        result = np.zeros(len(idx), np.int64)
+        pos = {i: k for k, i in enumerate(order)}
+        for k, i in enumerate(idx.tolist()):
+            result[k] = out[pos[i]]
+        return result
+
+    @staticmethod
+    def _page_bytes(p: object) -> memoryview:
+        mv = memoryview(p).cast("B")
+        if len(mv) > BS:
+            raise ValueError("page larger than 4096 bytes")
+        return mv
+
+    def _write_batch(
+        self, ino: int, pidx: np.ndarray, data: list, out: np.ndarray, start: int
+    ) -> int:
+        """Write pages [start, ...) : in-place ones all, holes as many as one txn maps."""
+        blocks = self._ext(ino).lookup(pidx[start:])
+        holes = np.flatnonzero(blocks == 0)
+        limit = max(1, journal.max_txn_blocks(self.L.journal_blocks) // 4)
+        stop = len(blocks)
+        new_runs: list[tuple[int, int]] = []
+        if len(holes):
+            # Cap a batch so its bitmap and extent-block changes fit one transaction.
+            if len(holes) > 8192:
+                stop = int(holes[8192])
+                holes = holes[:8192]
+            e = self._ext(ino)
+            first_hole = int(pidx[start + holes[0]])
+            i = int(np.searchsorted(e.lblk, first_hole, side="right")) - 1
+            goal = int(e.pblk[i] + (first_hole - e.lblk[i])) if i >= 0 else self._bhint
+            if len(holes) > int(self._sb["free_blocks"]):
+                raise FsError(errno.ENOSPC)
+            L = self.L
+            new_runs = self._find_free(
+                L.bbitmap_start, L.bbitmap_blocks, L.nr_blocks, L.data_start, len(holes), goal
+            )
+            if sum(n for _, n in new_runs) < len(holes):
+                raise CorruptImage("block bitmap: fewer free blocks than the superblock counts")
+            if len(new_runs) > limit:
+                new_runs = new_runs[:limit]
+                n_ok = sum(n for _, n in new_runs)
+                stop = int(holes[n_ok]) if n_ok < len(holes) else stop
+                holes = holes[:n_ok]
+            newb = np.concatenate([np.arange(s, s + n, dtype=np.int64) for s, n in new_runs])
+            blocks[holes] = newb[: len(holes)]
+        blocks = blocks[:stop]
+        # 1. data: coalesce runs of consecutive blocks into one store + flush.
+        k = 0
+        while k < len(blocks):
+            j = k
+            while j + 1 < len(blocks) and blocks[j + 1] == blocks[j] + 1:
+                j += 1
+            buf = b"".join(
+                bytes(d) if len(d) == BS else bytes(d) + bytes(BS - len(d))
+                for d in data[start + k : start + j + 1]
+            )
+            off = int(blocks[k]) * BS
+            self.persist.store(off, buf)
+            self.persist.flush(off, len(buf))
+            k = j + 1
+        if len(blocks):
+            self.persist.fence()
+        out[start : start + len(blocks)] = blocks
+        # 2. metadata: map the new blocks (ordered after the data above).
+        if len(holes):
+            with self._transaction():
+                runs = self._alloc_blocks_exact(new_runs)
+                e = self._ext(ino)
+                hp = pidx[start + holes]
+                hb = blocks[holes]
+                brk = np.flatnonzero((np.diff(hp) != 1) | (np.diff(hb) != 1)) + 1
+                starts = np.concatenate([[0], brk])
+                lens = np.diff(np.concatenate([starts, [len(hp)]]))
+                self._store_ext(
+                    ino,
+                    np.concatenate([e.lblk, hp[starts]]),
+                    np.concatenate([e.len, lens]),
+                    np.concatenate([e.pblk, hb[starts]]),
+                )
+                rec = self._winode(ino)
+                rec["blocks"] = int(rec["blocks"]) + runs
+            self.unreserve(len(holes))
+        return len(blocks)
+
+    def _alloc_blocks_exact(self, runs: list[tuple[int, int]]) -> int:
+        """Mark exactly these (planned, free) runs allocated in the open transaction."""
+        total = sum(n for _, n in runs)
+        if total > int(self._sb["free_blocks"]):
+            raise FsError(errno.ENOSPC)
+        for s, n in runs:
+            self._set_bits(self.L.bbitmap_start, F.KIND_BBITMAP, s, n, 1)
+        self._sb["free_blocks"] = int(self._sb["free_blocks"]) - total
+        self._bhint = runs[-1][0] + runs[-1][1]
+        return total
+
+    # ----------------------------------------------------------- inspection
+    @property
+    def superblock(self) -> dict:
+        """The superblock fields (for `info`), as plain Python values."""
+        out = {}
+        for name in F.SB_DTYPE.names:
+            if name in ("pad",):
+                continue
+            v = self._sb[name]
+            out[name] = v.tobytes().hex() if name == "uuid" else int(v)
+        return out
+
+    def features(self) -> list[str]:
+        f = int(self._sb["features"])
+        return [n for bit, n in F.FEATURE_NAMES.items() if f & bit]
+
+
+def path_of(p: str | os.PathLike) -> Path:
+    return Path(p)

@@ -1,0 +1,121 @@
+"""The one way bytes reach the image: store, flush, fence.
+
+Real NVRAM makes a store durable only once its cache lines are flushed
+(clwb) and a fence (sfence) orders the flush before what follows. Here the
+image is a shared file mapping: `store` writes the mapping, `flush` is msync
+of the range, `fence` marks the ordering point (msync is synchronous, so it is
+a no-op at run time). Every store to an image goes through a `Persist`, so the
+crash model below is complete.
+
+`RecordingPersist` also logs every store, flush and fence. `crash_images()`
+rebuilds the image as a power cut right after each fence would leave it: a
+store survives only if a flush covering it was issued before that fence;
+everything else is dropped. Tests check fsck and acknowledged updates on every
+one of those images.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+PAGE = mmap.PAGESIZE
+
+
+class Persist:
+    """store/flush/fence over one mmap; subclass to observe them."""
+
+    def __init__(self) -> None:
+        self._mm: mmap.mmap | None = None
+        self.bulk = False  # mkfs: no flushes until the final sync()
+
+    def attach(self, mm: mmap.mmap) -> None:
+        """Bind to the image mapping (Image.open does this)."""
+        self._mm = mm
+
+    def store(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        self._mm[offset : offset + n] = data
+
+    def flush(self, offset: int, length: int) -> None:
+        """Make the stores in [offset, offset+length) durable (msync)."""
+        if self.bulk or length <= 0:
+            return
+        start = offset - offset % PAGE
+        self._mm.flush(start, offset + length - start)
+
+    def fence(self) -> None:
+        """Order every flush before it ahead of every store after it."""
+
+    def sync(self) -> None:
+        """Flush the whole mapping (end of a bulk build)."""
+        self._mm.flush()
+
+
+@dataclass
+class Op:
+    kind: str  # "store" | "flush" | "fence"
+    offset: int = 0
+    data: bytes = b""
+    length: int = 0
+
+
+@dataclass
+class RecordingPersist(Persist):
+    """A Persist that logs every operation, for power-cut tests."""
+
+    log: list[Op] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        Persist.__init__(self)
+
+    def store(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self.log.append(Op("store", offset, bytes(data)))
+        super().store(offset, data)
+
+    def flush(self, offset: int, length: int) -> None:
+        self.log.append(Op("flush", offset, length=length))
+        super().flush(offset, length)
+
+    def fence(self) -> None:
+        self.log.append(Op("fence"))
+
+    def sync(self) -> None:
+        self.log.append(Op("flush", 0, length=len(self._mm)))
+        self.log.append(Op("fence"))
+        super().sync()
+
+    def fences(self) -> int:
+        return sum(1 for op in self.log if op.kind == "fence")
+
+    def crash_images(self, base: bytes) -> Iterator[tuple[int, bytes]]:
+        """Yield (fence number, image bytes) for a power cut right after each fence.
+
+        `base` is the image as it was when recording started. A store counts
+        only if a flush that covers it (issued after the store) precedes the
+        fence; unflushed or unfenced stores are lost, as on real NVRAM.
+        """
+        img = bytearray(base)
+        pending: list[Op] = []  # stored, not yet flushed
+        flushed: list[Op] = []  # flushed, waiting for a fence
+        nfence = 0
+        yield 0, bytes(img)
+        for op in self.log:
+            if op.kind == "store":
+                pending.append(op)
+            elif op.kind == "flush":
+                lo, hi = op.offset, op.offset + op.length
+                keep = []
+                for st in pending:
+                    if lo <= st.offset and st.offset + len(st.data) <= hi:
+                        flushed.append(st)
+                    else:
+                        keep.append(st)
+                pending = keep
+            else:
+                for st in flushed:
+                    img[st.offset : st.offset + len(st.data)] = st.data
+                flushed = []
+                nfence += 1
+                yield nfence, bytes(img)
