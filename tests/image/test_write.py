@@ -1,0 +1,241 @@
+"""The write API: every namespace call, setattr/truncate, xattrs, writeback, orphans."""
+
+from __future__ import annotations
+
+import errno
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nvramfs.image import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, FsError, Image
+
+PAGE = 4096
+
+
+def page(fill: int) -> bytes:
+    return bytes([fill]) * PAGE
+
+
+def names(img: Image, ino: int) -> list[bytes]:
+    return sorted(n for _, n, _ in img.readdir(ino))
+
+
+def read(img: Image, ino: int) -> bytes:
+    a = img.getattr(ino)
+    n = -(-a.size // PAGE)
+    return b"".join(
+        bytes(img.block_view(int(b))) if b else bytes(PAGE) for b in img.bmap(ino, 0, n)
+    )[: a.size]
+
+
+def errno_of(fn, *a, **kw) -> int:
+    with pytest.raises(FsError) as e:
+        fn(*a, **kw)
+    return e.value.errno
+
+
+def test_create_mkdir_symlink_link_persist(empty_image: Path) -> None:
+    with Image.open(empty_image) as img:
+        assert not img.recovery
+        d = img.mkdir(1, b"d", 0o750, 10, 20)
+        f = img.create(d, b"f", stat.S_IFREG | 0o644, 10, 20)
+        fifo = img.create(d, b"p", stat.S_IFIFO | 0o600, 0, 0)
+        dev = img.create(d, b"c", stat.S_IFCHR | 0o600, 0, 0, rdev=0x0501)
+        s = img.symlink(1, b"s", b"d/f", 0, 0)
+        long_target = b"/x" * 1000
+        s2 = img.symlink(1, b"s2", long_target, 0, 0)
+        img.link(f, 1, b"hard")
+        assert errno_of(img.create, d, b"f", 0o644, 0, 0) == errno.EEXIST
+        assert errno_of(img.mkdir, f, b"x", 0o755, 0, 0) == errno.ENOTDIR
+        assert errno_of(img.link, d, 1, b"dl") == errno.EPERM
+        assert errno_of(img.create, 1, b"a/b", 0o644, 0, 0) == errno.EINVAL
+        assert errno_of(img.create, 1, b"n" * 256, 0o644, 0, 0) == errno.ENAMETOOLONG
+        img.create(1, b"n" * 255, 0o644, 0, 0)
+    with Image.open(empty_image, readonly=True) as img:
+        assert img.was_clean
+        assert img.getattr(1).nlink == 3
+        assert img.getattr(d).mode == stat.S_IFDIR | 0o750
+        assert (img.getattr(d).uid, img.getattr(d).gid) == (10, 20)
+        assert img.getattr(f).nlink == 2 and img.lookup(1, b"hard") == f
+        assert stat.S_ISFIFO(img.getattr(fifo).mode)
+        assert img.getattr(dev).rdev == 0x0501
+        assert img.readlink(s) == b"d/f" and img.readlink(s2) == long_target
+        assert names(img, d) == [b"c", b"f", b"p"]
+
+
+def test_unlink_rmdir(empty_image: Path) -> None:
+    with Image.open(empty_image) as img:
+        free0 = img.statfs().bfree
+        d = img.mkdir(1, b"d", 0o755, 0, 0)
+        f = img.create(d, b"f", 0o644, 0, 0)
+        img.write_pages(f, np.arange(10), [page(i) for i in range(10)])
+        img.setattr(f, size=10 * PAGE)
+        assert errno_of(img.rmdir, 1, b"d") == errno.ENOTEMPTY
+        assert errno_of(img.unlink, 1, b"d") == errno.EISDIR
+        assert errno_of(img.rmdir, d, b"f") == errno.ENOTDIR
+        assert img.unlink(d, b"f") == f
+        assert errno_of(img.getattr, f) == errno.ENOENT
+        img.rmdir(1, b"d")
+        assert img.getattr(1).nlink == 2
+        assert names(img, 1) == []
+        assert img.statfs().bfree == free0 - 1  # the root keeps its new directory block
+
+
+def test_rename_variants(empty_image: Path) -> None:
+    with Image.open(empty_image) as img:
+        a = img.mkdir(1, b"a", 0o755, 0, 0)
+        b = img.mkdir(1, b"b", 0o755, 0, 0)
+        x = img.create(a, b"x", 0o644, 0, 0)
+        y = img.create(b, b"y", 0o644, 0, 0)
+        img.rename(a, b"x", b, b"x2")
+        assert names(img, a) == [] and names(img, b) == [b"x2", b"y"]
+        assert errno_of(img.rename, b, b"x2", b, b"y", RENAME_NOREPLACE) == errno.EEXIST
+        img.rename(b, b"x2", b, b"y", RENAME_EXCHANGE)
+        assert img.lookup(b, b"y") == x and img.lookup(b, b"x2") == y
+        img.rename(b, b"x2", b, b"y")  # replaces x, which is freed
+        assert img.lookup(b, b"y") == y and errno_of(img.getattr, x) == errno.ENOENT
+        # directories: into itself is EINVAL; moving updates nlinks and ".."
+        assert errno_of(img.rename, 1, b"a", a, b"z") == errno.EINVAL
+        img.rename(1, b"a", b, b"a")
+        assert img.lookup(a, b"..") == b
+        assert img.getattr(1).nlink == 3 and img.getattr(b).nlink == 3
+        assert errno_of(img.rename, 1, b"b", a, b"b") == errno.EINVAL
+        c = img.mkdir(1, b"c", 0o755, 0, 0)
+        img.rename(1, b"c", b, b"a")  # replaces the empty dir a
+        assert img.lookup(b, b"a") == c and errno_of(img.getattr, a) == errno.ENOENT
+        assert img.getattr(1).nlink == 3 and img.getattr(b).nlink == 3
+        assert errno_of(img.rename, b, b"y", b, b"a") == errno.EISDIR
+        assert errno_of(img.rename, b, b"a", b, b"y") == errno.ENOTDIR
+        img.rename(b, b"y", b, b"y")
+        d = img.mkdir(1, b"d", 0o755, 0, 0)
+        img.rename(1, b"d", b, b"y", RENAME_EXCHANGE)  # dir <-> file across parents
+        assert img.lookup(1, b"d") == y and img.lookup(b, b"y") == d
+        assert img.lookup(d, b"..") == b
+        assert img.getattr(1).nlink == 3 and img.getattr(b).nlink == 4
+
+
+def test_write_pages_bmap_and_truncate(empty_image: Path) -> None:
+    with Image.open(empty_image) as img:
+        f = img.create(1, b"f", 0o644, 0, 0)
+        blocks = img.write_pages(f, np.array([0, 1, 2, 7]), [page(1), page(2), page(3), page(8)])
+        assert (blocks > 0).all() and blocks[1] == blocks[0] + 1
+        assert img.bmap(f, 0, 8).tolist()[3:7] == [0, 0, 0, 0]
+        again = img.write_pages(f, np.array([1]), [page(9)])  # in place: same block
+        assert again[0] == blocks[1]
+        img.setattr(f, size=7 * PAGE + 10)
+        data = read(img, f)
+        assert data[:PAGE] == page(1) and data[PAGE : 2 * PAGE] == page(9)
+        assert data[3 * PAGE : 7 * PAGE] == bytes(4 * PAGE)
+        img.setattr(f, size=PAGE + 100)
+        assert img.bmap(f, 0, 8).tolist()[2:] == [0] * 6
+        img.setattr(f, size=2 * PAGE)  # grow: the old tail was zeroed on shrink
+        assert read(img, f)[PAGE + 100 :] == bytes(PAGE - 100)
+        assert img.getattr(f).blocks == 2 * 8
+    with Image.open(empty_image) as img:
+        assert read(img, f)[:PAGE] == page(1)
+
+
+def test_fragmented_file_uses_extent_chain(empty_image: Path) -> None:
+    with Image.open(empty_image) as img:
+        f = img.create(1, b"frag", 0o644, 0, 0)
+        g = img.create(1, b"other", 0o644, 0, 0)
+        n = 700
+        for i in range(n):  # interleave two files: every page of f is its own extent
+            img.write_pages(f, np.array([2 * i]), [page(i % 251)])
+            img.write_pages(g, np.array([i]), [page(0)])
+        img.setattr(f, size=2 * n * PAGE)
+        assert len(img._ext(f).chain) >= 2
+    with Image.open(empty_image) as img:
+        b = img.bmap(f, 0, 2 * n)
+        assert (b[::2] > 0).all() and not b[1::2].any()
+        assert bytes(img.block_view(int(b[2 * 300]))) == page(300 % 251)
+        free0 = img.statfs().bfree
+        img.setattr(f, size=0)
+        assert img.getattr(f).blocks == 0 and img._ext(f).chain == []
+        assert img.statfs().bfree == free0 + n + 3 or img.statfs().bfree > free0 + n
+
+
+def test_xattrs(empty_image: Path) -> None:
+    with Image.open(empty_image) as img:
+        f = img.create(1, b"f", 0o644, 0, 0)
+        assert img.listxattr(f) == []
+        img.setxattr(f, b"user.a", b"1")
+        img.setxattr(f, b"user.b", b"x" * 100)
+        assert errno_of(img.setxattr, f, b"user.a", b"2", XATTR_CREATE) == errno.EEXIST
+        assert errno_of(img.getxattr, f, b"user.c") == errno.ENODATA
+        assert errno_of(img.setxattr, f, b"user.big", b"x" * 5000) == errno.ENOSPC
+    with Image.open(empty_image) as img:
+        assert sorted(img.listxattr(f)) == [b"user.a", b"user.b"]
+        assert img.getxattr(f, b"user.b") == b"x" * 100
+        img.removexattr(f, b"user.a")
+        img.removexattr(f, b"user.b")
+        assert img.getattr(f).blocks == 0
+
+
+def test_setattr_fields(empty_image: Path) -> None:
+    with Image.open(empty_image) as img:
+        f = img.create(1, b"f", 0o644, 0, 0)
+        a = img.setattr(f, mode=0o4711, uid=5, gid=6, atime_ns=1, mtime_ns=2)
+        assert a.mode == stat.S_IFREG | 0o4711 and (a.uid, a.gid) == (5, 6)
+        assert (a.atime_ns, a.mtime_ns) == (1, 2)
+        assert errno_of(img.setattr, 1, size=0) == errno.EISDIR
+
+
+def test_orphans_released_and_reclaimed_after_crash(empty_image: Path) -> None:
+    img = Image.open(empty_image)
+    free0 = img.statfs()
+    f = img.create(1, b"f", 0o644, 0, 0)
+    img.write_pages(f, np.arange(4), [page(5)] * 4)
+    g = img.create(1, b"g", 0o644, 0, 0)
+    img.write_pages(g, np.arange(3), [page(6)] * 3)
+    img.unlink(1, b"f", still_open=True)
+    img.unlink(1, b"g", still_open=lambda ino: ino == g)
+    assert img.getattr(f).nlink == 0  # still readable while open
+    assert bytes(img.block_view(int(img.bmap(f, 0, 1)[0]))) == page(5)
+    img.release(f)
+    assert errno_of(img.getattr, f) == errno.ENOENT
+    img.close(clean=False)  # power cut with g still open
+    img = Image.open(empty_image)
+    assert not img.was_clean
+    assert img.recovery == ["reclaimed 1 orphan inode"]
+    assert errno_of(img.getattr, g) == errno.ENOENT
+    now = img.statfs()
+    assert now.ffree == free0.ffree and now.bfree == free0.bfree - 1  # root's dir block
+    img.close()
+
+
+def test_reserve_enospc(empty_image: Path) -> None:
+    with Image.open(empty_image) as img:
+        free = img.statfs().bfree
+        img.reserve(free)
+        assert img.statfs().bfree == 0
+        assert errno_of(img.reserve, 1) == errno.ENOSPC
+        f = img.create(1, b"f", 0o644, 0, 0)
+        img.write_pages(f, np.arange(3), [page(1)] * 3)  # writeback uses the reservation
+        assert img.reserved == free - 3
+        img.unreserve(free)
+        assert img.reserved == 0 and img.statfs().bfree == free - 4  # + root dir block
+
+
+def test_readonly_refuses_writes(image: Path) -> None:
+    with Image.open(image, readonly=True) as img:
+        assert errno_of(img.create, 1, b"x", 0o644, 0, 0) == errno.EROFS
+        assert errno_of(img.write_pages, img.lookup(1, b"zero"), [0], [page(1)]) == errno.EROFS
+
+
+def test_readdir_cookies_stable_across_changes(empty_image: Path) -> None:
+    with Image.open(empty_image) as img:
+        d = img.mkdir(1, b"d", 0o755, 0, 0)
+        for i in range(200):
+            img.create(d, b"f%03d" % i, 0o644, 0, 0)
+        before = {n: c for c, n, _ in img.readdir(d)}
+        for i in range(0, 200, 3):
+            img.unlink(d, b"f%03d" % i)
+        after = {n: c for c, n, _ in img.readdir(d)}
+        assert all(before[n] == c for n, c in after.items())
+        mid = sorted(after.values())[50]
+        assert [c for c, _, _ in img.readdir(d, mid)] == sorted(
+            c for c in after.values() if c > mid
+        )
