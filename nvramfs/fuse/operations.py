@@ -170,6 +170,7 @@ class Operations(pyfuse3.Operations):
         self._paths: dict[int, str] = {self._root: "/"}
         self._fh: dict[int, OpenFile] = {}
         self._next_fh = 1
+        self._reserved: dict[int, set[int]] = {}  # hole pages reserved, per inode
 
     # ------------------------------------------------------------------ errors
 
@@ -289,6 +290,8 @@ class Operations(pyfuse3.Operations):
             self._attrs.pop(ino, None)
             self._paths.pop(ino, None)
             self.mm.evict_inode(ino)
+            self._prune_reserved(ino)
+            self._unreserve_all(ino)
             self.img.release(ino)
 
     def _ctx_ids(self, parent: int, ctx: pyfuse3.RequestContext, mode: int) -> tuple[int, int, int]:
@@ -388,6 +391,7 @@ class Operations(pyfuse3.Operations):
                 self.mm.truncate(inode, size)
             else:
                 self.mm.truncate(inode, size)
+                self._unreserve_from(inode, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
             kw["size"] = size
             kw["mtime_ns"] = now
             cur.st_size = size
@@ -490,6 +494,7 @@ class Operations(pyfuse3.Operations):
             self._attrs.pop(ino, None)
             self._meta_dirty.discard(ino)
             self.mm.evict_inode(ino)
+            self._unreserve_all(ino)
 
     @_handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -499,6 +504,8 @@ class Operations(pyfuse3.Operations):
         self._check_name(name)
         ino = self.img.lookup(parent_inode, name)
         in_use = self._in_use(ino)
+        if not in_use and ino in self._reserved:
+            self._prune_reserved(ino)  # the image may free it in the unlink below
         self.img.unlink(parent_inode, name, still_open=in_use)
         self._refresh(parent_inode)
         self._after_unlink(ino, in_use)
@@ -538,6 +545,8 @@ class Operations(pyfuse3.Operations):
         if victim == ino:
             victim = None
         in_use = victim is not None and self._in_use(victim)
+        if victim is not None and not in_use and victim in self._reserved:
+            self._prune_reserved(victim)
         self._rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, victim, in_use)
         self._refresh(parent_inode_old, parent_inode_new, ino)
         if self._paths.get(ino) is not None or ino in self._nlookup:
@@ -559,7 +568,7 @@ class Operations(pyfuse3.Operations):
         victim: int | None,
         in_use: bool,
     ) -> None:
-        self.img.rename(old_parent, old_name, new_parent, new_name, flags)
+        self.img.rename(old_parent, old_name, new_parent, new_name, flags, still_open=in_use)
 
     # ----------------------------------------------------------------- files
 
@@ -640,7 +649,55 @@ class Operations(pyfuse3.Operations):
         return n
 
     def reserve(self, ino: int, off: int, length: int) -> None:
-        """Reserve image blocks for the holes a write fills (ENOSPC now, not at writeback)."""
+        """Reserve image blocks for the holes a write fills: ENOSPC now, at write(),
+        never at writeback. `write_pages` consumes one reservation per hole it
+        maps, so each hole page is reserved once (remembered in `_reserved`)."""
+        first = off >> PAGE_SHIFT
+        n = ((off + length - 1) >> PAGE_SHIFT) - first + 1
+        blocks = self.img.bmap(ino, first, n)
+        if n == 1:
+            if blocks[0]:
+                return
+            holes = [first]
+        else:
+            holes = [first + int(i) for i in (blocks == 0).nonzero()[0]]
+            if not holes:
+                return
+        mine = self._reserved.setdefault(ino, set())
+        new = [i for i in holes if i not in mine]
+        if new:
+            self.img.reserve(len(new))
+            mine.update(new)
+
+    def _unreserve_from(self, ino: int, first_page: int) -> None:
+        """Give back reservations of pages at or past `first_page` never written back."""
+        mine = self._reserved.get(ino)
+        if not mine:
+            return
+        gone = sorted(i for i in mine if i >= first_page)
+        if not gone:
+            return
+        mine.difference_update(gone)
+        blocks = self.img.bmap(ino, gone[0], gone[-1] - gone[0] + 1)
+        unused = sum(1 for i in gone if not blocks[i - gone[0]])
+        if unused:
+            self.img.unreserve(unused)
+        if not mine:
+            self._reserved.pop(ino, None)
+
+    def _prune_reserved(self, ino: int) -> None:
+        """Forget reservations writeback already consumed (their pages have blocks now)."""
+        mine = self._reserved.get(ino)
+        if mine:
+            lo, hi = min(mine), max(mine)
+            blocks = self.img.bmap(ino, lo, hi - lo + 1)
+            mine.difference_update([i for i in list(mine) if blocks[i - lo]])
+
+    def _unreserve_all(self, ino: int) -> None:
+        """The inode is gone (after _prune_reserved): every reservation left is unused."""
+        mine = self._reserved.pop(ino, None)
+        if mine:
+            self.img.unreserve(len(mine))
 
     @_handler
     async def flush(self, fh: int) -> None:
