@@ -36,6 +36,9 @@ REASON_SYNC = "sync"
 # COW paths.
 VIA_PFN_MKWRITE = "pfn_mkwrite"
 VIA_WP_PAGE_COPY = "wp_page_copy"
+# A store to an unmapped page cache page through a private vma (tests and
+# trace replays only): copied into an anonymous page before it is mapped.
+VIA_DO_COW_FAULT = "do_cow_fault"
 
 # Fault kinds (keys of counters.faults).
 FAULT_KINDS = ("xip_read", "pagecache_hit", "cow", "write_reuse", "hole")

@@ -1,0 +1,129 @@
+"""The page-data interface mm takes from the filesystem, and an in-memory one for tests.
+
+`nvramfs.image.Image` satisfies `Backing`; mm never imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .flags import PAGE_SIZE
+
+
+@runtime_checkable
+class Backing(Protocol):
+    """Where file pages live on NVRAM, and how dirty pages get back there."""
+
+    def bmap(self, ino: int, first: int, count: int) -> np.ndarray:
+        """NVRAM block of each page first..first+count-1 (int64); 0 = hole."""
+        ...
+
+    def block_view(self, block: int, count: int = 1) -> memoryview:
+        """Read-only, zero-copy view of `count` blocks from `block`."""
+        ...
+
+    def write_pages(self, ino: int, indices: np.ndarray, pages: Sequence[Any]) -> np.ndarray:
+        """Write back whole pages, durable on return; holes get new blocks; returns the blocks."""
+        ...
+
+
+class MemBacking:
+    """An NVRAM device in a numpy array: block 0 is never a data block (0 means hole).
+
+    `relocate=True` makes every writeback program fresh blocks (a log-structured
+    device), freeing the old ones, so tests see pages move.
+    """
+
+    def __init__(self, nr_blocks: int = 4096, *, relocate: bool = False) -> None:
+        self.nr_blocks = nr_blocks
+        self.relocate = relocate
+        self._dev = np.zeros((nr_blocks, PAGE_SIZE), dtype=np.uint8)
+        self._view = memoryview(self._dev.reshape(-1)).toreadonly()
+        self._files: dict[int, np.ndarray] = {}
+        self._free: list[int] = list(range(nr_blocks - 1, 0, -1))
+        self.bmap_calls = 0
+        self.writes = 0
+
+    def _alloc(self) -> int:
+        if not self._free:
+            raise OSError(28, "MemBacking: no space left on device")
+        return self._free.pop()
+
+    def _map(self, ino: int, npages: int) -> np.ndarray:
+        m = self._files.get(ino)
+        if m is None or len(m) < npages:
+            new = np.zeros(max(npages, 16 if m is None else 2 * len(m)), dtype=np.int64)
+            if m is not None:
+                new[: len(m)] = m
+            m = self._files[ino] = new
+        return m
+
+    def create(self, ino: int, data: bytes | bytearray, *, holes: Sequence[int] = ()) -> None:
+        """Make file `ino` hold `data` (page indices in `holes` stay unallocated)."""
+        npages = (len(data) + PAGE_SIZE - 1) // PAGE_SIZE
+        m = self._map(ino, npages)
+        for i in range(npages):
+            if i in holes:
+                continue
+            b = self._alloc()
+            chunk = data[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]
+            self._dev[b, : len(chunk)] = np.frombuffer(bytes(chunk), dtype=np.uint8)
+            self._dev[b, len(chunk) :] = 0
+            m[i] = b
+
+    def bmap(self, ino: int, first: int, count: int) -> np.ndarray:
+        self.bmap_calls += 1
+        out = np.zeros(count, dtype=np.int64)
+        m = self._files.get(ino)
+        if m is not None and first < len(m):
+            n = min(count, len(m) - first)
+            out[:n] = m[first : first + n]
+        return out
+
+    def block_view(self, block: int, count: int = 1) -> memoryview:
+        if not 0 < block or block + count > self.nr_blocks:
+            raise ValueError(f"block_view: blocks {block}+{count} outside the device")
+        return self._view[block * PAGE_SIZE : (block + count) * PAGE_SIZE]
+
+    def write_pages(self, ino: int, indices: np.ndarray, pages: Sequence[Any]) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64)
+        m = self._map(ino, int(idx.max()) + 1 if len(idx) else 0)
+        out = np.zeros(len(idx), dtype=np.int64)
+        for k, (i, page) in enumerate(zip(idx.tolist(), pages, strict=True)):
+            old = int(m[i])
+            if old == 0 or self.relocate:
+                b = self._alloc()
+                if old:
+                    self._free.append(old)
+                m[i] = b
+            else:
+                b = old
+            self._dev[b] = np.frombuffer(page, dtype=np.uint8)
+            out[k] = b
+            self.writes += 1
+        return out
+
+    def truncate(self, ino: int, npages: int) -> None:
+        """Free the blocks of pages >= npages (the image layer's job on a real mount)."""
+        m = self._files.get(ino)
+        if m is None:
+            return
+        for b in m[npages:].tolist():
+            if b:
+                self._free.append(b)
+        m[npages:] = 0
+
+    def remove(self, ino: int) -> None:
+        self.truncate(ino, 0)
+        self._files.pop(ino, None)
+
+    def read_file(self, ino: int, npages: int) -> bytes:
+        """The file's pages as NVRAM holds them (holes read as zeroes)."""
+        out = bytearray(npages * PAGE_SIZE)
+        for i, b in enumerate(self.bmap(ino, 0, npages).tolist()):
+            if b:
+                out[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] = self._dev[b].tobytes()
+        return bytes(out)

@@ -1,0 +1,34 @@
+"""BUG(): a broken mm invariant, raised loudly where it is assumed.
+
+The kernel stops the machine on `BUG_ON`; the simulation raises `MMBug`
+naming the invariant and the state that broke it. It is never caught and
+ignored inside mm: the filesystem turns read-only when it sees one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+
+class MMBug(Exception):
+    """A broken mm invariant; `invariant` names it, the message adds the state."""
+
+    def __init__(self, invariant: str, detail: str = "") -> None:
+        self.invariant = invariant
+        self.detail = detail
+        super().__init__(f"BUG: {invariant}" + (f": {detail}" if detail else ""))
+
+
+def BUG_ON(cond: object, invariant: str, detail: str = "") -> None:  # noqa: N802 (kernel name)
+    """Raise `MMBug(invariant)` when `cond` holds."""
+    if cond:
+        raise MMBug(invariant, detail)
+
+
+def VM_BUG_ON_PAGE(cond: object, machine: Machine, pfn: int, invariant: str) -> None:  # noqa: N802
+    """Raise `MMBug(invariant)` with a dump of the struct page of `pfn` when `cond` holds."""
+    if cond:
+        raise MMBug(invariant, machine.dump_page(pfn))

@@ -1,0 +1,349 @@
+"""The page cache of each file (address_space), writeback, and the XIP filesystem's vm_ops.
+
+`AddressSpace.pages` maps page index -> frame for the file's page-cache
+pages (at most one entry per DRAM frame in use). Dirty and writeback state
+are PG_dirty / PG_writeback in the struct page arrays.
+
+The vm_operations of the filesystem's files are named after the kernel's
+XIP support of 2008 (mm/filemap_xip.c): `xip_file_fault` maps a page-cache
+page if the page has one, else the NVRAM block with vm_insert_mixed (a raw
+pfn, no struct page), else the zero page for a hole; `xip_pfn_mkwrite` is
+the copy-on-write of an XIP page (NVRAM is never written in place: the block
+is copied into a new page-cache frame, dirty, and the store is retried);
+`xip_page_mkwrite` lets a clean page-cache page be redirtied.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..events import schema
+from .bug import BUG_ON, VM_BUG_ON_PAGE
+from .flags import (
+    _PAGE_BMAP,
+    _PAGE_DIRTY,
+    _PAGE_PRESENT,
+    _PAGE_RW,
+    FAULT_FLAG_WRITE,
+    PTE_PFN_SHIFT,
+    VM_FAULT_LOCKED,
+    VM_FAULT_NOPAGE,
+    VM_FAULT_OOM,
+    VM_FAULT_SIGBUS,
+)
+from .machine import PG_ANON, PG_DIRTY, PG_LRU, PG_UPTODATE, PG_WRITEBACK, ZERO_PFN
+from .memory import (
+    VMFault,
+    lock_page,
+    log_page_event,
+    set_page_dirty,
+    unlock_page,
+    unmap_mapping_pages,
+    vm_insert_mixed,
+)
+from .stats import FK_COW, FK_HOLE, FK_PAGECACHE_HIT, FK_WRITE_REUSE, FK_XIP_READ, Stats
+from .vma import VMA, VMOperations
+
+if TYPE_CHECKING:
+    from .backing import Backing
+    from .machine import Machine
+
+
+class AddressSpace:
+    """struct address_space of one file: its page-cache pages and the vmas mapping it."""
+
+    def __init__(self, host: int, machine: Machine, backing: Backing) -> None:
+        self.host = host  # the inode number
+        self.machine = machine
+        self.backing = backing
+        self.pages: dict[int, int] = {}
+        self.i_mmap: list[VMA] = []
+        # The filesystem's own shared VM_MIXEDMAP vma of this file (the one
+        # FUSE reads and writes go through); its ptes keep bmap hints.
+        self.fs_vma: VMA | None = None
+
+    @property
+    def nrpages(self) -> int:
+        return len(self.pages)
+
+
+# find_get_page: the page-cache page of `index`, with a reference taken for
+# the caller; None when the page is not cached.
+def find_get_page(mapping: AddressSpace, index: int) -> int | None:
+    page = mapping.pages.get(index)
+    if page is not None:
+        mapping.machine.get_page(page)
+    return page
+
+
+# add_to_page_cache: insert a fresh, unmapped page at `index` (the slot must
+# be empty); the page cache takes its own reference; the page is uptodate.
+def add_to_page_cache(mapping: AddressSpace, page: int, index: int) -> None:
+    m = mapping.machine
+    BUG_ON(index in mapping.pages, "add_to_page_cache: slot occupied", f"index {index}")
+    VM_BUG_ON_PAGE(m.mapping[page] != 0, m, page, "add_to_page_cache: page already cached")
+    m.get_page(page)
+    m.mapping[page] = mapping.host
+    m.index[page] = index
+    m.flags[page] = int(m.flags[page]) | PG_UPTODATE | PG_LRU
+    mapping.pages[index] = page
+
+
+# delete_from_page_cache: take an unmapped, clean page out of the page
+# cache and drop the cache's reference (the frame is freed if that was the
+# last one).
+def delete_from_page_cache(mapping: AddressSpace, page: int) -> None:
+    m = mapping.machine
+    VM_BUG_ON_PAGE(m._mapcount[page] >= 0, m, page, "delete_from_page_cache: page still mapped")
+    VM_BUG_ON_PAGE(m.flags[page] & PG_DIRTY, m, page, "delete_from_page_cache: page dirty")
+    idx = int(m.index[page])
+    BUG_ON(mapping.pages.get(idx) != page, "delete_from_page_cache: not in this mapping")
+    del mapping.pages[idx]
+    m.mapping[page] = 0
+    m.flags[page] = int(m.flags[page]) & ~PG_LRU
+    m.put_page(page)
+
+
+# cancel_dirty_page: the page's contents no longer matter (truncation).
+def cancel_dirty_page(m: Machine, page: int) -> None:
+    m.flags[page] = int(m.flags[page]) & ~PG_DIRTY
+
+
+# page_mkclean: write-protect and clean every shared pte that maps `page`,
+# so the next store faults (page_mkwrite) and redirties it. Returns how
+# many ptes it cleaned. Private vmas map page-cache pages read-only already.
+def page_mkclean(mapping: AddressSpace, page: int) -> int:
+    m = mapping.machine
+    index = int(m.index[page])
+    cleaned = 0
+    for vma in mapping.i_mmap:
+        if not vma.shared:
+            continue
+        if not vma.vm_pgoff <= index < vma.vm_pgoff + vma.nr_pages:
+            continue
+        addr = vma.page_address(index)
+        pte = vma.vm_mm.pte_at(addr)
+        if pte & _PAGE_PRESENT and pte >> PTE_PFN_SHIFT == page:
+            if pte & (_PAGE_RW | _PAGE_DIRTY):
+                vma.vm_mm.set_pte_at(addr, pte & ~(_PAGE_RW | _PAGE_DIRTY))
+                cleaned += 1
+    return cleaned
+
+
+# clear_page_dirty_for_io: before writing a page: write-protect its ptes
+# (page_mkclean) and clear PG_dirty; True if it was dirty.
+def clear_page_dirty_for_io(mapping: AddressSpace, page: int) -> bool:
+    m = mapping.machine
+    page_mkclean(mapping, page)
+    if m.flags[page] & PG_DIRTY:
+        m.flags[page] = int(m.flags[page]) & ~PG_DIRTY
+        return True
+    return False
+
+
+# write_cache_pages: write back the given page-cache pages of one file
+# (they must be dirty, unlocked, not under writeback) in one call to the
+# backing, which makes them durable and says which NVRAM block now holds
+# each. Logs a `writeback` event per page. Returns the number written.
+def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> int:
+    m = mapping.machine
+    if len(pages) == 0:
+        return 0
+    pages = pages[np.argsort(m.index[pages], kind="stable")]
+    plist = pages.tolist()
+    for page in plist:
+        f = int(m.flags[page])
+        VM_BUG_ON_PAGE(f & PG_ANON, m, page, "writeback of an anonymous page")
+        VM_BUG_ON_PAGE(f & PG_WRITEBACK, m, page, "writeback: page already under writeback")
+        VM_BUG_ON_PAGE(m.mapping[page] != mapping.host, m, page, "writeback: page not in mapping")
+        lock_page(m, page)
+        clear_page_dirty_for_io(mapping, page)
+        m.flags[page] = int(m.flags[page]) | PG_WRITEBACK
+    indices = m.index[pages].copy()
+    views = [m.data_view[p * 4096 : (p + 1) * 4096] for p in plist]
+    try:
+        blocks = np.asarray(mapping.backing.write_pages(mapping.host, indices, views))
+    except BaseException:
+        # The pages stay dirty for a later attempt.
+        for page in plist:
+            m.flags[page] = (int(m.flags[page]) & ~PG_WRITEBACK) | PG_DIRTY
+            unlock_page(m, page)
+        raise
+    BUG_ON(len(blocks) != len(plist), "write_pages returned the wrong number of blocks")
+    m.page_block[pages] = blocks
+    stats: Stats = m.stats
+    for page, block in zip(plist, blocks.tolist(), strict=True):
+        BUG_ON(block <= 0, "write_pages returned no block", f"page {page}")
+        m.flags[page] = int(m.flags[page]) & ~PG_WRITEBACK
+        unlock_page(m, page)
+        log_page_event(
+            m,
+            schema.WRITEBACK,
+            mapping,
+            int(m.index[page]),
+            page,
+            m.nvram_base_pfn + block,
+            schema.PAGECACHE,
+            schema.XIP,
+            reason,
+            page,
+        )
+    Stats.bump(stats.writebacks, reason, len(plist))
+    return len(plist)
+
+
+# mapping_bmap: the NVRAM pfn of file page `index` (0 for a hole), from the
+# hint the filesystem's vma keeps in its pte, else from the backing (and
+# the hint is stored, so a later fault does not ask again).
+def mapping_bmap(mapping: AddressSpace, index: int) -> int:
+    m = mapping.machine
+    vma = mapping.fs_vma
+    chunk = slot = None
+    if vma is not None:
+        chunk, slot = vma.vm_mm.get_locked_pte(vma.page_address(index))
+        pte = chunk.pte[slot]
+        if pte & (_PAGE_BMAP | _PAGE_PRESENT):
+            pfn = pte >> PTE_PFN_SHIFT
+            if pfn >= m.nvram_base_pfn or (pfn == 0 and pte & _PAGE_BMAP):
+                return pfn
+    block = int(mapping.backing.bmap(mapping.host, index, 1)[0])
+    pfn = m.nvram_base_pfn + block if block else 0
+    if chunk is not None and slot is not None and not chunk.pte[slot] & _PAGE_PRESENT:
+        chunk.pte[slot] = (pfn << PTE_PFN_SHIFT) | _PAGE_BMAP
+    return pfn
+
+
+def _new_cache_page(mapping: AddressSpace, index: int, src_pfn: int) -> int | None:
+    """A new page-cache page at `index`, filled from `src_pfn` (NVRAM, or ZERO_PFN for zeroes),
+    dirty; returned with the allocation's reference still held by the caller."""
+    m = mapping.machine
+    page = m.alloc_page()
+    if page is None:
+        return None
+    if src_pfn == ZERO_PFN:
+        m.data[page] = 0
+    else:
+        block = src_pfn - m.nvram_base_pfn
+        m.data[page] = np.frombuffer(mapping.backing.block_view(block), dtype=np.uint8)
+        m.page_block[page] = block
+    add_to_page_cache(mapping, page, index)
+    return page
+
+
+# xip_file_fault (->fault): a page-cache page if the file page has one
+# (returned locked, with a reference: the core maps it refcounted);
+# else its NVRAM block, mapped with vm_insert_mixed (raw, read-only:
+# VM_FAULT_NOPAGE); else, for a hole, the zero page (read-only), except
+# for a store through a shared vma, which gets a new zeroed page-cache
+# page (blocks are allocated at writeback).
+def xip_file_fault(vmf: VMFault) -> int:
+    vma = vmf.vma
+    mapping = vma.vm_file
+    assert mapping is not None
+    m = mapping.machine
+    index = vmf.pgoff
+    write = vmf.flags & FAULT_FLAG_WRITE
+    page = find_get_page(mapping, index)
+    if page is not None:
+        lock_page(m, page)
+        vmf.page = page
+        m.fault_kinds |= FK_WRITE_REUSE if write else FK_PAGECACHE_HIT
+        return VM_FAULT_LOCKED
+    pfn = mapping_bmap(mapping, index)
+    if pfn:
+        ret = vm_insert_mixed(vma, vmf.address, pfn)
+        if ret == -14:
+            return VM_FAULT_SIGBUS
+        m.fault_kinds |= FK_XIP_READ
+        return VM_FAULT_NOPAGE
+    m.fault_kinds |= FK_HOLE
+    if write and vma.shared:
+        page = _new_cache_page(mapping, index, ZERO_PFN)
+        if page is None:
+            return VM_FAULT_OOM
+        lock_page(m, page)
+        vmf.page = page
+        return VM_FAULT_LOCKED
+    if vm_insert_mixed(vma, vmf.address, ZERO_PFN) == -14:
+        return VM_FAULT_SIGBUS
+    return VM_FAULT_NOPAGE
+
+
+# _cow_xip_page: the COW of an XIP page (or the fill of a hole) in the page
+# cache: the NVRAM block (or zeroes) copied into a new dirty page-cache
+# frame, and every pte of the old pfn torn down (unmap_mapping_pages: a pfn
+# with no struct page has no reverse map), so the retried store faults the
+# frame in. Returns VM_FAULT_NOPAGE.
+def _cow_xip_page(vmf: VMFault, src_pfn: int) -> int:
+    vma = vmf.vma
+    mapping = vma.vm_file
+    assert mapping is not None
+    m = mapping.machine
+    index = vmf.pgoff
+    BUG_ON(
+        index in mapping.pages,
+        "pfn_mkwrite: a raw pfn is mapped over a page that has a page-cache page",
+        f"ino {mapping.host} index {index}",
+    )
+    page = _new_cache_page(mapping, index, src_pfn)
+    if page is None:
+        return VM_FAULT_OOM
+    set_page_dirty(m, page)
+    m.put_page(page)
+    unmap_mapping_pages(mapping, index, 1, False)
+    if src_pfn == ZERO_PFN:
+        m.fault_kinds |= FK_HOLE
+    else:
+        m.fault_kinds |= FK_COW
+        Stats.bump(m.stats.cow_via, schema.VIA_PFN_MKWRITE)
+        log_page_event(
+            m,
+            schema.COW,
+            mapping,
+            index,
+            src_pfn,
+            page,
+            schema.XIP,
+            schema.PAGECACHE,
+            schema.REASON_WRITE,
+            page,
+            via=schema.VIA_PFN_MKWRITE,
+        )
+    return VM_FAULT_NOPAGE
+
+
+# xip_pfn_mkwrite (->pfn_mkwrite): a store to a raw pfn of the file in a
+# shared vma: an NVRAM block (copied on write) or the zero page of a hole.
+def xip_pfn_mkwrite(vmf: VMFault) -> int:
+    return _cow_xip_page(vmf, vmf.orig_pte >> PTE_PFN_SHIFT)
+
+
+# xip_page_mkwrite (->page_mkwrite): a store to a read-only page of the
+# file in a shared vma. A page-cache page may simply be written (returned
+# locked); the zero page, which a machine without pte_special maps as a
+# refcounted page, is a hole: filled like pfn_mkwrite. A page truncated
+# meanwhile: VM_FAULT_NOPAGE (retry).
+def xip_page_mkwrite(vmf: VMFault) -> int:
+    page = vmf.page
+    assert page is not None
+    if page == ZERO_PFN:
+        return _cow_xip_page(vmf, ZERO_PFN)
+    mapping = vmf.vma.vm_file
+    assert mapping is not None
+    m = mapping.machine
+    lock_page(m, page)
+    if m.mapping[page] != mapping.host:
+        unlock_page(m, page)
+        return VM_FAULT_NOPAGE
+    m.fault_kinds |= FK_WRITE_REUSE
+    return VM_FAULT_LOCKED
+
+
+xip_file_vm_ops = VMOperations(
+    fault=xip_file_fault,
+    page_mkwrite=xip_page_mkwrite,
+    pfn_mkwrite=xip_pfn_mkwrite,
+    name="xip_file_vm_ops",
+)

@@ -1,0 +1,734 @@
+"""MemoryManager: the filesystem's data path through the simulated VM.
+
+Each inode has one shared VM_MIXEDMAP vma owned by the filesystem (FUSE
+never tells the daemon about its clients' mmaps, so one vma per inode is
+the honest model). A FUSE read is a sequence of loads through it, a FUSE
+write a sequence of stores: a present pte is a hit (the pte's young bit and
+the page's access counter are set, nothing else), anything else goes
+through handle_mm_fault with the kernel's rules (memory.py, filemap.py).
+
+Fast paths: a one-page request is plain Python on array.array ptes (a few
+lookups, no numpy, no allocation besides the returned memoryview); a
+multi-page request gathers its ptes with numpy and returns one zero-copy
+view of the NVRAM when the pages are one contiguous XIP run.
+
+Once a second `tick()` runs the policy (promotions, demotions), writes back
+dirty pages older than the writeback interval, logs the interval's access
+histogram per inode and a counters snapshot, and flushes the event log.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..events import schema
+from ..events.writer import NullEventWriter
+from .backing import Backing
+from .bug import BUG_ON, MMBug
+from .filemap import (
+    AddressSpace,
+    cancel_dirty_page,
+    delete_from_page_cache,
+    write_cache_pages,
+    xip_file_vm_ops,
+)
+from .flags import (
+    _PAGE_ACCESSED,
+    _PAGE_BMAP,
+    _PAGE_DIRTY,
+    _PAGE_PRESENT,
+    _PAGE_RW,
+    FAULT_FLAG_WRITE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PTE_PFN_SHIFT,
+    VM_FAULT_ERROR,
+    VM_FAULT_OOM,
+    VM_MAYREAD,
+    VM_MAYSHARE,
+    VM_MAYWRITE,
+    VM_MIXEDMAP,
+    VM_READ,
+    VM_SHARED,
+    VM_WRITE,
+)
+from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_WRITEBACK, Machine
+from .memory import handle_mm_fault, unmap_mapping_pages
+from .migrate import demote, promote
+from .policy import Policy, make_policy
+from .stats import fault_kind
+from .vma import PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
+
+# The filesystem's vma of a file covers every page a file can have.
+MAX_FILE_PAGES = 1 << 51
+_FS_VM_FLAGS = VM_READ | VM_WRITE | VM_SHARED | VM_MAYREAD | VM_MAYWRITE | VM_MAYSHARE | VM_MIXEDMAP
+_NOT_YOUNG = ~_PAGE_ACCESSED
+_SAT = 0xFFFF
+
+
+class MemoryManager:
+    """The simulated VM behind every FUSE read and write (docs/ARCHITECTURE.md)."""
+
+    def __init__(
+        self,
+        backing: Backing,
+        dram_pages: int,
+        policy: str = "2q",
+        events: Any = None,
+        pte_special: bool = True,
+        nr_nvram_pages: int | None = None,
+        *,
+        writeback_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_promote_per_tick: int | None = None,
+    ) -> None:
+        self.backing = backing
+        m = self.machine = Machine(dram_pages, pte_special=pte_special)
+        self.events = events if events is not None else NullEventWriter()
+        m.events = self.events
+        m.clock = clock
+        m.nvram_view = backing.block_view
+        m.reclaim = self._reclaim
+        self.nr_nvram_pages = nr_nvram_pages or getattr(backing, "nr_blocks", None)
+        self.writeback_interval = writeback_interval
+        self.clock = clock
+        self.trace_faults = bool(getattr(self.events, "trace_faults", False))
+        self.max_promote_per_tick = max_promote_per_tick or max(32, dram_pages // 4)
+        self.stats_ = m.stats
+        self.policy: Policy = make_policy(policy, m.nr_frames)
+        self._alloc_hook_install()
+        self._spaces: dict[int, AddressSpace] = {}
+        self._vmas: dict[int, VMA] = {}
+        self._tick = 0
+        self._gen = 0
+        self._touched: list[Any] = []
+        self._t_interval = clock()
+        self._closed = False
+        # Hot-path constants.
+        self._nr_frames = m.nr_frames
+        self._base = m.nvram_base_pfn
+        self._data_view = m.data_view
+        self._data_rw = m.data_rw
+        self._block_view = backing.block_view
+
+    # -- setup ----------------------------------------------------------------
+
+    def _alloc_hook_install(self) -> None:
+        m = self.machine
+        alloc = m.alloc_page
+
+        def alloc_page() -> int | None:
+            page = alloc()
+            if page is not None:
+                self.policy.on_alloc(page)
+            return page
+
+        m.alloc_page = alloc_page  # type: ignore[method-assign]
+
+    def address_space(self, ino: int) -> AddressSpace:
+        """The address_space of `ino`, with its filesystem vma (created on first use)."""
+        mapping = self._spaces.get(ino)
+        if mapping is None:
+            if ino <= 0:
+                raise ValueError(f"inode number {ino} is not valid")
+            mapping = self._spaces[ino] = AddressSpace(ino, self.machine, self.backing)
+            mm = MMStruct(self.machine, f"fs:{ino}")
+            vma = VMA(
+                vm_mm=mm,
+                vm_start=0,
+                vm_end=MAX_FILE_PAGES << PAGE_SHIFT,
+                vm_pgoff=0,
+                vm_flags=_FS_VM_FLAGS,
+                vm_ops=xip_file_vm_ops,
+                vm_file=mapping,
+                fs_owned=True,
+            )
+            mm.vmas.append(vma)
+            mapping.i_mmap.append(vma)
+            mapping.fs_vma = vma
+            self._vmas[ino] = vma
+        return mapping
+
+    def mmap(
+        self, ino: int, pgoff: int, npages: int, flags: int, mm: MMStruct | None = None
+    ) -> VMA:
+        """Map `npages` pages of `ino` from `pgoff` into a (new) process mm: a simulated
+        process's vma (tests, trace replays). `flags` are vm_flags; VM_MIXEDMAP is added."""
+        mapping = self.address_space(ino)
+        if mm is None:
+            mm = MMStruct(self.machine, f"proc:{ino}")
+        start = (max((v.vm_end for v in mm.vmas), default=0) + (1 << 30)) & ~((1 << 30) - 1)
+        vma = VMA(
+            vm_mm=mm,
+            vm_start=start,
+            vm_end=start + (npages << PAGE_SHIFT),
+            vm_pgoff=pgoff,
+            vm_flags=flags | VM_MIXEDMAP,
+            vm_ops=xip_file_vm_ops,
+            vm_file=mapping,
+        )
+        mm.vmas.append(vma)
+        mapping.i_mmap.append(vma)
+        return vma
+
+    def munmap(self, vma: VMA) -> None:
+        """Tear down every pte of a process vma and forget it."""
+        from .memory import zap_vma_range
+
+        zap_vma_range(vma, vma.vm_start >> PAGE_SHIFT, (vma.vm_end >> PAGE_SHIFT) - 1, True)
+        if vma.vm_file is not None:
+            vma.vm_file.i_mmap.remove(vma)
+        vma.vm_mm.vmas.remove(vma)
+
+    def access(self, vma: VMA, addr: int, write: bool) -> int:
+        """One load or store at `addr` of any vma: fault until the pte allows it; returns the pfn."""
+        return self._fault(vma, addr, write)
+
+    # -- faults -----------------------------------------------------------------
+
+    def _fault(self, vma: VMA, addr: int, write: bool) -> int:
+        """handle_mm_fault until the pte at `addr` allows the access; count the access's fault
+        kind; return the pfn mapped."""
+        m = self.machine
+        m.fault_kinds = 0
+        flags = FAULT_FLAG_WRITE if write else 0
+        mm = vma.vm_mm
+        for _ in range(8):
+            pte = mm.pte_at(addr)
+            if pte & _PAGE_PRESENT and (not write or pte & _PAGE_RW):
+                break
+            ret = handle_mm_fault(vma, addr, flags)
+            if ret & VM_FAULT_ERROR:
+                if ret & VM_FAULT_OOM:
+                    raise OSError(errno.ENOMEM, "mm: DRAM budget exhausted, nothing reclaimable")
+                raise MMBug("fault on the filesystem's own vma failed", f"vm_fault_t {ret:#x}")
+        else:
+            raise MMBug("fault did not converge", f"addr {addr:#x} write {write}")
+        chunk, slot = mm.get_locked_pte(addr)
+        chunk.pte[slot] = pte | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+        kind = fault_kind(m.fault_kinds)
+        if kind is not None:
+            m.stats.count_fault(kind)
+            if self.trace_faults and vma.fs_owned:
+                self.events.emit(
+                    schema.FAULT,
+                    ino=vma.vm_file.host if vma.vm_file else 0,
+                    index=vma.linear_page_index(addr),
+                    kind=kind,
+                    write=write,
+                )
+        return pte >> PTE_PFN_SHIFT
+
+    # -- read ---------------------------------------------------------------------
+
+    def read(self, ino: int, offset: int, length: int) -> memoryview | bytes:
+        """Loads of [offset, offset+length) through the inode's vma (the caller clamps to EOF).
+
+        One memoryview when the range is one contiguous XIP run (a slice of the
+        backing's mmap) or lies in one frame; else bytes."""
+        if length <= 0:
+            return b""
+        index = offset >> PAGE_SHIFT
+        off = offset & 4095
+        if off + length > PAGE_SIZE:
+            return self._read_batch(ino, offset, length)
+        vma = self._vmas.get(ino)
+        if vma is not None:
+            chunk = vma.vm_mm.pgd.get(index >> PTE_SHIFT)
+            if chunk is not None:
+                slot = index & 511
+                pte = chunk.pte[slot]
+                if pte & 1:  # _PAGE_PRESENT
+                    if not pte & 32:  # _PAGE_ACCESSED
+                        chunk.pte[slot] = pte | 32
+                    r = chunk.reads[slot]
+                    if r != _SAT:
+                        chunk.reads[slot] = r + 1
+                    if chunk.gen != self._gen:
+                        chunk.gen = self._gen
+                        self._touched.append(chunk)
+                    st = self.stats_
+                    st.reads += 1
+                    pfn = pte >> 12
+                    if pfn < self._nr_frames:
+                        if pfn:
+                            st.pagecache_hit += 1
+                        start = (pfn << 12) + off
+                        return self._data_view[start : start + length]
+                    return self._block_view(pfn - self._base)[off : off + length]
+        return self._read_slow(ino, index, off, length)
+
+    def _count(self, chunk: Any, slot: int, write: bool) -> None:
+        if write:
+            w = chunk.writes[slot]
+            if w != _SAT:
+                chunk.writes[slot] = w + 1
+        else:
+            r = chunk.reads[slot]
+            if r != _SAT:
+                chunk.reads[slot] = r + 1
+        if chunk.gen != self._gen:
+            chunk.gen = self._gen
+            self._touched.append(chunk)
+
+    def _read_slow(self, ino: int, index: int, off: int, length: int) -> memoryview:
+        self.address_space(ino)
+        vma = self._vmas[ino]
+        pfn = self._fault(vma, index << PAGE_SHIFT, False)
+        chunk, slot = vma.vm_mm.get_locked_pte(index << PAGE_SHIFT)
+        self._count(chunk, slot, False)
+        self.stats_.reads += 1
+        if pfn < self._nr_frames:
+            start = (pfn << 12) + off
+            return self._data_view[start : start + length]
+        return self._block_view(pfn - self._base)[off : off + length]
+
+    def _prefill_bmap(self, vma: VMA, first: int, n: int) -> None:
+        """One bmap call for a range's pages that have neither a pte nor a hint."""
+        mm = vma.vm_mm
+        pos, last = first, first + n - 1
+        need = []
+        while pos <= last:
+            chunk, s = mm.get_locked_pte(pos << PAGE_SHIFT)
+            e = min(PTRS_PER_PTE, s + last - pos + 1)
+            if np.any(chunk.pte_np[s:e] == 0):
+                need.append((chunk, s, e, pos))
+            pos += e - s
+        if not need:
+            return
+        blocks = np.asarray(self.backing.bmap(vma.vm_file.host, first, n), dtype=np.int64)
+        pfns = np.where(blocks > 0, blocks + self._base, 0)
+        hints = (pfns << PTE_PFN_SHIFT) | _PAGE_BMAP
+        for chunk, s, e, pos in need:
+            p = chunk.pte_np[s:e]
+            h = hints[pos - first : pos - first + (e - s)]
+            p[:] = np.where(p == 0, h, p)
+
+    def _read_batch(self, ino: int, offset: int, length: int) -> memoryview | bytes:
+        vma = self._vmas.get(ino)
+        if vma is None:
+            self.address_space(ino)
+            vma = self._vmas[ino]
+        mm = vma.vm_mm
+        first = offset >> PAGE_SHIFT
+        last = (offset + length - 1) >> PAGE_SHIFT
+        n = last - first + 1
+        off = offset & 4095
+        faulted: list[int] = []
+        for attempt in range(2):
+            parts = []
+            pos = first
+            while pos <= last:
+                no = pos >> PTE_SHIFT
+                chunk = mm.pgd.get(no)
+                s = pos & 511
+                e = min(PTRS_PER_PTE, s + last - pos + 1)
+                if chunk is None:
+                    parts.append(np.zeros(e - s, dtype=np.int64))
+                else:
+                    parts.append(chunk.pte_np[s:e])
+                pos += e - s
+            ptes = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            missing = np.flatnonzero((ptes & _PAGE_PRESENT) == 0)
+            if not missing.size:
+                break
+            BUG_ON(attempt, "batch read: pages still unmapped after their faults")
+            self._prefill_bmap(vma, first, n)
+            for i in missing.tolist():
+                self._fault(vma, (first + i) << PAGE_SHIFT, False)
+            faulted = missing.tolist()
+        # Accounting: young bits and read counters, per chunk, vectorised.
+        pos = first
+        while pos <= last:
+            chunk = mm.pgd[pos >> PTE_SHIFT]
+            s = pos & 511
+            e = min(PTRS_PER_PTE, s + last - pos + 1)
+            chunk.pte_np[s:e] |= _PAGE_ACCESSED
+            r = chunk.reads_np[s:e]
+            np.add(r, r != _SAT, out=r, casting="unsafe")
+            if chunk.gen != self._gen:
+                chunk.gen = self._gen
+                self._touched.append(chunk)
+            pos += e - s
+        pfns = ptes >> PTE_PFN_SHIFT
+        st = self.stats_
+        st.reads += n
+        frames = (pfns < self._nr_frames) & (pfns > 0)
+        hits = int(np.count_nonzero(frames))
+        if faulted and hits:
+            hits -= int(np.count_nonzero(frames[faulted]))
+        st.pagecache_hit += hits
+        base = self._base
+        pfn0 = int(pfns[0])
+        if pfn0 >= base and int(pfns[-1]) - pfn0 == n - 1 and not frames.any():
+            if n <= 2 or bool(np.all(np.diff(pfns) == 1)):
+                return self._block_view(pfn0 - base, n)[off : off + length]
+        # Gather: one buffer from the pieces (a frame or an NVRAM block each).
+        out = []
+        dv = self._data_view
+        bv = self._block_view
+        end = off + length
+        for k, pfn in enumerate(pfns.tolist()):
+            lo = off if k == 0 else 0
+            hi = PAGE_SIZE if k < n - 1 else end - (n - 1) * PAGE_SIZE
+            if pfn < self._nr_frames:
+                out.append(dv[(pfn << 12) + lo : (pfn << 12) + hi])
+            else:
+                out.append(bv(pfn - base)[lo:hi])
+        return b"".join(out)
+
+    # -- write --------------------------------------------------------------------
+
+    def write(self, ino: int, offset: int, data: Any) -> None:
+        """Stores of `data` at `offset` through the inode's vma (COW of XIP pages, hole fills)."""
+        mv = memoryview(data)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        n = len(mv)
+        if n == 0:
+            return
+        vma = self._vmas.get(ino)
+        if vma is None:
+            self.address_space(ino)
+            vma = self._vmas[ino]
+        mm = vma.vm_mm
+        st = self.stats_
+        rw = self._data_rw
+        pos = 0
+        while pos < n:
+            at = offset + pos
+            index = at >> PAGE_SHIFT
+            off = at & 4095
+            k = min(PAGE_SIZE - off, n - pos)
+            addr = index << PAGE_SHIFT
+            chunk, slot = mm.get_locked_pte(addr)
+            pte = chunk.pte[slot]
+            if pte & _PAGE_PRESENT and pte & _PAGE_RW:
+                if pte & (_PAGE_ACCESSED | _PAGE_DIRTY) != (_PAGE_ACCESSED | _PAGE_DIRTY):
+                    chunk.pte[slot] = pte | _PAGE_ACCESSED | _PAGE_DIRTY
+                st.write_reuse += 1
+                pfn = pte >> PTE_PFN_SHIFT
+            else:
+                pfn = self._fault(vma, addr, True)
+            BUG_ON(
+                not 0 < pfn < self._nr_frames,
+                "store through a writable pte that maps no frame",
+                f"ino {ino} index {index} pfn {pfn:#x}",
+            )
+            start = (pfn << 12) + off
+            rw[start : start + k] = mv[pos : pos + k]
+            self._count(chunk, slot, True)
+            st.writes += 1
+            pos += k
+
+    # -- truncate / evict -----------------------------------------------------
+
+    def _peek(self, mapping: AddressSpace, index: int) -> memoryview | None:
+        """The current contents of a file page without an access (None: a hole)."""
+        page = mapping.pages.get(index)
+        if page is not None:
+            return self._data_view[page << 12 : (page + 1) << 12]
+        from .filemap import mapping_bmap
+
+        pfn = mapping_bmap(mapping, index)
+        if not pfn:
+            return None
+        if pfn < self._nr_frames:
+            return self._data_view[pfn << 12 : (pfn + 1) << 12]
+        return self._block_view(pfn - self._base)
+
+    def _drop_pages(self, mapping: AddressSpace, first: int) -> None:
+        """Take page-cache pages >= first out of the cache, unwritten; drop the vma's hints."""
+        m = self.machine
+        unmap_mapping_pages(mapping, first, 0, True)
+        for index in sorted(i for i in mapping.pages if i >= first):
+            page = mapping.pages[index]
+            BUG_ON(m.flags[page] & (PG_LOCKED | PG_WRITEBACK), "truncate: page busy")
+            cancel_dirty_page(m, page)
+            delete_from_page_cache(mapping, page)
+        vma = mapping.fs_vma
+        if vma is None:
+            return
+        pgd = vma.vm_mm.pgd
+        c0 = first >> PTE_SHIFT
+        for no in [c for c in pgd if c >= c0]:
+            chunk = pgd[no]
+            lo = first - (no << PTE_SHIFT) if no == c0 else 0
+            BUG_ON(
+                np.any(chunk.pte_np[lo:] & _PAGE_PRESENT),
+                "truncate: pte still present past EOF after unmap",
+            )
+            if lo == 0:
+                del pgd[no]
+            else:
+                chunk.pte_np[lo:] = 0
+                chunk.state[lo:] = 0
+
+    def truncate(self, ino: int, new_size: int) -> None:
+        """Unmap and drop pages past `new_size` (no writeback), zero the partial tail page."""
+        if new_size < 0:
+            raise ValueError("negative size")
+        mapping = self._spaces.get(ino)
+        if mapping is None:
+            return
+        npages = (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT
+        self._drop_pages(mapping, npages)
+        tail = new_size & 4095
+        if tail:
+            cur = self._peek(mapping, new_size >> PAGE_SHIFT)
+            if cur is not None and any(cur[tail:]):
+                self.write(ino, new_size, bytes(PAGE_SIZE - tail))
+
+    def evict_inode(self, ino: int) -> None:
+        """The file is gone: drop its pages without writeback, and its vma."""
+        mapping = self._spaces.get(ino)
+        if mapping is None:
+            return
+        self._drop_pages(mapping, 0)
+        for vma in list(mapping.i_mmap):
+            if vma.fs_owned:
+                continue
+            self.munmap(vma)
+        del self._spaces[ino]
+        vma = self._vmas.pop(ino)
+        vma.vm_mm.pgd.clear()
+
+    # -- writeback / migration --------------------------------------------------
+
+    def _dirty_frames(self, ino: int | None = None) -> np.ndarray:
+        m = self.machine
+        mask = (m.flags & (PG_DIRTY | PG_ANON)) == PG_DIRTY
+        if ino is not None:
+            mask &= m.mapping == ino
+        else:
+            mask &= m.mapping != 0
+        return np.flatnonzero(mask)
+
+    def _writeback(self, frames: np.ndarray, reason: str) -> int:
+        m = self.machine
+        done = 0
+        if not len(frames):
+            return 0
+        owners = m.mapping[frames]
+        for ino in np.unique(owners).tolist():
+            mapping = self._spaces[int(ino)]
+            done += write_cache_pages(mapping, frames[owners == ino], reason)
+        return done
+
+    def fsync(self, ino: int) -> int:
+        """Write back the inode's dirty pages (reason `fsync`); returns how many."""
+        if ino not in self._spaces:
+            return 0
+        return self._writeback(self._dirty_frames(ino), schema.REASON_FSYNC)
+
+    def sync_all(self, reason: str = schema.REASON_SYNC) -> int:
+        """Write back every dirty page (reason `sync`, `unmount`, ...); returns how many."""
+        return self._writeback(self._dirty_frames(), reason)
+
+    def _cache_frames(self) -> np.ndarray:
+        """Page-cache frames that may be demoted now (not anon, locked or under writeback)."""
+        m = self.machine
+        busy = PG_ANON | PG_LOCKED | PG_WRITEBACK
+        return np.flatnonzero((m.mapping != 0) & ((m.flags & busy) == 0))
+
+    def _demote(self, page: int, reason: str) -> bool:
+        m = self.machine
+        mapping = self._spaces[int(m.mapping[page])]
+        index = int(m.index[page])
+        if not demote(mapping, page, reason):
+            return False
+        vma = mapping.fs_vma
+        if vma is not None:
+            chunk = vma.vm_mm.pgd.get(index >> PTE_SHIFT)
+            if chunk is not None:
+                slot = index & 511
+                chunk.state[slot] = self.policy.on_demote(int(chunk.state[slot]))
+        return True
+
+    def _reclaim(self) -> bool:
+        """Direct reclaim: demote the policy's coldest page-cache frame (reason dram_budget)."""
+        free = self.machine.free_list
+        before = len(free)
+        for page in self.policy.victims(self._cache_frames()).tolist():
+            self._demote(page, schema.REASON_DRAM_BUDGET)
+            if len(free) > before:
+                return True
+        return False
+
+    def demote_all(self, reason: str = schema.REASON_CTL) -> int:
+        """Demote every page-cache page (writing back the dirty ones); returns how many."""
+        n = 0
+        for page in self._cache_frames().tolist():
+            n += self._demote(page, reason)
+        return n
+
+    def promote(self, ino: int, index: int, reason: str = schema.REASON_CTL) -> bool:
+        """Promote one XIP page into the page cache, making room if the budget is full."""
+        mapping = self.address_space(ino)
+        if index in mapping.pages:
+            return False
+        if not self.machine.free_list and not self._reclaim():
+            return False
+        return promote(mapping, index, reason) is not None
+
+    def set_policy(self, name: str) -> None:
+        """Switch the replacement policy (its state starts afresh)."""
+        policy = make_policy(name, self.machine.nr_frames)
+        policy.begin_tick(self._tick)
+        for page in np.flatnonzero(self.machine.mapping != 0).tolist():
+            policy.on_alloc(page)
+        for vma in self._vmas.values():
+            for chunk in vma.vm_mm.pgd.values():
+                chunk.state[:] = 0
+        self.policy = policy
+
+    # -- tick -----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Once a second: dirty expiry, the policy's pass, access histograms, counters, flush."""
+        m = self.machine
+        now = self.clock()
+        self._tick += 1
+        policy = self.policy
+        policy.begin_tick(self._tick)
+        # Dirty pages older than the writeback interval.
+        dirty = self._dirty_frames()
+        if len(dirty):
+            old = dirty[m.dirtied_at[dirty] <= now - self.writeback_interval]
+            self._writeback(old, schema.REASON_DIRTY_EXPIRE)
+        # The interval's accesses: histogram events, policy scan.
+        touched, self._touched = self._touched, []
+        self._gen += 1
+        t0, t1 = self._t_interval - self.events_t0, now - self.events_t0
+        self._t_interval = now
+        per_ino: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        cands: list[tuple[np.ndarray, int, np.ndarray]] = []
+        nr_frames, base = self._nr_frames, self._base
+        for chunk in sorted(touched, key=lambda c: (id(c.owner), c.no)):
+            reads = chunk.reads_np.astype(np.int64)
+            writes = chunk.writes_np.astype(np.int64)
+            hits = reads + writes
+            idx = np.flatnonzero(hits)
+            vma = chunk.owner.vmas[0] if chunk.owner.vmas else None
+            live = vma is not None and vma.vm_mm.pgd.get(chunk.no) is chunk
+            if len(idx) and vma is not None and vma.vm_file is not None:
+                ino = vma.vm_file.host
+                per_ino.setdefault(ino, []).append(
+                    ((chunk.no << PTE_SHIFT) + idx, reads[idx], writes[idx])
+                )
+            chunk.reads_np[:] = 0
+            chunk.writes_np[:] = 0
+            if not live:
+                continue
+            ptes = chunk.pte_np
+            present = (ptes & _PAGE_PRESENT) != 0
+            young = present & ((ptes & _PAGE_ACCESSED) != 0)
+            pfns = ptes >> PTE_PFN_SHIFT
+            frames = np.where(present & (pfns < nr_frames), pfns, 0)
+            promotable = pfns >= base
+            scores = policy.scan_chunk(chunk.state, hits, young, frames, promotable)
+            ptes &= _NOT_YOUNG  # the sweep clears the young bits (page_referenced)
+            c = np.flatnonzero(scores > 0)
+            if len(c):
+                cands.append(((chunk.no << PTE_SHIFT) + c, vma.vm_file.host, scores[c]))
+        for ino in sorted(per_ino):
+            parts = per_ino[ino]
+            self.events.emit(
+                schema.ACCESS,
+                ino=ino,
+                t0=round(t0, 6),
+                t1=round(t1, 6),
+                pages=np.concatenate([p[0] for p in parts]).tolist(),
+                reads=np.concatenate([p[1] for p in parts]).tolist(),
+                writes=np.concatenate([p[2] for p in parts]).tolist(),
+            )
+        self._run_policy(cands)
+        policy.end_tick()
+        self.events.emit(schema.COUNTERS, **self.stats_.snapshot(m))
+        self.events.flush()
+
+    @property
+    def events_t0(self) -> float:
+        return float(getattr(self.events, "t0", getattr(self.events, "_t0", 0.0)))
+
+    def _run_policy(self, cands: list[tuple[np.ndarray, int, np.ndarray]]) -> None:
+        m = self.machine
+        policy = self.policy
+        if cands:
+            idx = np.concatenate([c[0] for c in cands])
+            inos = np.concatenate([np.full(len(c[0]), c[1], dtype=np.int64) for c in cands])
+            scores = np.concatenate([c[2] for c in cands])
+            order = np.argsort(-scores, kind="stable")[: self.max_promote_per_tick]
+            victims: list[int] | None = None
+            vpos = 0
+            for k in order.tolist():
+                ino, index, score = int(inos[k]), int(idx[k]), float(scores[k])
+                mapping = self._spaces.get(ino)
+                if mapping is None or index in mapping.pages:
+                    continue
+                if not m.free_list:
+                    if victims is None:
+                        victims = policy.victims(self._cache_frames()).tolist()
+                    while vpos < len(victims) and m.mapping[victims[vpos]] == 0:
+                        vpos += 1
+                    if vpos >= len(victims) or not policy.admit(score, victims[vpos]):
+                        break
+                    self._demote(victims[vpos], schema.REASON_DRAM_BUDGET)
+                    vpos += 1
+                    if not m.free_list:
+                        continue
+                promote(mapping, index, schema.REASON_POLICY)
+        for page in policy.cold_frames(self._cache_frames()).tolist():
+            self._demote(page, schema.REASON_POLICY)
+
+    # -- reporting ------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-able: {"counters": the EVENTS.md counters object, "residency": totals, ...}."""
+        m = self.machine
+        cache = int(np.count_nonzero((m.mapping != 0) & ((m.flags & PG_ANON) == 0)))
+        anon = int(np.count_nonzero((m.flags & PG_ANON) != 0))
+        return {
+            "counters": self.stats_.snapshot(m),
+            "residency": {
+                "files": len(self._spaces),
+                "pagecache": cache,
+                "anon": anon,
+                "xip_mapped": self.stats_.xip_mapped,
+                "free": len(m.free_list),
+                "dram_pages": m.dram_pages,
+            },
+            "policy": self.policy.name,
+            "pte_special": m.pte_special,
+            "tick": self._tick,
+        }
+
+    def residency(self, ino: int) -> dict[str, int]:
+        """{"pages", "xip", "pagecache", "dirty"} of one file: where its mapped pages live."""
+        mapping = self._spaces.get(ino)
+        if mapping is None:
+            return {"pages": 0, "xip": 0, "pagecache": 0, "dirty": 0}
+        xip = 0
+        vma = self._vmas[ino]
+        for chunk in vma.vm_mm.pgd.values():
+            p = chunk.pte_np
+            xip += int(
+                np.count_nonzero((p & _PAGE_PRESENT != 0) & ((p >> PTE_PFN_SHIFT) >= self._base))
+            )
+        cache = len(mapping.pages)
+        dirty = len(self._dirty_frames(ino))
+        return {"pages": xip + cache, "xip": xip, "pagecache": cache, "dirty": dirty}
+
+    def close(self) -> None:
+        """Write back everything (reason `unmount`), log the last counters, flush the log."""
+        if self._closed:
+            return
+        self.sync_all(schema.REASON_UNMOUNT)
+        self.events.emit(schema.COUNTERS, **self.stats_.snapshot(self.machine))
+        self.events.flush()
+        self._closed = True

@@ -1,0 +1,87 @@
+"""Migration between XIP backing and the page cache: what b379d790 predicted.
+
+promote (xip -> pagecache): allocate a frame, copy the NVRAM block into it,
+put it in the page cache, and unmap_mapping_pages over that page index (the
+NVRAM pfn has no struct page, hence no reverse map: the file's mapping is
+the only way to find its ptes), so the next fault maps the frame.
+
+demote (pagecache -> xip): write the page back if dirty, unmap it from
+every vma of the file, take it out of the page cache; the frame is freed
+only when nothing else holds a reference. The filesystem's vma keeps the
+block as a bmap hint, so the next fault maps the NVRAM pfn directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..events import schema
+from .bug import BUG_ON
+from .filemap import AddressSpace, delete_from_page_cache, mapping_bmap, write_cache_pages
+from .flags import _PAGE_BMAP, _PAGE_PRESENT, PTE_PFN_SHIFT
+from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_UPTODATE, PG_WRITEBACK
+from .memory import log_page_event, unmap_mapping_pages
+from .stats import Stats
+
+
+# promote: move file page `index` from its NVRAM block into a new
+# page-cache frame. Returns the frame, or None when the page cannot be
+# promoted (already cached, a hole, or no free frame: promotion never
+# reclaims; the caller makes room first if it wants to).
+def promote(mapping: AddressSpace, index: int, reason: str) -> int | None:
+    m = mapping.machine
+    if index in mapping.pages or not m.free_list:
+        return None
+    pfn = mapping_bmap(mapping, index)
+    if not pfn:
+        return None
+    block = pfn - m.nvram_base_pfn
+    page = m.alloc_page()
+    BUG_ON(page is None, "promote: free list emptied under us")
+    assert page is not None
+    m.data[page] = np.frombuffer(mapping.backing.block_view(block), dtype=np.uint8)
+    m.page_block[page] = block
+    from .filemap import add_to_page_cache
+
+    add_to_page_cache(mapping, page, index)
+    m.flags[page] = int(m.flags[page]) | PG_UPTODATE
+    m.put_page(page)  # the page cache's reference keeps it
+    unmap_mapping_pages(mapping, index, 1, False)
+    Stats.bump(m.stats.promote, reason)
+    log_page_event(
+        m, schema.MIGRATE, mapping, index, pfn, page, schema.XIP, schema.PAGECACHE, reason, page
+    )
+    return page
+
+
+# demote: move page-cache page `page` of `mapping` back to XIP: writeback
+# if dirty (reason `demote`), unmap it everywhere (private COWed copies are
+# not the file's and stay), delete it from the page cache. False when the
+# page is busy (locked or under writeback) and was left alone.
+def demote(mapping: AddressSpace, page: int, reason: str) -> bool:
+    m = mapping.machine
+    f = int(m.flags[page])
+    BUG_ON(f & PG_ANON or m.mapping[page] != mapping.host, "demote: not a page of this file")
+    if f & (PG_LOCKED | PG_WRITEBACK):
+        return False
+    index = int(m.index[page])
+    if f & PG_DIRTY:
+        write_cache_pages(mapping, np.array([page], dtype=np.int64), schema.REASON_DEMOTE)
+    unmap_mapping_pages(mapping, index, 1, False)
+    if m.flags[page] & PG_DIRTY:
+        # A dirty pte was folded into the page by the unmap.
+        write_cache_pages(mapping, np.array([page], dtype=np.int64), schema.REASON_DEMOTE)
+    block = int(m.page_block[page])
+    BUG_ON(block <= 0, "demote: page has no NVRAM block after writeback", m.dump_page(page))
+    delete_from_page_cache(mapping, page)
+    vma = mapping.fs_vma
+    pfn = m.nvram_base_pfn + block
+    if vma is not None:
+        chunk, slot = vma.vm_mm.get_locked_pte(vma.page_address(index))
+        if not chunk.pte[slot] & _PAGE_PRESENT:
+            chunk.pte[slot] = (pfn << PTE_PFN_SHIFT) | _PAGE_BMAP
+    Stats.bump(m.stats.demote, reason)
+    log_page_event(
+        m, schema.MIGRATE, mapping, index, page, pfn, schema.PAGECACHE, schema.XIP, reason, page
+    )
+    return True
