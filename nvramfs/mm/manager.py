@@ -83,7 +83,7 @@ class MemoryManager:
         pte_special: bool = True,
         nr_nvram_pages: int | None = None,
         *,
-        writeback_interval: float = 5.0,
+        writeback_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         max_promote_per_tick: int | None = None,
     ) -> None:
@@ -95,7 +95,7 @@ class MemoryManager:
         m.nvram_view = backing.block_view
         m.reclaim = self._reclaim
         self.nr_nvram_pages = nr_nvram_pages or getattr(backing, "nr_blocks", None)
-        self.writeback_interval = writeback_interval
+        self.writeback_seconds = writeback_seconds
         self.clock = clock
         self.trace_faults = bool(getattr(self.events, "trace_faults", False))
         self.max_promote_per_tick = max_promote_per_tick or max(32, dram_pages // 4)
@@ -599,7 +599,7 @@ class MemoryManager:
         # Dirty pages older than the writeback interval.
         dirty = self._dirty_frames()
         if len(dirty):
-            old = dirty[m.dirtied_at[dirty] <= now - self.writeback_interval]
+            old = dirty[m.dirtied_at[dirty] <= now - self.writeback_seconds]
             self._writeback(old, schema.REASON_DIRTY_EXPIRE)
         # The interval's accesses: histogram events, policy scan.
         touched, self._touched = self._touched, []
@@ -689,24 +689,24 @@ class MemoryManager:
     # -- reporting ------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """JSON-able: {"counters": the EVENTS.md counters object, "residency": totals, ...}."""
+        """JSON-able: the `counters` object of EVENTS.md, plus `residency` totals, `policy`,
+        `pte_special` and `tick`."""
         m = self.machine
         cache = int(np.count_nonzero((m.mapping != 0) & ((m.flags & PG_ANON) == 0)))
         anon = int(np.count_nonzero((m.flags & PG_ANON) != 0))
-        return {
-            "counters": self.stats_.snapshot(m),
-            "residency": {
-                "files": len(self._spaces),
-                "pagecache": cache,
-                "anon": anon,
-                "xip_mapped": self.stats_.xip_mapped,
-                "free": len(m.free_list),
-                "dram_pages": m.dram_pages,
-            },
-            "policy": self.policy.name,
-            "pte_special": m.pte_special,
-            "tick": self._tick,
+        out = self.stats_.snapshot(m)
+        out["residency"] = {
+            "files": len(self._spaces),
+            "pagecache": cache,
+            "anon": anon,
+            "xip_mapped": self.stats_.xip_mapped,
+            "free": len(m.free_list),
+            "dram_pages": m.dram_pages,
         }
+        out["policy"] = self.policy.name
+        out["pte_special"] = m.pte_special
+        out["tick"] = self._tick
+        return out
 
     def residency(self, ino: int) -> dict[str, int]:
         """{"pages", "xip", "pagecache", "dirty"} of one file: where its mapped pages live."""
