@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import mmap
 import os
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -145,10 +145,16 @@ class Image:
         self.recovery: list[str] = []
         self.root_ino = F.ROOT_INO
         self.path = ""
+        self.corrupt: str | None = None  # first damage seen: no more writes (errors=remount-ro)
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike, *, readonly: bool = False, persist: Persist | None = None
+        cls,
+        path: str | os.PathLike,
+        *,
+        readonly: bool = False,
+        persist: Persist | None = None,
+        _lenient: bool = False,
     ) -> Image:
         """Map the image and check what serving it needs, in O(1) of its size.
 
@@ -158,6 +164,7 @@ class Image:
         private copy-on-write mapping, so the file is never modified.
         """
         img = cls()
+        img._lenient = _lenient  # fsck: let a damaged root through, fsck reports it
         img.path = str(path)
         img.readonly = readonly
         try:
@@ -271,13 +278,18 @@ class Image:
             self._replay(jt)
             self.recovery.append(f"journal replayed (transaction {jt[0]}, {len(jt[1])} blocks)")
         # Root must be a directory we can read.
-        root = self._inode(F.ROOT_INO)
-        if not stat.S_ISDIR(int(root["mode"])):
-            raise CorruptImage(f"inode {F.ROOT_INO} (root): not a directory")
+        try:
+            root = self._inode(F.ROOT_INO, allow_free=True)
+            if not stat.S_ISDIR(int(root["mode"])):
+                raise CorruptImage(f"inode {F.ROOT_INO} (root): not a directory")
+        except CorruptImage:
+            if not (self._lenient and self.readonly):
+                raise
         self.generation = int(self._sb["generation"])
         if self.readonly:
             return
         bad_copy = bool(self.sb_problems)
+        self._check_orphan_list()
         self._reclaim_orphans()
         with self._transaction() as txn:
             self._sb["state"] = F.STATE_DIRTY
@@ -331,7 +343,7 @@ class Image:
         if self._mm is None:
             return
         try:
-            if not self.readonly and clean:
+            if not self.readonly and clean and not self.corrupt:
                 if self.persist.bulk:  # end of mkfs: everything durable, then one journaled txn
                     self.persist.sync()
                     self.persist.bulk = False
@@ -682,6 +694,8 @@ class Image:
             raise FsError(errno.EROFS)
         if self._mm is None:
             raise FsError(errno.EBADF, "image closed")
+        if self.corrupt:
+            raise CorruptImage(f"{self.corrupt} (no writes since)")
         assert self._txn is None, "nested transaction"
         txn = _Txn()
         snap = self._sb.copy()
@@ -872,7 +886,19 @@ class Image:
         hit = self._dir(parent).names.get(bytes(name))
         if hit is None:
             raise FsError(errno.ENOENT)
-        return hit[0]
+        ino = hit[0]
+        try:
+            self.getattr(ino)
+        except FsError:
+            raise CorruptImage(
+                f"directory inode {parent} entry {bytes(name)!r}: names free inode {ino}"
+            ) from None
+        if stat.S_ISDIR(self.getattr(ino).mode) and int(self._inode(ino)["parent"]) != parent:
+            raise CorruptImage(
+                f"directory inode {parent} entry {bytes(name)!r}: directory inode {ino} has "
+                f"parent {int(self._inode(ino)['parent'])} (directory loop or hard link)"
+            )
+        return ino
 
     def readdir(self, ino: int, after: int = 0) -> Iterator[tuple[int, bytes, int]]:
         """Entries (cookie, name, ino) with cookie > `after`; "." and ".." are not listed.
@@ -1317,6 +1343,24 @@ class Image:
         if int(rec["nlink"]) == 0 and int(rec["flags"]) & F.IFLAG_ORPHAN:
             self._reclaim(ino)
 
+    def _check_orphan_list(self) -> None:
+        """Walk the orphan list before recovery writes anything (O(orphans))."""
+        seen: set[int] = set()
+        cur = int(self._sb["orphan_head"])
+        while cur:
+            if cur in seen or not 0 < cur < self.L.nr_inodes:
+                raise CorruptImage(f"orphan list: loop or bad inode {cur}")
+            seen.add(cur)
+            rec = self._inode(cur, allow_free=True)
+            if int(rec["mode"]) == 0 or not int(rec["flags"]) & F.IFLAG_ORPHAN:
+                raise CorruptImage(f"orphan list: inode {cur} is not an orphan")
+            self._inode(cur)  # checksum
+            cur = int(rec["orphan_next"])
+        if len(seen) != int(self._sb["orphan_count"]):
+            raise CorruptImage(
+                f"orphan list: {len(seen)} inodes, superblock counts {int(self._sb['orphan_count'])}"
+            )
+
     def _reclaim_orphans(self) -> None:
         n = 0
         t = 0
@@ -1612,5 +1656,23 @@ class Image:
         return [n for bit, n in F.FEATURE_NAMES.items() if f & bit]
 
 
-def path_of(p: str | os.PathLike) -> Path:
-    return Path(p)
+def _latch_corruption(fn: Callable) -> Callable:
+    """Wrap a public call: the first CorruptImage turns the image read-only."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Image, *args: object, **kw: object) -> object:
+        try:
+            return fn(self, *args, **kw)
+        except CorruptImage as exc:
+            if self.corrupt is None:
+                self.corrupt = str(exc)
+            raise
+
+    return wrapper
+
+
+for _name in (
+    "getattr lookup readdir readlink bmap create mkdir symlink link unlink rmdir rename "
+    "release setattr getxattr setxattr listxattr removexattr write_pages"
+).split():
+    setattr(Image, _name, _latch_corruption(getattr(Image, _name)))

@@ -41,7 +41,7 @@ def tree(tmp_path: Path) -> Path:
 @pytest.fixture
 def image(tmp_path: Path, tree: Path) -> Path:
     out = tmp_path / "t.img"
-    mkfs(out, src=tree)
+    mkfs(out, src=tree, size=8 << 20)  # small: the corruption tests copy it often
     return out
 
 
