@@ -180,6 +180,11 @@ class Operations(pyfuse3.Operations):
             return exc
         if self._fs_error is not None and isinstance(exc, self._fs_error):
             return FUSEError(getattr(exc, "errno", None) or errno.EIO)
+        if type(exc) is OSError and exc.errno in (errno.ENOMEM, errno.ENOSPC, errno.EFBIG):
+            # mm's "DRAM budget exhausted, nothing reclaimable" and the like: an
+            # answer the caller can act on, not a bug.
+            log.warning("%s: %s", what, exc)
+            return FUSEError(exc.errno)
         fatal = bool(self._mm_bugs) and isinstance(exc, self._mm_bugs)
         self.errors += 1
         log.error("%s: unexpected %s: %s", what, type(exc).__name__, exc, exc_info=exc)
