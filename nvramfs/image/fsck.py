@@ -124,10 +124,10 @@ class _Checker:
         img, rep = self.img, self.rep
         clean = img.was_clean
         for p in img.sb_problems:
-            if clean:
-                rep.error("superblock", p)
+            if img.sb_torn:
+                rep.notes.append(f"{p} (a power cut between the copy writes; rewritten at open)")
             else:
-                rep.notes.append(f"{p} (torn by a crash; rewritten at the next writable open)")
+                rep.error("superblock", p)
         rep.notes.extend(f"recovery: {r} (in memory)" for r in img.recovery)
         jt = img._journal_txn()
         where = f"journal header (block {self.L.journal_start})"

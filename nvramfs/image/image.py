@@ -247,7 +247,7 @@ class Image:
             if not (magic_a or magic_b):
                 raise NotAnImage(f"{self.path}: not an nvramfs image (no superblock magic)")
             raise CorruptImage(f"superblock (block 0): {why_a}; copy B (block 1): {why_b}")
-        self.sb_problems = []
+        self.sb_problems: list[str] = []
         if a is None:
             self.sb_problems.append(f"superblock copy A (block 0): {why_a}")
         if b is None:
@@ -269,6 +269,18 @@ class Image:
         # The journal: replay a committed transaction newer than the superblock.
         jt = self._journal_txn()
         replay = jt is not None and jt[0] > int(best["generation"])
+        # A bad or stale copy is what a power cut leaves when the journal explains it:
+        # replay rewrites both, or copy A holds the journal's transaction and B is
+        # missing it (the cut fell between the two copy writes).
+        self.sb_torn = bool(self.sb_problems) and (
+            replay
+            or (
+                a is not None
+                and jt is not None
+                and jt[0] == int(a["generation"])
+                and (b is None or int(b["generation"]) == int(a["generation"]) - 1)
+            )
+        )
         if replay:
             self._check_journal(jt)
             self.was_clean = False
@@ -277,6 +289,7 @@ class Image:
         if replay:
             self._replay(jt)
             self.recovery.append(f"journal replayed (transaction {jt[0]}, {len(jt[1])} blocks)")
+            self.sb_problems = []
         # Root must be a directory we can read.
         try:
             root = self._inode(F.ROOT_INO, allow_free=True)

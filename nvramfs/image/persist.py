@@ -17,6 +17,7 @@ one of those images.
 from __future__ import annotations
 
 import mmap
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -89,17 +90,29 @@ class RecordingPersist(Persist):
     def fences(self) -> int:
         return sum(1 for op in self.log if op.kind == "fence")
 
-    def crash_images(self, base: bytes) -> Iterator[tuple[int, bytes]]:
+    def crash_images(
+        self, base: bytes, torn: random.Random | None = None
+    ) -> Iterator[tuple[int, bytes]]:
         """Yield (fence number, image bytes) for a power cut right after each fence.
 
         `base` is the image as it was when recording started. A store counts
         only if a flush that covers it (issued after the store) precedes the
         fence; unflushed or unfenced stores are lost, as on real NVRAM.
+
+        With `torn`, also yield for each fence an image where a random part of
+        the stores issued after it did reach the media (any dirty cache line
+        may be written back early): each such store is kept whole, cut to a
+        random 8-byte-aligned prefix, or dropped.
         """
         img = bytearray(base)
         pending: list[Op] = []  # stored, not yet flushed
         flushed: list[Op] = []  # flushed, waiting for a fence
         nfence = 0
+        epochs: list[int] = [0]  # index in the log just after each fence
+        for i, op in enumerate(self.log):
+            if op.kind == "fence":
+                epochs.append(i + 1)
+        yield from self._torn(img, 0, epochs, torn)
         yield 0, bytes(img)
         for op in self.log:
             if op.kind == "store":
@@ -118,4 +131,23 @@ class RecordingPersist(Persist):
                     img[st.offset : st.offset + len(st.data)] = st.data
                 flushed = []
                 nfence += 1
+                yield from self._torn(img, nfence, epochs, torn)
                 yield nfence, bytes(img)
+
+    def _torn(
+        self, img: bytearray, nfence: int, epochs: list[int], rng: random.Random | None
+    ) -> Iterator[tuple[int, bytes]]:
+        if rng is None or nfence + 1 >= len(epochs):
+            return
+        out = bytearray(img)
+        for op in self.log[epochs[nfence] : epochs[nfence + 1]]:
+            if op.kind != "store":
+                continue
+            r = rng.random()
+            if r < 0.4:
+                continue
+            data = op.data
+            if r < 0.7:
+                data = data[: rng.randrange(0, len(data) + 1, 8)]
+            out[op.offset : op.offset + len(data)] = data
+        yield nfence, bytes(out)
