@@ -159,7 +159,12 @@ class Control:
         return out
 
     def stats_bytes(self) -> bytes:
-        return (json.dumps(self.stats(), indent=2, sort_keys=True) + "\n").encode()
+        """The stats, with the event log flushed at the same instant: what the
+        counters say can be checked line by line against the log."""
+        data = (json.dumps(self.stats(), indent=2, sort_keys=True) + "\n").encode()
+        if self.events is not None:
+            self.events.flush()
+        return data
 
     def events_tail(self) -> bytes:
         """The last whole lines of the event log (flushed first)."""

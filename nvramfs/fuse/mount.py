@@ -37,7 +37,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from nvramfs.errors import NvramfsError
+from nvramfs.errors import NvramfsError, UsageError
 from nvramfs.events import schema
 from nvramfs.fuse.control import Control
 from nvramfs.fuse.options import PAGE_SIZE, MountOptions
@@ -99,6 +99,11 @@ def mount(
     if not os.path.exists(image):
         raise NvramfsError(f"image {image} does not exist")
     mountpoint = check_mountpoint(mountpoint)
+    if opts.sim and opts.policy is not None:
+        from nvramfs.mm.policy import POLICIES
+
+        if opts.policy not in POLICIES:
+            raise UsageError(f"policy={opts.policy}: unknown (one of: {', '.join(POLICIES)})")
     if foreground:
         return serve(image, mountpoint, opts, report=_print_report, debug=debug)
 

@@ -25,7 +25,7 @@ OPTION_HELP = [
     ("allow_other", "let other users in (off by default; implies default_permissions)"),
     ("default_permissions", "let the kernel check permissions from the mode bits"),
     ("dram=SIZE", "DRAM budget of the simulated pagecache, e.g. 64M, 1G (default 64M)"),
-    ("policy=NAME", "migration policy of the mm layer (default: the mm layer's default)"),
+    ("policy=NAME", "migration policy: none, mq, 2q (default), clock"),
     ("log=PATH", "event log (default: IMAGE.events.jsonl beside the image)"),
     (
         "cache=direct|kernel",
