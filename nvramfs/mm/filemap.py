@@ -237,7 +237,8 @@ def _new_cache_page(mapping: AddressSpace, index: int, src_pfn: int) -> int | No
 # else its NVRAM block, mapped with vm_insert_mixed (raw, read-only:
 # VM_FAULT_NOPAGE); else, for a hole, the zero page (read-only), except
 # for a store through a shared vma, which gets a new zeroed page-cache
-# page (blocks are allocated at writeback).
+# page (blocks are allocated at writeback; other vmas' zero-page ptes of the
+# hole are torn down).
 def xip_file_fault(vmf: VMFault) -> int:
     vma = vmf.vma
     mapping = vma.vm_file
@@ -263,6 +264,9 @@ def xip_file_fault(vmf: VMFault) -> int:
         page = _new_cache_page(mapping, index, ZERO_PFN)
         if page is None:
             return VM_FAULT_OOM
+        # Other vmas may map the zero page for this hole: the file has a
+        # page now, so they must fault it in (as DAX does on a hole fill).
+        unmap_mapping_pages(mapping, index, 1, False)
         lock_page(m, page)
         vmf.page = page
         return VM_FAULT_LOCKED

@@ -473,12 +473,14 @@ class MemoryManager:
         """Unmap and drop pages past `new_size` (no writeback), zero the partial tail page."""
         if new_size < 0:
             raise ValueError("negative size")
+        tail = new_size & 4095
         mapping = self._spaces.get(ino)
         if mapping is None:
-            return
+            if not tail:
+                return
+            mapping = self.address_space(ino)
         npages = (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT
         self._drop_pages(mapping, npages)
-        tail = new_size & 4095
         if tail:
             cur = self._peek(mapping, new_size >> PAGE_SHIFT)
             if cur is not None and any(cur[tail:]):

@@ -1,0 +1,235 @@
+"""Random sequences of faults, writes, promotions, demotions, unmaps and truncates.
+
+After every step: no refcount below zero, a frame free exactly when
+unreferenced, every special pte at NVRAM, every normal pte's frame counting
+it in its mapcount, the DRAM budget held; and every file reads back as a
+plain bytearray model of it says.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    rule,
+)
+from mm_helpers import PAGE, FakeClock, check_invariants, pattern
+
+from nvramfs.events.writer import ListEventWriter
+from nvramfs.mm import MemBacking, MemoryManager, unmap_mapping_pages
+from nvramfs.mm.flags import VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE, VM_READ, VM_SHARED, VM_WRITE
+from nvramfs.mm.machine import PG_ANON
+
+INOS = (2, 3, 4)
+MAXPAGES = 12
+
+
+class MMMachine(RuleBasedStateMachine):
+    vmas = Bundle("vmas")
+
+    @initialize(
+        pte_special=st.booleans(),
+        policy=st.sampled_from(["none", "mq", "2q", "clock"]),
+        dram=st.integers(4, 10),
+        relocate=st.booleans(),
+        seed=st.integers(0, 1000),
+    )
+    def setup(self, pte_special: bool, policy: str, dram: int, relocate: bool, seed: int) -> None:
+        self.clock = FakeClock()
+        self.backing = MemBacking(512, relocate=relocate)
+        self.events = ListEventWriter(clock=self.clock)
+        self.mm = MemoryManager(
+            self.backing,
+            dram,
+            policy=policy,
+            events=self.events,
+            pte_special=pte_special,
+            clock=self.clock,
+        )
+        rng = np.random.default_rng(seed)
+        self.model: dict[int, bytearray] = {}
+        for ino in INOS:
+            npages = int(rng.integers(1, 8))
+            data = bytearray(pattern(npages, seed + ino))
+            size = npages * PAGE - int(rng.integers(0, PAGE))
+            data[size:] = bytes(len(data) - size)
+            holes = [i for i in range(npages) if rng.random() < 0.25]
+            for h in holes:
+                data[h * PAGE : (h + 1) * PAGE] = bytes(PAGE)
+            self.backing.create(ino, bytes(data), holes=holes)
+            self.model[ino] = bytearray(data[:size])
+        self.private: list = []
+
+    # -- the filesystem's data path --------------------------------------------------
+
+    @rule(
+        ino=st.sampled_from(INOS), off=st.integers(0, MAXPAGES * PAGE), n=st.integers(1, 3 * PAGE)
+    )
+    def read(self, ino: int, off: int, n: int) -> None:
+        size = len(self.model[ino])
+        if off >= size:
+            return
+        n = min(n, size - off)
+        got = bytes(self.mm.read(ino, off, n))
+        assert got == bytes(self.model[ino][off : off + n])
+
+    @rule(
+        ino=st.sampled_from(INOS),
+        off=st.integers(0, MAXPAGES * PAGE - 1),
+        data=st.binary(min_size=1, max_size=2 * PAGE + 10),
+    )
+    def write(self, ino: int, off: int, data: bytes) -> None:
+        if self._anon() > self.mm.machine.dram_pages - 3:
+            return
+        data = data[: MAXPAGES * PAGE - off]
+        self.mm.write(ino, off, data)
+        mod = self.model[ino]
+        if off > len(mod):
+            mod.extend(bytes(off - len(mod)))
+        mod[off : off + len(data)] = data
+
+    @rule(ino=st.sampled_from(INOS), size=st.integers(0, MAXPAGES * PAGE))
+    def truncate(self, ino: int, size: int) -> None:
+        mod = self.model[ino]
+        self.mm.truncate(ino, size)
+        self.backing.truncate(ino, (size + PAGE - 1) // PAGE)
+        if size < len(mod):
+            del mod[size:]
+        else:
+            mod.extend(bytes(size - len(mod)))
+
+    @rule(ino=st.sampled_from(INOS))
+    def fsync(self, ino: int) -> None:
+        self.mm.fsync(ino)
+        mod = self.model[ino]
+        npages = (len(mod) + PAGE - 1) // PAGE
+        disk = self.backing.read_file(ino, npages)[: len(mod)]
+        cached = self.mm.address_space(ino).pages
+        for i in range(npages):
+            if i not in cached or True:
+                assert disk[i * PAGE : (i + 1) * PAGE] == bytes(mod[i * PAGE : (i + 1) * PAGE])
+
+    # -- migration ---------------------------------------------------------------------
+
+    @rule(ino=st.sampled_from(INOS), index=st.integers(0, MAXPAGES - 1))
+    def promote(self, ino: int, index: int) -> None:
+        self.mm.promote(ino, index)
+
+    @rule(k=st.integers(0, 100))
+    def demote_one(self, k: int) -> None:
+        frames = self.mm._cache_frames()
+        if len(frames):
+            self.mm._demote(int(frames[k % len(frames)]), "ctl")
+
+    @rule()
+    def demote_all(self) -> None:
+        self.mm.demote_all("ctl")
+
+    @rule(
+        ino=st.sampled_from(INOS),
+        index=st.integers(0, MAXPAGES),
+        nr=st.integers(0, 4),
+        even=st.booleans(),
+    )
+    def unmap(self, ino: int, index: int, nr: int, even: bool) -> None:
+        unmap_mapping_pages(self.mm.address_space(ino), index, nr, even)
+
+    @rule(dt=st.sampled_from([0.5, 1.0, 6.0]))
+    def tick(self, dt: float) -> None:
+        self.clock.advance(dt)
+        self.mm.tick()
+
+    # -- simulated processes -----------------------------------------------------------
+
+    @rule(
+        target=vmas,
+        ino=st.sampled_from(INOS),
+        pgoff=st.integers(0, 6),
+        npages=st.integers(1, 6),
+        shared=st.booleans(),
+    )
+    def mmap(self, ino: int, pgoff: int, npages: int, shared: bool):
+        flags = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE
+        if shared:
+            flags |= VM_SHARED | VM_MAYSHARE
+        return self.mm.mmap(ino, pgoff, npages, flags)
+
+    @rule(vma=vmas, k=st.integers(0, 10))
+    def load(self, vma, k: int) -> None:
+        if vma not in vma.vm_file.i_mmap:
+            return
+        addr = vma.vm_start + (k % vma.nr_pages) * PAGE
+        pfn = self.mm.access(vma, addr, False)
+        index = vma.linear_page_index(addr)
+        mod = self.model[vma.vm_file.host]
+        if vma.shared or not self._is_anon(pfn):
+            page = self._page_bytes(pfn)
+            want = bytes(mod[index * PAGE : (index + 1) * PAGE]).ljust(PAGE, b"\0")
+            assert page == want
+
+    @rule(vma=vmas, k=st.integers(0, 10), byte=st.integers(0, 255))
+    def store(self, vma, k: int, byte: int) -> None:
+        if vma not in vma.vm_file.i_mmap or self._anon() > self.mm.machine.dram_pages - 3:
+            return
+        addr = vma.vm_start + (k % vma.nr_pages) * PAGE
+        ino = vma.vm_file.host
+        index = vma.linear_page_index(addr)
+        if vma.shared:
+            # A store through a shared mapping is a store to the file (inside EOF only).
+            if (index + 1) * PAGE > len(self.model[ino]):
+                return
+            self.mm.write(ino, index * PAGE + 7, bytes([byte]))
+            self.model[ino][index * PAGE + 7] = byte
+            return
+        pfn = self.mm.access(vma, addr, True)
+        assert self._is_anon(pfn)
+        self.mm.machine.data[pfn, 7] = byte  # private: the file must not see it
+
+    @rule(vma=consumes(vmas))
+    def munmap(self, vma) -> None:
+        if vma in vma.vm_file.i_mmap:
+            self.mm.munmap(vma)
+
+    # -- helpers / invariants ------------------------------------------------------------
+
+    def _anon(self) -> int:
+        return int(np.count_nonzero(self.mm.machine.flags & PG_ANON))
+
+    def _is_anon(self, pfn: int) -> bool:
+        m = self.mm.machine
+        return m.pfn_valid(pfn) and bool(m.flags[pfn] & PG_ANON)
+
+    def _page_bytes(self, pfn: int) -> bytes:
+        m = self.mm.machine
+        if m.pfn_valid(pfn):
+            return m.data[pfn].tobytes()
+        return bytes(self.backing.block_view(pfn - m.nvram_base_pfn))
+
+    @invariant()
+    def invariants(self) -> None:
+        if hasattr(self, "mm"):
+            check_invariants(self.mm)
+
+    def teardown(self) -> None:
+        if not hasattr(self, "mm"):
+            return
+        self.mm.close()
+        check_invariants(self.mm)
+        for ino, mod in self.model.items():
+            npages = (len(mod) + PAGE - 1) // PAGE
+            assert self.backing.read_file(ino, npages)[: len(mod)] == bytes(mod)
+
+
+MMMachine.TestCase.settings = settings(
+    max_examples=300,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestMM = MMMachine.TestCase
