@@ -148,14 +148,15 @@ class Mount:
 class Mounter:
     """Mounts images under one test directory and remembers every mount it made."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, images: Path | None = None) -> None:
         self.base = base
+        self.images = images or base
         self.mounts: list[Mount] = []
         self.n = 0
 
     def image(self, size: str = "64M", tree: Path | None = None, name: str | None = None) -> Path:
         self.n += 1
-        return mkfs(self.base / (name or f"img{self.n}.nvram"), size, tree)
+        return mkfs(self.images / (name or f"img{self.n}.nvram"), size, tree)
 
     def __call__(self, image: Path, options: str = "", mountpoint: Path | None = None) -> Mount:
         if mountpoint is None:
