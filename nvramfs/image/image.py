@@ -778,6 +778,8 @@ class Image:
         if size % BS:
             raise CorruptImage(f"directory inode {ino}: size {size} not a multiple of {BS}")
         nblk = size // BS
+        if nblk > int(self._ext(ino).len.sum()):
+            raise CorruptImage(f"directory inode {ino}: size {size} larger than its blocks")
         blocks = self.bmap(ino, 0, nblk) if nblk else np.zeros(0, np.int64)
         d = _Dir()
         for lb, pb in enumerate(blocks.tolist()):
