@@ -75,6 +75,28 @@ def reseal_all(buf: bytearray, data_start: int) -> None:
         buf[c * BS + F.SB_SIZE - 4 : c * BS + F.SB_SIZE] = F.sb_crc(raw).to_bytes(4, "little")
 
 
+def walk(img: Image, ino: int, seen: set[int]) -> None:
+    """Read everything reachable, as a mount's readdir/lookup/getattr/read would."""
+    if ino in seen:
+        return
+    seen.add(ino)
+    for _c, name, child in img.readdir(ino):
+        try:
+            img.lookup(ino, name)
+            a = img.getattr(child)
+            if stat.S_ISDIR(a.mode):
+                walk(img, child, seen)
+            elif stat.S_ISLNK(a.mode):
+                img.readlink(child)
+            else:
+                for b in img.bmap(child, 0, min(64, -(-a.size // BS))):
+                    if b:
+                        bytes(img.block_view(int(b)))
+                img.listxattr(child)
+        except (FsError, CorruptImage):
+            pass
+
+
 def exercise(path: Path) -> None:
     """Everything a mount and fsck would do; only our error types may come out."""
     rep = fsck(str(path))
@@ -85,31 +107,9 @@ def exercise(path: Path) -> None:
         except CorruptImage:
             continue
         try:
-            seen: set[int] = set()
-
-            def walk(ino: int) -> None:
-                if ino in seen:
-                    return
-                seen.add(ino)
-                for _c, name, child in img.readdir(ino):
-                    try:
-                        img.lookup(ino, name)
-                        a = img.getattr(child)
-                        if stat.S_ISDIR(a.mode):
-                            walk(child)
-                        elif stat.S_ISLNK(a.mode):
-                            img.readlink(child)
-                        else:
-                            for b in img.bmap(child, 0, min(64, -(-a.size // BS))):
-                                if b:
-                                    bytes(img.block_view(int(b)))
-                            img.listxattr(child)
-                    except (FsError, CorruptImage):
-                        pass
-
             try:
                 img.statfs()
-                walk(1)
+                walk(img, 1, set())
                 if not readonly:
                     f = img.create(1, b"new-file", 0o644, 0, 0)
                     img.write_pages(f, np.arange(3), [b"q" * BS] * 3)
