@@ -351,7 +351,11 @@ def run_phase(
     t0 = time.monotonic()
     with open(err_path, "w") as err:
         proc = subprocess.Popen(
-            cmd, env={**os.environ, **phase.env}, stdout=subprocess.DEVNULL, stderr=err
+            cmd,
+            env={**os.environ, **phase.env},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=outdir,  # fio's own leftovers (if any) go there, not into the CWD
         )
         try:
             while proc.poll() is None:

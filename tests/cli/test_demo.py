@@ -1,0 +1,329 @@
+"""`nvramfs demo` and the fio job files.
+
+The end-to-end tests mount for real (marked fuse and slow) and always leave
+no mount and no daemon behind: the demo unmounts by itself, and the fixture
+checks /proc/mounts afterwards and lazily unmounts anything left (failing
+the test if it had to).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nvramfs.cli import run
+from nvramfs.cli.demo import counters_delta, fio_numbers, repo_dir
+
+REPO = Path(__file__).resolve().parents[2]
+FIO_DIR = REPO / "tools" / "fio"
+FIO_JOBS = [
+    "seqread.fio",
+    "randread.fio",
+    "zipf-randread.fio",
+    "randrw.fio",
+    "randwrite-verify.fio",
+    "mmap-read.fio",
+]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def have_fuse() -> bool:
+    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+def mounts_under(base: Path) -> list[str]:
+    out = []
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[1].startswith(str(base)):
+                out.append(parts[1])
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def demo_dirs(tmp_path: Path):
+    """Image, output and mountpoint dirs (the image on tmpfs when there is one);
+    nothing may stay mounted under them."""
+    if not have_fuse():
+        pytest.skip("needs /dev/fuse and fusermount3")
+    if shutil.which("fio") is None:
+        pytest.skip("needs fio (apt-get install fio)")
+    shm = Path("/dev/shm")
+    images = (
+        shm / f"nvramfs-demo-test-{os.getpid()}-{time.monotonic_ns()}"
+        if shm.is_dir()
+        else tmp_path / "images"
+    )
+    images.mkdir()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        yield images, tmp_path / "out", mnt
+    finally:
+        left = mounts_under(mnt)
+        for path in left:
+            subprocess.run(["fusermount3", "-uz", path], capture_output=True)
+        shutil.rmtree(images, ignore_errors=True)
+        assert not left, f"the demo left mounts behind: {left}"
+
+
+def nvramfs(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nvramfs", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def _png_ok(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG and data[12:16] == b"IHDR", path
+
+
+@pytest.mark.fuse
+@pytest.mark.slow
+def test_quick_demo_end_to_end(demo_dirs) -> None:
+    images, out, mnt = demo_dirs
+    image = images / "demo.img"
+    res = nvramfs("demo", "--quick", "--image", image, "--out", out, "--mountpoint", mnt)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    text = res.stdout
+    # It built the image, ran every phase, and unmounted.
+    assert f"building {image} from the default recipe" in text
+    for i, name in enumerate(["warm", "scan", "hot again", "write", "verify"], 1):
+        assert f"[{i}/5] {name}:" in text
+    assert not mounts_under(mnt)
+    # The summary a person reads.
+    for needle in (
+        "phase ",
+        "MiB/s",
+        "p99 lat",
+        "faults ",
+        "hit ratio",
+        "migrations   promote xip→pagecache",
+        "demote  pagecache→xip",
+        "cow ",
+        "struct page",
+        "hottest files",
+        "plots ",
+    ):
+        assert needle in text, needle
+    log = out / "demo.events.jsonl"
+    summary = json.loads((out / "summary.json").read_text())
+    # Non-zero migrations both ways and non-zero COW.
+    assert sum(summary["migrations"]["promote"].values()) > 0
+    assert sum(summary["migrations"]["demote"].values()) > 0
+    assert summary["cow"]["total"] > 0
+    assert summary["clean_unmount"] == [True]
+    assert len(summary["hottest_files"]) >= 3
+    # The daemon is gone: the log ends with a clean unmount.
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert last["ev"] == "unmount" and last["clean"] is True
+    # Every fio phase reported numbers.
+    phases = summary.pop("demo")["phases"]
+    assert [p["name"] for p in phases] == ["warm", "scan", "hot again", "write", "verify"]
+    for p in phases:
+        assert p["fio"], p
+        for d in p["fio"].values():
+            assert d["mib_s"] > 0 and d["iops"] > 0 and d["lat_mean_us"] > 0
+    assert "write" in phases[3]["fio"] and "write" in phases[4]["fio"]
+    # The same numbers as `nvramfs log LOG summary` on the same log.
+    again = nvramfs("log", log, "summary", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == summary
+    text_summary = nvramfs("log", log, "summary").stdout
+    for line in text_summary.splitlines():
+        if line.startswith(("faults ", "hit ratio", "cow ", "writebacks ", "struct page")):
+            assert line in text, line
+    # The plots.
+    plots = sorted((out / "plots").glob("*.png"))
+    assert {p.name for p in plots} >= {"heatmap.png", "residency.png"}
+    for p in plots:
+        _png_ok(p)
+        assert str(p) in text
+
+
+@pytest.mark.fuse
+@pytest.mark.slow
+def test_ctrl_c_during_a_phase_still_unmounts(demo_dirs) -> None:
+    images, out, mnt = demo_dirs
+    image = images / "demo.img"
+    assert nvramfs("mkfs", image, "--recipe", REPO / "images" / "default.json").returncode == 0
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nvramfs",
+            "demo",
+            "--quick",
+            "--image",
+            image,
+            "--out",
+            out,
+            "--mountpoint",
+            mnt,
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("[1/5] warm"):
+                break
+        assert mounts_under(mnt), "".join(lines)
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the demo and its fio
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip().endswith("nvramfs: interrupted")
+    assert not mounts_under(mnt)
+    log = out / "demo.events.jsonl"
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert last["ev"] == "unmount" and last["clean"] is True
+
+
+@pytest.mark.fuse
+def test_demo_on_a_file_that_is_not_an_image_is_one_line(demo_dirs) -> None:
+    images, out, mnt = demo_dirs
+    bogus = images / "bogus.img"
+    bogus.write_bytes(b"\x00" * (1 << 20))
+    res = nvramfs("demo", "--quick", "--image", bogus, "--out", out, "--mountpoint", mnt)
+    assert res.returncode != 0
+    assert "cannot mount" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not mounts_under(mnt)
+
+
+def test_demo_without_fio_says_how_to_get_it(monkeypatch, capsys) -> None:
+    real = shutil.which
+    monkeypatch.setattr(
+        shutil, "which", lambda name, *a, **k: None if name == "fio" else real(name)
+    )
+    assert run(["demo", "--quick"]) == 1
+    err = capsys.readouterr().err
+    assert err == "nvramfs: fio is not installed: apt-get install fio (make demo installs it)\n"
+
+
+def test_demo_bad_dram_is_a_usage_error(capsys) -> None:
+    assert run(["demo", "--dram", "lots"]) == 2
+    assert "bad size 'lots'" in capsys.readouterr().err
+
+
+def test_repo_dirs_are_found_beside_the_package_or_in_the_cwd(tmp_path, monkeypatch) -> None:
+    assert repo_dir("images") == REPO / "images"
+    assert repo_dir(os.path.join("tools", "fio")) == FIO_DIR
+    import nvramfs
+
+    monkeypatch.setattr(nvramfs, "__file__", str(tmp_path / "site" / "nvramfs" / "__init__.py"))
+    monkeypatch.chdir(tmp_path)
+    from nvramfs.errors import NvramfsError
+
+    with pytest.raises(NvramfsError, match=r"cannot find the repository's images/"):
+        repo_dir("images")
+    (tmp_path / "images").mkdir()
+    assert repo_dir("images") == tmp_path / "images"
+
+
+def test_counters_delta_of_two_snapshots() -> None:
+    a = {
+        "faults": {"pagecache_hit": 10, "cow": 1},
+        "accesses": {"read": 20, "write": 0},
+        "migrations": {"promote": {"policy": 5}, "demote": {}},
+        "writebacks": {},
+    }
+    b = {
+        "faults": {"pagecache_hit": 40, "cow": 4},
+        "accesses": {"read": 50, "write": 10},
+        "migrations": {"promote": {"policy": 7, "ctl": 1}, "demote": {"dram_budget": 2}},
+        "writebacks": {"fsync": 3},
+        "frames_used": 9,
+    }
+    d = counters_delta(a, b)
+    assert d == {
+        "accesses": 40,
+        "hit_ratio": 0.75,
+        "promote": 3,
+        "demote": 2,
+        "cow": 3,
+        "writebacks": 3,
+        "frames_used": 9,
+    }
+    assert counters_delta(a, None) == {}
+
+
+# --------------------------------------------------------------------------- fio job files
+
+
+def test_every_job_file_says_what_it_shows() -> None:
+    for name in FIO_JOBS:
+        text = (FIO_DIR / name).read_text()
+        assert text.startswith("# "), name
+        assert "What it shows" in text, name
+        assert "${FILENAME}" in text and "${SIZE}" in text, name
+    assert "random_distribution=zipf:1.2" in (FIO_DIR / "zipf-randread.fio").read_text()
+    assert "rwmixread=70" in (FIO_DIR / "randrw.fio").read_text()
+    assert "verify=crc32c" in (FIO_DIR / "randwrite-verify.fio").read_text()
+    mmap = (FIO_DIR / "mmap-read.fio").read_text()
+    assert "ioengine=mmap" in mmap and "cache=kernel" in mmap and "MAP_SHARED" in mmap
+
+
+@pytest.mark.parametrize("name", FIO_JOBS)
+def test_job_file_runs_and_reports_json(name: str, tmp_path: Path) -> None:
+    """Each job on a plain file (what the demo parses must be there)."""
+    if shutil.which("fio") is None:
+        pytest.skip("needs fio (apt-get install fio)")
+    target = tmp_path / "target"
+    target.write_bytes(os.urandom(1 << 20))
+    out = tmp_path / "out.json"
+    env = {**os.environ, "FILENAME": str(target), "SIZE": str(1 << 20), "RUNTIME": "1"}
+    res = subprocess.run(
+        ["fio", "--output-format=json", f"--output={out}", str(FIO_DIR / name)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    result = json.loads(out.read_text())
+    assert result["jobs"][0]["error"] == 0
+    nums = fio_numbers(result)
+    assert nums, result["jobs"][0]
+    for d in nums.values():
+        assert d["iops"] > 0 and d["mib_s"] > 0 and d["lat_mean_us"] > 0
+    if name in ("randrw.fio", "randwrite-verify.fio"):
+        assert set(nums) == {"read", "write"}
+    else:
+        assert set(nums) == {"read"}
