@@ -26,7 +26,9 @@ from .flags import (
     _PAGE_DIRTY,
     _PAGE_PRESENT,
     _PAGE_RW,
+    _PAGE_SPECIAL,
     FAULT_FLAG_WRITE,
+    PTE_FLAGS_MASK,
     PTE_PFN_SHIFT,
     VM_FAULT_LOCKED,
     VM_FAULT_NOPAGE,
@@ -44,7 +46,7 @@ from .memory import (
     vm_insert_mixed,
 )
 from .stats import FK_COW, FK_HOLE, FK_PAGECACHE_HIT, FK_WRITE_REUSE, FK_XIP_READ, Stats
-from .vma import VMA, VMOperations
+from .vma import PTE_INDEX_MASK, PTE_SHIFT, PTRS_PER_PTE, VMA, VMOperations
 
 if TYPE_CHECKING:
     from .backing import Backing
@@ -343,6 +345,45 @@ def xip_page_mkwrite(vmf: VMFault) -> int:
         return VM_FAULT_NOPAGE
     m.fault_kinds |= FK_WRITE_REUSE
     return VM_FAULT_LOCKED
+
+
+# xip_map_pages (->map_pages, the fault-around of a read fault): map in one
+# go the raw NVRAM pfns of the not-yet-mapped pages of [first, first + nr)
+# of the filesystem's vma whose block the vma's bmap hints already know and
+# that have no page-cache page (a page-cache page, a hole or an unknown
+# block is left to the ->fault of that page). Read-only, exactly the ptes
+# vm_insert_mixed would install. Returns the page indices it mapped.
+def xip_map_pages(vma: VMA, first: int, nr: int) -> np.ndarray:
+    mapping = vma.vm_file
+    assert mapping is not None and vma.fs_owned
+    m = mapping.machine
+    mm = vma.vm_mm
+    base = m.nvram_base_pfn
+    bits = _PAGE_PRESENT | (_PAGE_SPECIAL if m.pte_special else 0)
+    done = []
+    pos, last = first, first + nr - 1
+    while pos <= last:
+        chunk = mm.pgd.get(pos >> PTE_SHIFT)
+        s = pos & PTE_INDEX_MASK
+        e = min(PTRS_PER_PTE, s + last - pos + 1)
+        if chunk is not None:
+            p = chunk.pte_np[s:e]
+            cand = ((p & (_PAGE_PRESENT | _PAGE_BMAP)) == _PAGE_BMAP) & (
+                (p >> PTE_PFN_SHIFT) >= base
+            )
+            idx = np.flatnonzero(cand)
+            if len(idx) and mapping.pages:
+                keep = [i for i in idx.tolist() if pos + i not in mapping.pages]
+                idx = np.asarray(keep, dtype=np.int64)
+            if len(idx):
+                p[idx] = (p[idx] & ~PTE_FLAGS_MASK) | bits
+                done.append(idx + pos)
+        pos += e - s
+    if not done:
+        return np.zeros(0, dtype=np.int64)
+    out = np.concatenate(done)
+    m.stats.xip_mapped += len(out)
+    return out
 
 
 xip_file_vm_ops = VMOperations(

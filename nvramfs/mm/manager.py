@@ -36,6 +36,7 @@ from .filemap import (
     delete_from_page_cache,
     write_cache_pages,
     xip_file_vm_ops,
+    xip_map_pages,
 )
 from .flags import (
     _PAGE_ACCESSED,
@@ -115,6 +116,7 @@ class MemoryManager:
         self._data_view = m.data_view
         self._data_rw = m.data_rw
         self._block_view = backing.block_view
+        self._arange = np.arange(1 << 16, dtype=np.int64)
 
     # -- setup ----------------------------------------------------------------
 
@@ -310,65 +312,59 @@ class MemoryManager:
             p[:] = np.where(p == 0, h, p)
 
     def _read_batch(self, ino: int, offset: int, length: int) -> memoryview | bytes:
+        """Loads of a multi-page range: vectorised per page-table chunk."""
         vma = self._vmas.get(ino)
         if vma is None:
             self.address_space(ino)
             vma = self._vmas[ino]
-        mm = vma.vm_mm
         first = offset >> PAGE_SHIFT
         last = (offset + length - 1) >> PAGE_SHIFT
         n = last - first + 1
         off = offset & 4095
-        faulted: list[int] = []
-        for attempt in range(2):
-            parts = []
-            pos = first
-            while pos <= last:
-                no = pos >> PTE_SHIFT
-                chunk = mm.pgd.get(no)
-                s = pos & 511
-                e = min(PTRS_PER_PTE, s + last - pos + 1)
-                if chunk is None:
-                    parts.append(np.zeros(e - s, dtype=np.int64))
-                else:
-                    parts.append(chunk.pte_np[s:e])
-                pos += e - s
-            ptes = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            missing = np.flatnonzero((ptes & _PAGE_PRESENT) == 0)
-            if not missing.size:
-                break
-            BUG_ON(attempt, "batch read: pages still unmapped after their faults")
-            self._prefill_bmap(vma, first, n)
-            for i in missing.tolist():
-                self._fault(vma, (first + i) << PAGE_SHIFT, False)
-            faulted = missing.tolist()
-        # Accounting: young bits and read counters, per chunk, vectorised.
-        pos = first
-        while pos <= last:
-            chunk = mm.pgd[pos >> PTE_SHIFT]
-            s = pos & 511
-            e = min(PTRS_PER_PTE, s + last - pos + 1)
-            chunk.pte_np[s:e] |= _PAGE_ACCESSED
-            r = chunk.reads_np[s:e]
-            np.add(r, r != _SAT, out=r, casting="unsafe")
+        pgd = vma.vm_mm.pgd
+        no = first >> PTE_SHIFT
+        faulted = 0
+        if no == last >> PTE_SHIFT and (chunk := pgd.get(no)) is not None:
+            s = first & 511
+            p = chunk.pte_np[s : s + n]
+            was = None
+            if not int(np.bitwise_and.reduce(p)) & _PAGE_PRESENT:
+                was = (p & _PAGE_PRESENT) != 0
+                faulted = self._fault_range(vma, first, n)
+            p |= _PAGE_ACCESSED
+            r = chunk.reads_np[s : s + n]
+            np.minimum(r, _SAT - 1, out=r)
+            r += 1
             if chunk.gen != self._gen:
                 chunk.gen = self._gen
                 self._touched.append(chunk)
-            pos += e - s
-        pfns = ptes >> PTE_PFN_SHIFT
+            pfns = p >> PTE_PFN_SHIFT
+        else:
+            was = self._range_present(vma, first, n)
+            if was is None or not was.all():
+                if was is None:
+                    was = np.zeros(n, dtype=bool)
+                faulted = self._fault_range(vma, first, n)
+            pfns = self._batch_slow(vma, first, n)
         st = self.stats_
         st.reads += n
-        frames = (pfns < self._nr_frames) & (pfns > 0)
-        hits = int(np.count_nonzero(frames))
-        if faulted and hits:
-            hits -= int(np.count_nonzero(frames[faulted]))
-        st.pagecache_hit += hits
-        base = self._base
         pfn0 = int(pfns[0])
-        if pfn0 >= base and int(pfns[-1]) - pfn0 == n - 1 and not frames.any():
-            if n <= 2 or bool(np.all(np.diff(pfns) == 1)):
+        base = self._base
+        if pfn0 >= base:
+            d = pfns - (self._arange[:n] if n <= len(self._arange) else np.arange(n))
+            if int(d.min()) == int(d.max()):
+                # One contiguous XIP run: a single zero-copy view of the NVRAM.
                 return self._block_view(pfn0 - base, n)[off : off + length]
-        # Gather: one buffer from the pieces (a frame or an NVRAM block each).
+        nr_frames = self._nr_frames
+        frames = (pfns < nr_frames) & (pfns > 0)
+        if faulted:
+            # Pages that just faulted were counted by their fault.
+            frames &= was if was is not None else False
+        st.pagecache_hit += int(np.count_nonzero(frames))
+        if int(pfns.max()) < nr_frames:
+            # All frames (or the zero page): one gather.
+            buf = self.machine.data[pfns].reshape(-1)
+            return memoryview(buf).toreadonly()[off : off + length]
         out = []
         dv = self._data_view
         bv = self._block_view
@@ -376,11 +372,70 @@ class MemoryManager:
         for k, pfn in enumerate(pfns.tolist()):
             lo = off if k == 0 else 0
             hi = PAGE_SIZE if k < n - 1 else end - (n - 1) * PAGE_SIZE
-            if pfn < self._nr_frames:
+            if pfn < nr_frames:
                 out.append(dv[(pfn << 12) + lo : (pfn << 12) + hi])
             else:
                 out.append(bv(pfn - base)[lo:hi])
         return b"".join(out)
+
+    def _fault_range(self, vma: VMA, first: int, n: int) -> int:
+        """Fault in every unmapped page of [first, first+n): the XIP ones in one go
+        (xip_map_pages), the rest one by one. Returns how many faulted."""
+        self._prefill_bmap(vma, first, n)
+        mapped = xip_map_pages(vma, first, n)
+        if mapped is not None and len(mapped):
+            self.stats_.xip_read += len(mapped)
+            if self.trace_faults:
+                ino = vma.vm_file.host
+                for index in mapped.tolist():
+                    self.events.emit(
+                        schema.FAULT, ino=ino, index=index, kind="xip_read", write=False
+                    )
+        nfault = 0 if mapped is None else len(mapped)
+        mm = vma.vm_mm
+        for index in range(first, first + n):
+            if not mm.pte_at(index << PAGE_SHIFT) & _PAGE_PRESENT:
+                self._fault(vma, index << PAGE_SHIFT, False)
+                nfault += 1
+        return nfault
+
+    def _range_present(self, vma: VMA, first: int, n: int) -> np.ndarray | None:
+        """Which pages of the range have a present pte (None: some chunk is missing)."""
+        pgd = vma.vm_mm.pgd
+        last = first + n - 1
+        parts = []
+        pos = first
+        while pos <= last:
+            chunk = pgd.get(pos >> PTE_SHIFT)
+            if chunk is None:
+                return None
+            s = pos & 511
+            e = min(PTRS_PER_PTE, s + last - pos + 1)
+            parts.append((chunk.pte_np[s:e] & _PAGE_PRESENT) != 0)
+            pos += e - s
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _batch_slow(self, vma: VMA, first: int, n: int) -> np.ndarray:
+        """A range across page-table chunks, all mapped: account, gather the pfns."""
+        mm = vma.vm_mm
+        last = first + n - 1
+        parts = []
+        pos = first
+        while pos <= last:
+            chunk = mm.pgd[pos >> PTE_SHIFT]
+            s = pos & 511
+            e = min(PTRS_PER_PTE, s + last - pos + 1)
+            p = chunk.pte_np[s:e]
+            p |= _PAGE_ACCESSED
+            r = chunk.reads_np[s:e]
+            np.minimum(r, _SAT - 1, out=r)
+            r += 1
+            if chunk.gen != self._gen:
+                chunk.gen = self._gen
+                self._touched.append(chunk)
+            parts.append(p >> PTE_PFN_SHIFT)
+            pos += e - s
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     # -- write --------------------------------------------------------------------
 

@@ -199,3 +199,18 @@ def test_broken_invariant_raises_mmbug(make_mm) -> None:
     # The unmap drops the last reference of a page still in the page cache.
     with pytest.raises(MMBug, match="bad page state at free"):
         mm.truncate(2, 0)
+
+
+def test_cold_batch_read_maps_xip_pages_in_one_go(make_mm) -> None:
+    mm, backing, _ = make_mm(dram_pages=8)
+    data = pattern(40)
+    backing.create(2, data, holes=[7])
+    assert mm.promote(2, 3)
+    calls = backing.bmap_calls
+    r = mm.read(2, 100, 32 * PAGE)
+    assert bytes(r) == (data[: 7 * PAGE] + bytes(PAGE) + data[8 * PAGE :])[100 : 100 + 32 * PAGE]
+    s = mm.stats()["faults"]
+    assert s["xip_read"] == 31 and s["hole"] == 1 and s["pagecache_hit"] == 1
+    assert backing.bmap_calls - calls <= 2
+    assert mm.residency(2) == {"pages": 32, "xip": 31, "pagecache": 1, "dirty": 0}
+    check_invariants(mm)
