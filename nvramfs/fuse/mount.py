@@ -26,6 +26,7 @@ stderr), then `OK pid log` or `ERR exit_code text`.
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import logging
 import os
@@ -222,6 +223,17 @@ def serve(
     from nvramfs.image import Image
 
     logpath = opts.log_path(image)
+    # One daemon per image: a second writer would corrupt it. The lock lives as
+    # long as this process (also after kill -9, the kernel drops it).
+    try:
+        lock_fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        report("ERR", f"1 image {image} is in use (mounted elsewhere?)")
+        return 1
+    except OSError as exc:
+        report("ERR", f"1 image {image}: {exc.strerror or exc}")
+        return 1
     try:
         img = Image.open(image, readonly=opts.readonly)
     except NvramfsError as exc:
