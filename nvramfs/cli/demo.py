@@ -154,6 +154,7 @@ class Phase:
     result: dict[str, Any] = field(default_factory=dict)  # filled after the run
     stats: dict[str, Any] = field(default_factory=dict)  # mm counters delta over the phase
     seconds: float = 0.0
+    wall: tuple[float, float] = (0.0, 0.0)  # Unix time of its start and end
 
 
 def find_targets(mnt: Path) -> list[tuple[Path, int]]:
@@ -349,6 +350,7 @@ def run_phase(
     err_path = outdir / f"fio-{i}-{phase.name.replace(' ', '-')}.stderr"
     cmd = ["fio", "--output-format=json", f"--output={out_json}", str(fio_dir / phase.job)]
     t0 = time.monotonic()
+    wall0 = time.time()
     with open(err_path, "w") as err:
         proc = subprocess.Popen(
             cmd,
@@ -376,6 +378,7 @@ def run_phase(
             _stop(proc)
             raise
     phase.seconds = time.monotonic() - t0
+    phase.wall = (wall0, time.time())
     if tty:
         sys.stdout.write("\r" + " " * 110 + "\r")
     if proc.returncode != 0:
@@ -446,6 +449,15 @@ def phase_table(phases: list[Phase]) -> str:
             )
             first = False
     return "\n".join(out)
+
+
+def phase_spans(sessions: list[Any], phases: list[Phase]) -> list[tuple[str, float, float]]:
+    """The phases on the log's time axis (seconds since the mount), from wall clock times."""
+    mount = sessions[-1].mount if sessions else None
+    if not mount or not isinstance(mount.get("wall"), int | float):
+        return []
+    base = float(mount["wall"]) - float(mount.get("t", 0.0)) - sessions[-1].offset
+    return [(ph.name, ph.wall[0] - base, ph.wall[1] - base) for ph in phases if ph.wall[1] > 0]
 
 
 # --------------------------------------------------------------------------- mount
@@ -580,7 +592,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         from nvramfs.cli.plot import make_plots
 
-        plot_paths = make_plots(split_sessions(events), plots, per_file=1)
+        sessions = split_sessions(events)
+        plot_paths = make_plots(sessions, plots, per_file=1, spans=phase_spans(sessions, phases))
     except NvramfsError as exc:
         plot_note = str(exc)
 

@@ -108,22 +108,52 @@ def _pyplot() -> Any:
 
 
 def make_plots(
-    sessions: list[Session], outdir: str | os.PathLike[str], *, per_file: int = 0, dpi: int = 110
+    sessions: list[Session],
+    outdir: str | os.PathLike[str],
+    *,
+    per_file: int = 0,
+    dpi: int = 110,
+    spans: list[tuple[str, float, float]] | None = None,
 ) -> list[Path]:
-    """Draw every picture of the log into `outdir` (created); returns the paths written."""
+    """Draw every picture of the log into `outdir` (created); returns the paths written.
+
+    `spans` are named time ranges (seconds on the plots' time axis), e.g. the
+    demo's fio phases, drawn as labelled bands.
+    """
     plt = _pyplot()
     out = Path(outdir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise NvramfsError(f"{out}: {exc.strerror}") from None
+    spans = spans or []
     written = []
-    written.append(_heatmap(plt, sessions, out / "heatmap.png", None, dpi))
+    written.append(_heatmap(plt, sessions, out / "heatmap.png", None, dpi, spans))
     for i, f in enumerate(hottest_files(sessions, per_file) if per_file > 0 else [], 1):
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f["path"].strip("/"))[:60] or f"ino{f['ino']}"
-        written.append(_heatmap(plt, sessions, out / f"heatmap-{i}-{slug}.png", f["ino"], dpi))
-    written.append(_residency(plt, sessions, out / "residency.png", dpi))
+        written.append(
+            _heatmap(plt, sessions, out / f"heatmap-{i}-{slug}.png", f["ino"], dpi, spans)
+        )
+    written.append(_residency(plt, sessions, out / "residency.png", dpi, spans))
     return written
+
+
+def _draw_spans(ax: Any, spans: list[tuple[str, float, float]], *, label: bool) -> None:
+    """Named time ranges as alternating bands, names along the top."""
+    for k, (name, t0, t1) in enumerate(spans):
+        ax.axvspan(t0, t1, color="#888888" if k % 2 == 0 else "#bbbbbb", alpha=0.12, lw=0)
+        if label:
+            ax.text(
+                (t0 + t1) / 2,
+                1.01,
+                name,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="#444444",
+                clip_on=False,
+            )
 
 
 def _duration(sessions: list[Session]) -> float:
@@ -153,7 +183,14 @@ def _layout(sessions: list[Session], only: int | None) -> tuple[list[tuple[int, 
     return layout, base
 
 
-def _heatmap(plt: Any, sessions: list[Session], path: Path, only: int | None, dpi: int) -> Path:
+def _heatmap(
+    plt: Any,
+    sessions: list[Session],
+    path: Path,
+    only: int | None,
+    dpi: int,
+    spans: list[tuple[str, float, float]],
+) -> Path:
     from matplotlib.colors import LogNorm
 
     names = path_names(sessions)
@@ -250,6 +287,12 @@ def _heatmap(plt: Any, sessions: list[Session], path: Path, only: int | None, dp
         ax.set_yticklabels([str(int(x)) for x in np.linspace(0, total, 6).round()])
     for s in sessions[1:]:
         ax.axvline(s.offset, color="orange", ls="--", lw=0.8)
+    for name, t0, t1 in spans:
+        ax.axvline(t0, color="white", ls=":", lw=0.7, alpha=0.8)
+        ax.text((t0 + t1) / 2, 1.01, name, transform=ax.get_xaxis_transform(), ha="center",
+                va="bottom", fontsize=7, color="#444444", clip_on=False)  # fmt: skip
+    if spans:
+        ax.set_title(title, pad=14)
     ax.set_xlim(0, ncols * width)
     ax.set_ylim(0, max(1, nrows * per_row))
     ax.set_xlabel("seconds since the (first) mount")
@@ -263,7 +306,9 @@ def _short(text: str, n: int = 28) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1) :]
 
 
-def _residency(plt: Any, sessions: list[Session], path: Path, dpi: int) -> Path:
+def _residency(
+    plt: Any, sessions: list[Session], path: Path, dpi: int, spans: list[tuple[str, float, float]]
+) -> Path:
     ts, used, dirty, budget, hit = [], [], [], [], []
     for s in sessions:
         prev = None
@@ -343,6 +388,9 @@ def _residency(plt: Any, sessions: list[Session], path: Path, dpi: int) -> Path:
     for ax in (ax1, ax2, ax3):
         for s in sessions[1:]:
             ax.axvline(s.offset, color="orange", ls="--", lw=0.8)
+        _draw_spans(ax, spans, label=ax is ax1)
+    if spans:
+        ax1.set_title("pagecache residency against the DRAM budget", pad=14)
     ax3.set_xlim(0, nb * width)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
