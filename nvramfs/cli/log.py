@@ -430,7 +430,7 @@ def format_summary(s: dict[str, Any], *, timeline: bool = True, top: bool = True
     state = (
         "clean unmount"
         if cleans and all(cleans)
-        else "still mounted or not cleanly unmounted"
+        else "no unmount event yet (still mounted, or the daemon died)"
         if cleans and not cleans[-1]
         else "some sessions not cleanly unmounted"
         if cleans

@@ -719,3 +719,108 @@ def test_summarize_is_the_function_the_demo_uses(log: Path) -> None:
     events, report = load_events(log)
     s = summarize(split_sessions(events), report)
     assert s["migrations"] == HANDMADE["migrations"]
+
+
+# --------------------------------------------------------------------------- a live mount
+
+
+def _have_fuse() -> bool:
+    import shutil
+
+    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+def _nvramfs(*args, timeout: float = 120):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "nvramfs", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _mounted(path: Path) -> bool:
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f if line.strip())
+
+
+@pytest.mark.fuse
+@pytest.mark.slow
+def test_log_tools_on_the_log_of_a_running_mount(tmp_path: Path) -> None:
+    """follow sees a real mount's events as they come; the other actions read its log
+    while it is still being written."""
+    import subprocess
+    import sys
+
+    if not _have_fuse():
+        pytest.skip("needs /dev/fuse and fusermount3")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "data.bin").write_bytes(os.urandom(2 << 20))
+    image = tmp_path / "live.img"
+    assert _nvramfs("mkfs", image, "--from", tree, "-q").returncode == 0
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "live.events.jsonl"
+    res = _nvramfs("mount", image, mnt, "-o", f"dram=256K,log={log}")
+    assert res.returncode == 0, res.stderr
+    follow = None
+    try:
+        follow = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nvramfs",
+                "log",
+                str(log),
+                "follow",
+                "--from-start",
+                "--until-unmount",
+                "--idle-exit",
+                "60",
+            ],  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            with open(mnt / "data.bin", "rb") as f:
+                for off in (0, 4096, 8192, 1 << 20, 0, 4096):
+                    f.seek(off)
+                    f.read(4096)
+            time.sleep(0.05)
+        time.sleep(1.2)  # a tick: access and counters events are out
+        live = _nvramfs("log", log, "summary", "--json")
+        assert live.returncode == 0, live.stderr
+        s = json.loads(live.stdout)
+        assert s["clean_unmount"] == [False]  # not yet unmounted
+        assert s["accesses"]["read"] > 0
+        assert s["hottest_files"][0]["path"] == "/data.bin"
+        prof = _nvramfs("log", log, "profile")
+        assert prof.returncode == 0 and "./data.bin,0," in prof.stdout
+        assert _nvramfs("log", log, "export", "--csv").returncode == 0
+    finally:
+        umount = _nvramfs("umount", mnt)
+        if _mounted(mnt):
+            subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+        if follow is not None:
+            try:
+                out, err = follow.communicate(timeout=60)
+            finally:
+                if follow.poll() is None:
+                    follow.kill()
+                    follow.wait()
+    assert umount.returncode == 0, umount.stderr
+    assert follow.returncode == 0, err
+    lines = out.splitlines()
+    assert "mount      " in lines[0]
+    assert any("is /data.bin" in ln for ln in lines)
+    assert any("access     /data.bin" in ln for ln in lines)
+    assert any("counters   hit" in ln for ln in lines)
+    assert lines[-1].endswith("unmount    clean")
+    after = json.loads(_nvramfs("log", log, "summary", "--json").stdout)
+    assert after["clean_unmount"] == [True]
