@@ -135,6 +135,7 @@ class Image:
         self._mm: mmap.mmap | None = None
         self._txn: _Txn | None = None
         self._attrs: dict[int, Attr] = {}
+        self._parents: dict[int, int] = {}
         self._exts: dict[int, _Ext] = {}
         self._dirs: dict[int, _Dir] = {}
         self._ihint = 2
@@ -200,6 +201,7 @@ class Image:
 
     def _release_map(self) -> None:
         self._attrs.clear()
+        self._parents.clear()
         self._exts.clear()
         self._dirs.clear()
         self._ro.release()
@@ -722,6 +724,7 @@ class Image:
             self._ihint, self._bhint = hints
             for ino in txn.inos:
                 self._attrs.pop(ino, None)
+                self._parents.pop(ino, None)
                 self._exts.pop(ino, None)
                 self._dirs.pop(ino, None)
             raise
@@ -731,6 +734,7 @@ class Image:
             self._txn = None
             for ino in txn.inos:
                 self._attrs.pop(ino, None)
+                self._parents.pop(ino, None)
 
     def _commit(self, txn: _Txn) -> None:
         if not txn.blocks:
@@ -908,12 +912,20 @@ class Image:
             raise CorruptImage(
                 f"directory inode {parent} entry {bytes(name)!r}: names free inode {ino}"
             ) from None
-        if stat.S_ISDIR(self.getattr(ino).mode) and int(self._inode(ino)["parent"]) != parent:
+        if stat.S_ISDIR(self.getattr(ino).mode) and self._parent_of(ino) != parent:
             raise CorruptImage(
                 f"directory inode {parent} entry {bytes(name)!r}: directory inode {ino} has "
                 f"parent {int(self._inode(ino)['parent'])} (directory loop or hard link)"
             )
         return ino
+
+    def _parent_of(self, dino: int) -> int:
+        p = self._parents.get(dino)
+        if p is None:
+            p = int(self._inode(dino)["parent"])
+            if self._txn is None:
+                self._parents[dino] = p
+        return p
 
     def readdir(self, ino: int, after: int = 0) -> Iterator[tuple[int, bytes, int]]:
         """Entries (cookie, name, ino) with cookie > `after`; "." and ".." are not listed.
