@@ -133,9 +133,16 @@ def ensure_image(image: Path | None) -> Path:
         raise NvramfsError(f"{recipe}: the default image's recipe is missing")
     what = "the default image" if default else f"{image} from the default recipe"
     print(f"building {what} (once): nvramfs mkfs {image} --recipe {recipe}", flush=True)
-    out = _nvramfs("mkfs", str(image), "--recipe", str(recipe), "--quiet")
-    if out.returncode != 0:
-        raise NvramfsError(f"cannot build {image}: {_last_line(out.stderr)}")
+    # Built under another name and renamed when whole: an interrupted build
+    # never leaves a half-made image where the next demo would mount it.
+    partial = image.with_name(image.name + ".building")
+    try:
+        out = _nvramfs("mkfs", str(partial), "--recipe", str(recipe), "--quiet", "--force")
+        if out.returncode != 0:
+            raise NvramfsError(f"cannot build {image}: {_last_line(out.stderr)}")
+        os.replace(partial, image)
+    finally:
+        partial.unlink(missing_ok=True)
     return image
 
 

@@ -334,6 +334,7 @@ def summarize(
         "log": log,
         "sessions": len(sessions),
         "clean_unmount": [s.clean for s in sessions],
+        "unmounted": [s.unmount is not None for s in sessions],
         "duration_s": round(duration, 3),
         "events": sum(by_event.values()),
         "by_event": dict(sorted(by_event.items())),
@@ -427,15 +428,17 @@ def format_summary(s: dict[str, Any], *, timeline: bool = True, top: bool = True
     """The summary a person reads in ten seconds."""
     out: list[str] = []
     cleans = s["clean_unmount"]
-    state = (
-        "clean unmount"
-        if cleans and all(cleans)
-        else "no unmount event yet (still mounted, or the daemon died)"
-        if cleans and not cleans[-1]
-        else "some sessions not cleanly unmounted"
-        if cleans
-        else "no sessions"
-    )
+    unmounted = s.get("unmounted", [True] * len(cleans))
+    if not cleans:
+        state = "no sessions"
+    elif all(cleans):
+        state = "clean unmount"
+    elif not unmounted[-1]:
+        state = "no unmount event yet (still mounted, or the daemon died)"
+    elif not cleans[-1]:
+        state = "the last unmount was not clean"
+    else:
+        state = "some sessions were not cleanly unmounted"
     n_sess = s["sessions"]
     out.append(
         f"event log    {s['log'] or '-'}: {n_sess} session{'s' if n_sess != 1 else ''}, "

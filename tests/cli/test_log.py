@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from nvramfs.cli import run
-from nvramfs.cli.log import split_sessions, summarize
+from nvramfs.cli.log import format_summary, split_sessions, summarize
 from nvramfs.events.reader import ReadReport, load_events, read_events
 from nvramfs.events.writer import EventWriter
 
@@ -294,6 +294,9 @@ def test_reader_keeps_the_next_session_glued_to_a_torn_line(log: Path, tmp_path:
     assert len(sessions) == 2
     assert not sessions[0].clean and sessions[1].clean
     assert sessions[1].offset == pytest.approx(100.0)
+    s = summarize(sessions, report)
+    assert s["clean_unmount"] == [False, True] and s["unmounted"] == [False, True]
+    assert "some sessions were not cleanly unmounted" in format_summary(s)
 
 
 def test_reader_counts_garbage_other_versions_and_non_events(log: Path) -> None:
@@ -797,7 +800,9 @@ def test_log_tools_on_the_log_of_a_running_mount(tmp_path: Path) -> None:
         live = _nvramfs("log", log, "summary", "--json")
         assert live.returncode == 0, live.stderr
         s = json.loads(live.stdout)
-        assert s["clean_unmount"] == [False]  # not yet unmounted
+        assert s["clean_unmount"] == [False] and s["unmounted"] == [False]
+        text = _nvramfs("log", log, "summary").stdout
+        assert "no unmount event yet (still mounted, or the daemon died)" in text
         assert s["accesses"]["read"] > 0
         assert s["hottest_files"][0]["path"] == "/data.bin"
         prof = _nvramfs("log", log, "profile")
