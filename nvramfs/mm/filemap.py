@@ -211,6 +211,11 @@ def mapping_bmap(mapping: AddressSpace, index: int) -> int:
             if pfn >= m.nvram_base_pfn or (pfn == 0 and pte & _PAGE_BMAP):
                 return pfn
     block = int(mapping.backing.bmap(mapping.host, index, 1)[0])
+    BUG_ON(
+        block < 0 or (m.nr_nvram_pages is not None and block >= m.nr_nvram_pages),
+        "bmap returned a block outside the NVRAM device",
+        f"ino {mapping.host} index {index} block {block}",
+    )
     pfn = m.nvram_base_pfn + block if block else 0
     if chunk is not None and slot is not None and not chunk.pte[slot] & _PAGE_PRESENT:
         chunk.pte[slot] = (pfn << PTE_PFN_SHIFT) | _PAGE_BMAP

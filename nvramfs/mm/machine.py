@@ -100,6 +100,7 @@ class Machine:
         self.events: Any = NullEventWriter()
         self.clock: Callable[[], float] = time.monotonic
         self.nvram_view: Callable[[int], memoryview] | None = None
+        self.nr_nvram_pages: int | None = None  # device size in blocks, when known
         # Fault kinds noted by the handlers during one access (bit per kind).
         self.fault_kinds = 0
 

@@ -96,6 +96,7 @@ class MemoryManager:
         m.nvram_view = backing.block_view
         m.reclaim = self._reclaim
         self.nr_nvram_pages = nr_nvram_pages or getattr(backing, "nr_blocks", None)
+        m.nr_nvram_pages = self.nr_nvram_pages
         self.writeback_seconds = writeback_seconds
         self.clock = clock
         self.trace_faults = bool(getattr(self.events, "trace_faults", False))
@@ -304,6 +305,12 @@ class MemoryManager:
         if not need:
             return
         blocks = np.asarray(self.backing.bmap(vma.vm_file.host, first, n), dtype=np.int64)
+        if self.nr_nvram_pages is not None and len(blocks):
+            BUG_ON(
+                int(blocks.max()) >= self.nr_nvram_pages or int(blocks.min()) < 0,
+                "bmap returned a block outside the NVRAM device",
+                f"ino {vma.vm_file.host} pages {first}+{n}",
+            )
         pfns = np.where(blocks > 0, blocks + self._base, 0)
         hints = (pfns << PTE_PFN_SHIFT) | _PAGE_BMAP
         for chunk, s, e, pos in need:
