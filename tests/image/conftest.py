@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,21 @@ def image(tmp_path: Path, tree: Path) -> Path:
 
 
 @pytest.fixture
-def empty_image(tmp_path: Path) -> Path:
-    out = tmp_path / "e.img"
+def fast_dir(tmp_path: Path):
+    """A directory on tmpfs when there is one: every commit msyncs, and a disk makes that slow."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    d = Path(tempfile.mkdtemp(prefix="nvramfs-test-", dir=shm))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def empty_image(fast_dir: Path) -> Path:
+    out = fast_dir / "e.img"
     mkfs(out, size=8 << 20)
     return out

@@ -143,11 +143,11 @@ def crash_states(tmp_path: Path, torn: bool) -> tuple[int, int]:
     return checked, rec.fences()
 
 
-def test_power_cut_at_every_fence(tmp_path: Path) -> None:
-    checked, fences = crash_states(tmp_path, torn=False)
+def test_power_cut_at_every_fence(fast_dir: Path) -> None:
+    checked, fences = crash_states(fast_dir, torn=False)
     assert checked == fences + 1 and fences > 100
 
 
-def test_power_cut_with_torn_unfenced_stores(tmp_path: Path) -> None:
-    checked, fences = crash_states(tmp_path, torn=True)
+def test_power_cut_with_torn_unfenced_stores(fast_dir: Path) -> None:
+    checked, fences = crash_states(fast_dir, torn=True)
     assert checked > fences

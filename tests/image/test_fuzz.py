@@ -121,25 +121,25 @@ def exercise(path: Path) -> None:
             img.close(clean=False)
 
 
-def write_image(tmp_path: Path, data: bytes) -> Path:
-    p = tmp_path / "fuzz.img"
+def write_image(where: Path, data: bytes) -> Path:
+    p = where / "fuzz.img"
     p.write_bytes(data)
     return p
 
 
 @SETTINGS
 @given(st.binary(max_size=3 * BS))
-def test_random_bytes(tmp_path: Path, data: bytes) -> None:
-    exercise(write_image(tmp_path, data))
+def test_random_bytes(fast_dir: Path, data: bytes) -> None:
+    exercise(write_image(fast_dir, data))
 
 
 @SETTINGS
 @given(st.binary(min_size=0, max_size=64))
-def test_random_bytes_behind_a_valid_magic(tmp_path: Path, data: bytes) -> None:
+def test_random_bytes_behind_a_valid_magic(fast_dir: Path, data: bytes) -> None:
     base, _ = base_image()
     buf = bytearray(base[: 4 * BS])
     buf[8 : 8 + len(data)] = data
-    exercise(write_image(tmp_path, bytes(buf)))
+    exercise(write_image(fast_dir, bytes(buf)))
 
 
 mutations = st.lists(
@@ -178,16 +178,16 @@ def mutate(muts: list[tuple[int, float, int]], reseal: bool) -> bytes:
 
 @SETTINGS
 @given(mutations)
-def test_random_damage(tmp_path: Path, muts: list[tuple[int, float, int]]) -> None:
-    exercise(write_image(tmp_path, mutate(muts, reseal=False)))
+def test_random_damage(fast_dir: Path, muts: list[tuple[int, float, int]]) -> None:
+    exercise(write_image(fast_dir, mutate(muts, reseal=False)))
 
 
 @SETTINGS
 @given(mutations)
 def test_random_damage_behind_good_checksums(
-    tmp_path: Path, muts: list[tuple[int, float, int]]
+    fast_dir: Path, muts: list[tuple[int, float, int]]
 ) -> None:
-    exercise(write_image(tmp_path, mutate(muts, reseal=True)))
+    exercise(write_image(fast_dir, mutate(muts, reseal=True)))
 
 
 def test_base_image_is_clean_and_fuzz_targets_exist(tmp_path: Path) -> None:
