@@ -508,3 +508,23 @@ def test_read_returns_one_zero_copy_view_for_contiguous_xip(make_mm) -> None:
     r3 = mm.read(3, 5 * PAGE, PAGE)
     assert isinstance(r3, memoryview) and r3[0] == ord("w")
     assert np.shares_memory(np.frombuffer(r3, dtype=np.uint8), mm.machine.data)
+
+
+def test_unmap_mapping_range_rounds_out_to_pages_and_keeps_cows(make_mm) -> None:
+    from nvramfs.mm import unmap_mapping_range
+
+    mm, backing, _ = make_mm()
+    backing.create(3, pattern(6))
+    mm.read(3, 0, 6 * PAGE)
+    vma = mm.mmap(3, 0, 6, PRIVATE_RW)
+    for i in range(6):
+        mm.access(vma, vma.vm_start + i * PAGE, i == 2)  # page 2 COWed into an anon page
+    fs = mm.address_space(3).fs_vma
+    unmap_mapping_range(mm.address_space(3), PAGE + 1, 2 * PAGE, False)  # pages 1..3
+    present = [bool(fs.vm_mm.pte_at(i * PAGE) & _PAGE_PRESENT) for i in range(6)]
+    assert present == [True, False, False, False, True, True]
+    private = [bool(vma.vm_mm.pte_at(vma.vm_start + i * PAGE) & _PAGE_PRESENT) for i in range(6)]
+    assert private == [True, False, True, False, True, True]  # the COWed page stays
+    unmap_mapping_range(mm.address_space(3), 0, 0, True)  # everything, COWs too
+    assert not any(vma.vm_mm.pte_at(vma.vm_start + i * PAGE) & _PAGE_PRESENT for i in range(6))
+    assert mm.machine.frames_used == 0
