@@ -330,13 +330,13 @@ def counters_delta(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[s
     }
 
 
-def _status(c: dict[str, Any] | None) -> str:
+def _status(before: dict[str, Any] | None, c: dict[str, Any] | None) -> str:
+    """The live line: this phase's hit ratio, the frames in use, migrations and COW so far."""
     if not c:
         return ""
+    d = counters_delta(before, c)
+    hit = f"hit {100 * d['hit_ratio']:5.1f}%" if d.get("hit_ratio") is not None else "hit     -"
     f = c.get("faults") or {}
-    acc = c.get("accesses") or {}
-    n = int(acc.get("read", 0)) + int(acc.get("write", 0))
-    hit = f"hit {100 * f.get('pagecache_hit', 0) / n:4.1f}%" if n else "hit   - "
     m = c.get("migrations") or {}
     pro = sum((m.get("promote") or {}).values())
     dem = sum((m.get("demote") or {}).values())
@@ -377,7 +377,7 @@ def run_phase(
                         clock = f"[{bar:<20}] {el:4.1f}/{phase.runtime:g} s"
                     else:
                         clock = f"{el:5.1f} s"
-                    line = f"  {clock}  {_status(read_counters(mnt) or tail.counters)}"
+                    line = f"  {clock}  {_status(before, read_counters(mnt) or tail.counters)}"
                     sys.stdout.write("\r" + line[:150].ljust(100))
                     sys.stdout.flush()
                 time.sleep(0.25)
