@@ -33,6 +33,7 @@ class ReadReport:
     events: int = 0
     not_json: int = 0
     not_event: int = 0  # JSON, but not an object with `v` and `ev`
+    malformed: int = 0  # an event whose fields have the wrong types (a writer bug)
     other_version: dict[Any, int] = field(default_factory=dict)
     torn_last: int = 0  # a last line without its newline that is not whole JSON
     torn_inside: int = 0  # a cut line followed (on the same line) by a later session
@@ -42,6 +43,7 @@ class ReadReport:
         return (
             self.not_json
             + self.not_event
+            + self.malformed
             + sum(self.other_version.values())
             + self.torn_last
             + self.torn_inside
@@ -61,6 +63,8 @@ class ReadReport:
             parts.append(f"{_n(self.not_json, 'line')} that are not JSON")
         if self.not_event:
             parts.append(f"{_n(self.not_event, 'JSON line')} that are not events")
+        if self.malformed:
+            parts.append(f"{_n(self.malformed, 'event')} with fields of the wrong type")
         for v, n in sorted(self.other_version.items(), key=lambda kv: str(kv[0])):
             parts.append(
                 f"{_n(n, 'line')} of schema version {v} (this nvramfs reads v{schema.SCHEMA_VERSION})"
@@ -78,6 +82,7 @@ class ReadReport:
             "torn_inside": self.torn_inside,
             "not_json": self.not_json,
             "not_event": self.not_event,
+            "malformed": self.malformed,
             "other_version": {str(k): v for k, v in self.other_version.items()},
         }
 
@@ -140,8 +145,53 @@ def parse_line(raw: bytes, report: ReadReport, *, last: bool = False) -> dict[st
         key = v if isinstance(v, int | float | str) else repr(v)
         report.other_version[key] = report.other_version.get(key, 0) + 1
         return None
+    if not well_typed(obj):
+        report.malformed += 1
+        return None
     report.events += 1
     return obj
+
+
+_INT_FIELDS = ("seq", "ino", "index", "pfn_from", "pfn_to", "refcount", "mapcount")
+_NUM_FIELDS = ("t", "t0", "t1", "wall")
+_LIST_FIELDS = ("pages", "reads", "writes")
+_DICT_FIELDS = ("faults", "accesses", "migrations", "writebacks")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def well_typed(ev: dict[str, Any]) -> bool:
+    """The fields the tools compute with have the types docs/EVENTS.md gives them."""
+    if not isinstance(ev.get("ev"), str):
+        return False
+    for k in _INT_FIELDS:
+        if k in ev and not _is_int(ev[k]):
+            return False
+    for k in _NUM_FIELDS:
+        if k in ev and not (_is_int(ev[k]) or isinstance(ev[k], float)):
+            return False
+    if "t" not in ev:
+        return False
+    for k in _LIST_FIELDS:
+        if k in ev and not (isinstance(ev[k], list) and all(_is_int(x) for x in ev[k])):
+            return False
+    if ev["ev"] == schema.ACCESS:
+        n = len(ev.get("pages") or [])
+        if any(len(ev.get(k) or [0] * n) != n for k in ("reads", "writes")):
+            return False
+    for k in _DICT_FIELDS:
+        if k in ev and not isinstance(ev[k], dict):
+            return False
+    if ev["ev"] == schema.COUNTERS:
+        for k in ("faults", "accesses", "writebacks"):
+            if not all(_is_int(x) for x in (ev.get(k) or {}).values()):
+                return False
+        for d in (ev.get("migrations") or {}).values():
+            if not isinstance(d, dict) or not all(_is_int(x) for x in d.values()):
+                return False
+    return True
 
 
 def read_events(

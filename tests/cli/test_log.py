@@ -673,11 +673,18 @@ def test_every_action_reads_a_crash_cut_log(action: str, log: Path, capsys) -> N
 
 @pytest.mark.parametrize("action", sorted(ACTION_ARGS))
 def test_every_action_skips_garbage_and_other_versions(action: str, log: Path, capsys) -> None:
+    bad = [
+        {"v": 1, "seq": 90, "t": 3.1, "ev": "migrate", "ino": "two", "index": 0},
+        {"v": 1, "seq": 91, "t": 3.1, "ev": "access", "ino": 2, "pages": [1, 2], "reads": [1]},
+        {"v": 1, "seq": 92, "t": 3.1, "ev": "counters", "faults": {"cow": "many"}},
+    ]
     with open(log, "a") as f:
         f.write("garbage\n" + json.dumps({"v": 9, "seq": 0, "t": 0, "ev": "mount"}) + "\n")
+        f.write("".join(json.dumps(b) + "\n" for b in bad))
     code, out, err = nv(capsys, "log", log, *ACTION_ARGS[action])
     assert code == 0, err
     assert "1 line that are not JSON" in err and "1 line of schema version 9" in err
+    assert "3 events with fields of the wrong type" in err
     assert out.strip()
 
 
