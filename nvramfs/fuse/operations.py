@@ -389,9 +389,11 @@ class Operations(pyfuse3.Operations):
             size = attr.st_size
             if size < 0:
                 raise FUSEError(errno.EINVAL)
+            # The image must know the current size first, or a shrink from a size
+            # only this cache knows would look like no change and free nothing.
+            self.flush_meta(inode)
             if size > cur.st_size:
                 # Grow: let the image refuse (EFBIG) before anything changes.
-                self.flush_meta(inode)
                 self.img.setattr(inode, size=size)
                 self.mm.truncate(inode, size)
             else:
