@@ -97,11 +97,21 @@ class _Ext:
 class _Dir:
     """A directory, parsed: per block a list of [off, rec_len, ino, ftype, name]."""
 
-    __slots__ = ("blocks", "names")
+    __slots__ = ("blocks", "names", "slack")
 
     def __init__(self) -> None:
         self.blocks: list[list[list]] = []
         self.names: dict[bytes, tuple[int, int, int]] = {}  # name -> (ino, lblk, off)
+        self.slack: list[int] = []  # per block: the largest record a new entry could take
+
+    def update_slack(self, lb: int) -> None:
+        best = 0
+        for _off, rl, e_ino, _ft, name in self.blocks[lb]:
+            best = max(best, rl - (F.dirent_len(len(name)) if e_ino else 0))
+        if lb == len(self.slack):
+            self.slack.append(best)
+        else:
+            self.slack[lb] = best
 
 
 class _Txn:
@@ -792,6 +802,7 @@ class Image:
             blk = self._check_block(pb, F.KIND_DIR, ino, f"directory inode {ino}")
             recs = self._parse_dirblock(ino, pb, blk)
             d.blocks.append(recs)
+            d.update_slack(lb)
             for off, _rl, e_ino, _ft, name in recs:
                 if e_ino:
                     if name in d.names:
@@ -830,6 +841,7 @@ class Image:
 
     def _write_dirblock(self, dino: int, lb: int) -> None:
         d = self._dirs[dino]
+        d.update_slack(lb)
         pb = int(self._ext(dino).lookup(np.array([lb], np.int64))[0])
         blk = self._wblock(pb, F.KIND_DIR, dino, fresh=True)
         for off, rl, e_ino, ft, name in d.blocks[lb]:
@@ -844,6 +856,8 @@ class Image:
         d = self._dir(dino)
         need = F.dirent_len(len(name))
         for lb, recs in enumerate(d.blocks):
+            if d.slack[lb] < need:
+                continue
             for k, r in enumerate(recs):
                 off, rl, e_ino, _ft, nm = r
                 used = F.dirent_len(len(nm)) if e_ino else 0
@@ -1276,7 +1290,7 @@ class Image:
             first = max(s, npages)
             lo_b = (p + first - s) // F.BITS_PER_BITMAP_BLOCK
             span = set(range(lo_b, (p + n - 1) // F.BITS_PER_BITMAP_BLOCK + 1))
-            if len(bitmaps | span) > room:
+            if runs and len(bitmaps | span) > room:  # always free at least one run
                 done = False
                 new_lb.append(s)
                 new_ln.append(n)

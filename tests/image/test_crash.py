@@ -151,3 +151,38 @@ def test_power_cut_at_every_fence(fast_dir: Path) -> None:
 def test_power_cut_with_torn_unfenced_stores(fast_dir: Path) -> None:
     checked, fences = crash_states(fast_dir, torn=True)
     assert checked > fences
+
+
+def test_power_cut_during_a_truncate_split_over_transactions(fast_dir: Path, monkeypatch) -> None:
+    """A truncate too big for one transaction goes through the orphan list; every cut is clean."""
+    base = fast_dir / "base.img"
+    mkfs(base, size=4 << 20)
+    with Image.open(base) as img:
+        f = img.create(1, b"f", 0o644, 0, 0)
+        img.write_pages(f, np.arange(0, 80, 2), [pg(i + 1) for i in range(40)])
+        img.setattr(f, size=80 * BS)
+    base_bytes = base.read_bytes()
+    rec = RecordingPersist()
+    img = Image.open(base, persist=rec)
+    before = snapshot(img)
+    start = rec.fences()
+    monkeypatch.setattr(Image, "_txn_room", lambda self: 1)  # one extent run per transaction
+    img.setattr(f, size=3 * BS)
+    monkeypatch.undo()
+    after = snapshot(img)
+    acked = rec.fences()
+    assert acked - start > 4 * 10  # many transactions
+    img.close()
+    crash = fast_dir / "crash.img"
+    for nfence, data in rec.crash_images(base_bytes):
+        crash.write_bytes(data)
+        rep = fsck(str(crash))
+        assert rep.exit_code == 0, (nfence, rep.errors)
+        with Image.open(crash) as cimg:  # recovery finishes an interrupted truncate
+            got = snapshot(cimg)
+            if got == after:
+                assert cimg.getattr(f).blocks == 2 * 8  # pages 0 and 2 are left
+        assert got in (before, after)
+        if nfence >= acked:
+            assert got == after
+        assert fsck(str(crash)).exit_code == 0
