@@ -68,9 +68,10 @@ class Policy:
         self.frame_ref[frame] = self.tick
         self.frame_since[frame] = self.tick
 
-    # The page's word after its frame was demoted: score gone, F_DEMOTED set.
+    # The page's word after its frame was demoted: score gone, F_DEMOTED set,
+    # epoch = now (the cooldown counts from the demotion).
     def on_demote(self, word: int) -> int:
-        return (word & (0xFF << EPOCH_SHIFT)) | (word & 0xFF) | F_DEMOTED
+        return ((self.tick & 0xFF) << EPOCH_SHIFT) | (word & 0xFF) | F_DEMOTED
 
     def begin_tick(self, tick: int) -> None:
         self.tick = tick
@@ -128,11 +129,18 @@ class MultiQueuePolicy(Policy):
     name = "mq"
 
     def __init__(
-        self, nr_frames: int, *, threshold: int = 4, half_life: int = 2, **kw: int
+        self,
+        nr_frames: int,
+        *,
+        threshold: int = 4,
+        half_life: int = 2,
+        cooldown: int = 8,
+        **kw: int,
     ) -> None:
         super().__init__(nr_frames, **kw)
         self.threshold = threshold
         self.half_life = half_life
+        self.cooldown = cooldown
 
     def scan_chunk(self, state, hits, young, frames, promotable):  # type: ignore[no-untyped-def]
         self._touch_frames(hits, young, frames)
@@ -143,7 +151,8 @@ class MultiQueuePolicy(Policy):
         score = np.where(touched, score >> shift, score)
         epoch = np.where(touched, epoch + shift * self.half_life, epoch)
         score = score + hits
-        flags = np.where(touched & (score == 0), flags & ~F_DEMOTED, flags)
+        # A demoted page that stayed away `cooldown` ticks is an ordinary page again.
+        flags = np.where(touched & (age >= self.cooldown), flags & ~F_DEMOTED, flags)
         state[:] = np.where(touched, _join(flags, epoch, score), state)
         need = np.where(flags & F_DEMOTED, 2 * self.threshold, self.threshold)
         cand = touched & promotable & (score >= need)

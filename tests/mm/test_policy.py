@@ -151,3 +151,21 @@ def test_set_policy_switches(make_mm, clock) -> None:
         run_second(mm, clock, hot * 4)
     assert len(mm.address_space(INO).pages) == 16
     assert mm.stats()["policy"] == "mq"
+
+
+@pytest.mark.parametrize("policy", ["mq", "2q", "clock"])
+def test_demoted_page_needs_more_to_come_back(make_mm, clock, policy: str) -> None:
+    mm, _, _ = setup(make_mm, policy, dram=16)
+
+    def ticks_to_promote() -> int:
+        for t in range(1, 20):
+            run_second(mm, clock, [7] * 4)
+            if 7 in mm.address_space(INO).pages:
+                return t
+        return 99
+
+    first = ticks_to_promote()
+    assert first < 99
+    assert mm.demote_all() == 1
+    again = ticks_to_promote()
+    assert again > first, f"{policy}: back after {again} ticks, first time {first}"
