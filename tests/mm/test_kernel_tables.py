@@ -528,3 +528,39 @@ def test_unmap_mapping_range_rounds_out_to_pages_and_keeps_cows(make_mm) -> None
     unmap_mapping_range(mm.address_space(3), 0, 0, True)  # everything, COWs too
     assert not any(vma.vm_mm.pte_at(vma.vm_start + i * PAGE) & _PAGE_PRESENT for i in range(6))
     assert mm.machine.frames_used == 0
+
+
+def test_shared_vma_calls_pfn_mkwrite_then_page_mkwrite(make_mm) -> None:
+    from nvramfs.mm import xip_file_fault, xip_page_mkwrite, xip_pfn_mkwrite
+
+    mm, backing, ev = make_mm()
+    backing.create(3, pattern(2))
+    calls: list[str] = []
+
+    def spy(name, fn):
+        def wrapped(vmf):
+            calls.append(name)
+            return fn(vmf)
+
+        return wrapped
+
+    vma = mm.mmap(3, 0, 2, SHARED_RW)
+    vma.vm_ops = VMOperations(
+        fault=spy("fault", xip_file_fault),
+        page_mkwrite=spy("page_mkwrite", xip_page_mkwrite),
+        pfn_mkwrite=spy("pfn_mkwrite", xip_pfn_mkwrite),
+    )
+    m = mm.machine
+    assert not m.pfn_valid(mm.access(vma, vma.vm_start, False))
+    assert calls == ["fault"]
+    frame = mm.access(vma, vma.vm_start, True)
+    # read-only raw pfn -> wp_pfn_shared -> ->pfn_mkwrite (copy, NOPAGE) -> ->fault finds
+    # the new page-cache page -> do_shared_fault -> ->page_mkwrite
+    assert calls == ["fault", "pfn_mkwrite", "fault", "page_mkwrite"]
+    assert m.pfn_valid(frame) and m.flags[frame] & PG_DIRTY
+    assert ev.of(schema.COW)[-1]["via"] == "pfn_mkwrite"
+    assert mm.fsync(3) == 1
+    calls.clear()
+    assert mm.access(vma, vma.vm_start, True) == frame
+    assert calls == ["page_mkwrite"]  # wp_page_shared, no copy
+    assert m.flags[frame] & PG_DIRTY
