@@ -615,14 +615,24 @@ class MemoryManager:
         return True
 
     def _reclaim(self) -> bool:
-        """Direct reclaim: demote the policy's coldest page-cache frame (reason dram_budget)."""
-        free = self.machine.free_list
+        """Direct reclaim: demote the policy's coldest page-cache frames (reason dram_budget),
+        a batch at a time (like SWAP_CLUSTER_MAX) so that ranking the frames is amortised.
+        True when at least one frame was freed."""
+        m = self.machine
+        free = m.free_list
         before = len(free)
-        for page in self.policy.victims(self._cache_frames()).tolist():
+        batch = max(1, min(32, m.dram_pages // 64))
+        cand = self._cache_frames()
+        victims = self.policy.victims(cand)
+        if len(victims) > 4 * batch:
+            victims = victims[: 4 * batch]
+        for page in victims.tolist():
+            if m.mapping[page] == 0:
+                continue
             self._demote(page, schema.REASON_DRAM_BUDGET)
-            if len(free) > before:
-                return True
-        return False
+            if len(free) - before >= batch:
+                break
+        return len(free) > before
 
     def demote_all(self, reason: str = schema.REASON_CTL) -> int:
         """Demote every page-cache page (writing back the dirty ones); returns how many."""
