@@ -12,8 +12,8 @@ Gotchas, written down so nobody rediscovers them:
 - pyfuse3 lets only `FUSEError` out of a handler; anything else ends
   `pyfuse3.main()` and with it the mount. Every handler is therefore wrapped
   by `_handler`: image `FsError` becomes its errno, anything unexpected is
-  logged, emitted as an `error` event and answered with EIO; an mm BUG also
-  turns the mount read-only.
+  logged, emitted as an `error` event and answered with EIO; an mm BUG or a
+  CorruptImage also turns the mount read-only (`fatal` in the event).
 - The kernel keeps a *lookup count* per inode: +1 for every successful
   lookup/create/mkdir/mknod/symlink/link and every readdirplus entry it
   accepts, -n with `forget`. An inode whose last name is unlinked while the
@@ -71,6 +71,19 @@ def _fs_error_type() -> type[BaseException] | None:
     except ImportError:  # the image layer is not there yet
         return None
     return FsError
+
+
+def _fatal_types() -> tuple[type[BaseException], ...]:
+    """Exceptions after which nothing may be written: a broken mm invariant (BUG),
+    or an image structure that cannot be trusted (the image latches it too)."""
+    out: list[type[BaseException]] = list(_mm_bug_types())
+    try:
+        from nvramfs.image import CorruptImage
+
+        out.append(CorruptImage)
+    except ImportError:
+        pass
+    return tuple(out)
 
 
 def _mm_bug_types() -> tuple[type[BaseException], ...]:
@@ -156,7 +169,7 @@ class Operations(pyfuse3.Operations):
         self.control = control
         self.errors = 0
         self._fs_error = _fs_error_type()
-        self._mm_bugs = _mm_bug_types()
+        self._fatal = _fatal_types()
         self._root = int(img.root_ino)
         if self._root != pyfuse3.ROOT_INODE:
             raise RuntimeError(
@@ -185,12 +198,12 @@ class Operations(pyfuse3.Operations):
             # answer the caller can act on, not a bug.
             log.warning("%s: %s", what, exc)
             return FUSEError(exc.errno)
-        fatal = bool(self._mm_bugs) and isinstance(exc, self._mm_bugs)
+        fatal = bool(self._fatal) and isinstance(exc, self._fatal)
         self.errors += 1
         log.error("%s: unexpected %s: %s", what, type(exc).__name__, exc, exc_info=exc)
         if fatal and not self.readonly:
             self.readonly = True
-            log.error("mm invariant broken: the mount is read-only from now on")
+            log.error("%s: the mount is read-only from now on", exc)
         self.emit(schema.ERROR, what=f"{what}: {type(exc).__name__}: {exc}", fatal=fatal)
         return FUSEError(errno.EIO)
 
@@ -276,7 +289,7 @@ class Operations(pyfuse3.Operations):
     def _remember(self, parent: int, name: bytes, ino: int) -> None:
         """Count one kernel lookup of `ino` and name it in the log the first time."""
         self._nlookup[ino] = self._nlookup.get(ino, 0) + 1
-        if ino not in self._paths:
+        if name and ino not in self._paths:
             self._name(parent, name, ino)
 
     def _name(self, parent: int, name: bytes, ino: int) -> None:

@@ -87,6 +87,10 @@ def test_bad_mountpoints_are_refused(mounter, tmp_path):
     other = mounter.image()
     out = nvramfs("mount", other, m.path)
     assert out.returncode == 1 and "already a mountpoint" in one_line_error(out)
+    (tmp_path / "second").mkdir()
+    out = nvramfs("mount", img, tmp_path / "second")  # one daemon per image
+    assert out.returncode == 1 and "in use" in one_line_error(out)
+    assert str(tmp_path / "second") not in mounts_under(str(tmp_path))
 
 
 def test_corrupt_image_is_refused_in_one_line(mounter, tmp_path):
@@ -272,3 +276,29 @@ def test_mount_help_lists_every_option():
         "writeback=SECONDS",
     ):
         assert opt in out.stdout, opt
+
+
+def test_enospc_is_an_errno_and_the_mount_stays_usable(mounter):
+    m = mounter(mounter.image(size="16M"))
+    keep = os.urandom(100_000)
+    m.p("keep").write_bytes(keep)
+    chunk = os.urandom(1 << 20)
+    written = 0
+    with open(m.p("fill"), "wb") as f:
+        with pytest.raises(OSError) as ei:
+            for _ in range(64):
+                written += f.write(chunk)
+                f.flush()
+        assert ei.value.errno == errno.ENOSPC
+    assert written > 8 << 20
+    assert os.statvfs(m.path).f_bfree < 256
+    assert m.p("keep").read_bytes() == keep
+    with pytest.raises(OSError) as ei:
+        m.p("more").write_bytes(b"x" * 2_000_000)
+    assert ei.value.errno == errno.ENOSPC
+    os.unlink(m.p("fill"))
+    deadline = time.monotonic() + 5
+    while os.statvfs(m.path).f_bfree < 2000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.statvfs(m.path).f_bfree > 2000
+    assert pid_alive(m.pid) and m.stats()["errors"] == 0
