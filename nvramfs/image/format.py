@@ -131,7 +131,7 @@ INODE_DTYPE = np.dtype(
         ("nextents", "<u4"),  # extents in total (inline + chain)
         ("flags", "<u4"),
         ("igen", "<u4"),
-        ("pad0", "<u4"),
+        ("ninline", "<u4"),  # extents held inline (the rest are in the chain)
         ("inline", "V128"),  # 8 extents, or an inline symlink target
         ("pad1", "V12"),
         ("crc", "<u4"),
@@ -141,7 +141,8 @@ assert INODE_DTYPE.itemsize == INODE_SIZE, INODE_DTYPE.itemsize
 IFLAG_INLINE_DATA = 1 << 0  # symlink target stored in `inline`
 IFLAG_ORPHAN = 1 << 1  # on the orphan list
 
-# Extent block: next (u64), count (u32), pad (u32), extents, tail.
+# Extent block: next (u64), count (u32, 1..254), pad (u32), extents, tail. Blocks
+# need not be full, so a change rewrites only the blocks around it.
 EXTBLK_HDR = 16
 EXTENTS_PER_BLOCK = (PAYLOAD - EXTBLK_HDR) // EXTENT_DTYPE.itemsize
 

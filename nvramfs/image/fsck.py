@@ -19,6 +19,8 @@ Exit codes as e2fsck: 0 clean, 4 errors left uncorrected, 8 operational error.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import stat
 import time
 from dataclasses import dataclass, field
@@ -67,9 +69,20 @@ def fsck(path: str, repair: bool = False) -> Report:
         if repair:
             pre = fsck(path)
             if pre.exit_code == EXIT_CLEAN:
-                img = Image.open(path)
-                rep.notes.extend(f"repaired: {r}" for r in img.recovery)
-                img.close()
+                # The mount holds this lock for its lifetime: never repair under it.
+                lock = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        rep.error("image", "in use (mounted?): not repairing")
+                        rep.exit_code = EXIT_OPERATIONAL
+                        return rep
+                    img = Image.open(path)
+                    rep.notes.extend(f"repaired: {r}" for r in img.recovery)
+                    img.close()
+                finally:
+                    os.close(lock)
             else:
                 rep.notes.append("not repaired: errors other than recovery work were found")
         img = Image.open(path, readonly=True, _lenient=True)

@@ -10,6 +10,7 @@ it touched, so the image stays the source of truth.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import functools
@@ -80,10 +81,19 @@ class StatFs:
 class _Ext:
     """An inode's extent map, parsed: sorted int64 arrays + the chain blocks."""
 
-    __slots__ = ("lblk", "len", "pblk", "chain")
+    __slots__ = ("lblk", "len", "pblk", "chain", "counts")
 
-    def __init__(self, lblk: np.ndarray, ln: np.ndarray, pblk: np.ndarray, chain: list[int]):
+    def __init__(
+        self,
+        lblk: np.ndarray,
+        ln: np.ndarray,
+        pblk: np.ndarray,
+        chain: list[int],
+        counts: list[int] | None = None,
+    ):
         self.lblk, self.len, self.pblk, self.chain = lblk, ln, pblk, chain
+        # Extents per node: counts[0] inline, counts[i + 1] in chain[i].
+        self.counts = counts if counts is not None else [len(lblk)]
 
     def lookup(self, pages: np.ndarray) -> np.ndarray:
         if not len(self.lblk):
@@ -112,6 +122,10 @@ class _Dir:
             self.slack.append(best)
         else:
             self.slack[lb] = best
+
+
+class _TooBig(Exception):
+    """A transaction would not fit the journal: retry with less."""
 
 
 class _Txn:
@@ -491,19 +505,26 @@ class Image:
                 raise CorruptImage(f"inode {ino}: inline data and extents")
             z = np.zeros(0, np.int64)
             return _Ext(z, z.copy(), z.copy(), [])
-        parts = [np.frombuffer(rec["inline"].tobytes(), F.EXTENT_DTYPE, count=min(n, 8))]
+        ninl = int(rec["ninline"])
+        if ninl > min(n, F.INLINE_EXTENTS):
+            raise CorruptImage(f"inode {ino}: bad inline extent count {ninl}")
+        parts = [np.frombuffer(rec["inline"].tobytes(), F.EXTENT_DTYPE, count=ninl)]
         chain: list[int] = []
-        left = n - min(n, 8)
+        counts = [ninl]
+        left = n - ninl
         b = int(rec["ext_blk"])
         while left > 0:
             if b == 0:
                 raise CorruptImage(f"inode {ino}: extent chain ends {left} extents early")
+            if b in chain:
+                raise CorruptImage(f"inode {ino}: extent chain loops at block {b}")
             blk = self._check_block(b, F.KIND_EXTENT, ino, f"inode {ino} extent block")
             cnt = int.from_bytes(blk[8:12], "little")
             if not 0 < cnt <= min(left, F.EXTENTS_PER_BLOCK):
                 raise CorruptImage(f"inode {ino} extent block {b}: bad count {cnt}")
             parts.append(np.frombuffer(blk[F.EXTBLK_HDR :], F.EXTENT_DTYPE, count=cnt).copy())
             chain.append(b)
+            counts.append(cnt)
             left -= cnt
             b = int.from_bytes(blk[0:8], "little")
         if b != 0:
@@ -523,7 +544,7 @@ class Image:
                 )
             if (lb[1:] < lb[:-1] + ln[:-1]).any():
                 raise CorruptImage(f"inode {ino}: extents overlap or are out of order")
-        return _Ext(lb, ln, pb, chain)
+        return _Ext(lb, ln, pb, chain, counts)
 
     def _store_ext(self, ino: int, lb: np.ndarray, ln: np.ndarray, pb: np.ndarray) -> None:
         """Write a new extent map (merging neighbours); rewrites only changed chain blocks."""
@@ -537,42 +558,93 @@ class Image:
                 grp = np.cumsum(start) - 1
                 ln = np.bincount(grp, weights=ln).astype(np.int64)
                 lb, pb = lb[start], pb[start]
-        n = len(lb)
         rec = self._winode(ino)
+        n, old_n = len(lb), len(old.lblk)
+        # The changed run: old[p:old_n-q] became new[p:n-q].
+        m = min(n, old_n)
+        eq = (old.lblk[:m] == lb[:m]) & (old.len[:m] == ln[:m]) & (old.pblk[:m] == pb[:m])
+        p = m if eq.all() else int(np.argmin(eq))
+        if p == n == old_n:
+            return
+        mq = m - p
+        eq = (
+            (old.lblk[old_n - mq :] == lb[n - mq :])
+            & (old.len[old_n - mq :] == ln[n - mq :])
+            & (old.pblk[old_n - mq :] == pb[n - mq :])
+        )[::-1]
+        q = mq if eq.all() else int(np.argmin(eq))
+        counts = old.counts
+        starts = np.concatenate(
+            [[0], np.cumsum(counts)]
+        ).tolist()  # node i: [starts[i], starts[i+1])
+
+        def node_of(i: int) -> int:
+            return min(bisect.bisect_right(starts, i) - 1, len(counts) - 1)
+
+        a = node_of(p)
+        b = node_of(old_n - q - 1) if old_n - q - 1 >= starts[a] else a
+        lo, hi = starts[a], starts[b + 1] + (n - old_n)  # new extents to pack into nodes a..
+        mid: list[int] = []
+        left = hi - lo
+        if a == 0:
+            mid.append(min(left, F.INLINE_EXTENTS))
+            left -= mid[0]
+        while left > 0:
+            mid.append(min(left, F.EXTENTS_PER_BLOCK))
+            left -= mid[-1]
+        new_counts = counts[:a] + mid + counts[b + 1 :]
+        # Chain blocks: reuse those of nodes a..b, allocate or free the difference.
+        first_c = max(a, 1) - 1  # chain index of the first chain node in the range
+        old_mid_chain = old.chain[first_c:b] if b >= 1 else []
+        need = len(mid) - (1 if a == 0 else 0)
+        mid_chain = old_mid_chain[:need]
+        for blk in old_mid_chain[need:]:
+            self._free_runs([(blk, 1)])
+            rec["blocks"] = int(rec["blocks"]) - 1
+        while len(mid_chain) < need:
+            goal = (
+                mid_chain[-1] + 1 if mid_chain else (old.chain[first_c - 1] + 1 if first_c else 0)
+            )
+            mid_chain.append(self._alloc_meta(goal or (int(pb[-1]) + 1 if n else 0)))
+            rec["blocks"] = int(rec["blocks"]) + 1
+        chain = (
+            old.chain[:first_c] + mid_chain + old.chain[b:]
+            if b >= 1
+            else (old.chain[:first_c] + mid_chain + old.chain[first_c:])
+        )
         arr = np.zeros(n, F.EXTENT_DTYPE)
         arr["lblk"], arr["len"], arr["pblk"] = lb, ln, pb
         inline = np.zeros(F.INLINE_EXTENTS, F.EXTENT_DTYPE)
-        inline[: min(n, 8)] = arr[:8]
+        inline[: new_counts[0]] = arr[: new_counts[0]]
         rec["inline"] = inline.tobytes()
+        rec["ninline"] = new_counts[0]
         rec["nextents"] = n
-        rest = arr[8:]
-        need = -(-len(rest) // F.EXTENTS_PER_BLOCK)
-        chain = list(old.chain)
-        while len(chain) > need:
-            self._free_runs([(chain.pop(), 1)])
-            rec["blocks"] = int(rec["blocks"]) - 1
-        while len(chain) < need:
-            chain.append(self._alloc_meta(chain[-1] + 1 if chain else pb[-1] + 1))
-            rec["blocks"] = int(rec["blocks"]) + 1
         rec["ext_blk"] = chain[0] if chain else 0
-        for i, b in enumerate(chain):
-            part = rest[i * F.EXTENTS_PER_BLOCK : (i + 1) * F.EXTENTS_PER_BLOCK]
+        new_starts = np.concatenate([[0], np.cumsum(new_counts)]).tolist()
+        # Write the chain nodes of the range, and the one before it (its `next`).
+        for ci in range(max(first_c - 1, 0), first_c + len(mid_chain)):
+            if ci >= len(chain):
+                break
             body = bytearray(F.TAIL_OFF)
-            nxt = chain[i + 1] if i + 1 < len(chain) else 0
+            nxt = chain[ci + 1] if ci + 1 < len(chain) else 0
+            cnt = new_counts[ci + 1]
             body[0:8] = nxt.to_bytes(8, "little")
-            body[8:12] = len(part).to_bytes(4, "little")
-            raw = part.tobytes()
+            body[8:12] = cnt.to_bytes(4, "little")
+            raw = arr[new_starts[ci + 1] : new_starts[ci + 1] + cnt].tobytes()
             body[F.EXTBLK_HDR : F.EXTBLK_HDR + len(raw)] = raw
-            cur = self._block(b)
+            blk_no = chain[ci]
+            cur = self._block(blk_no)
             if (
-                b in old.chain
+                blk_no in old.chain
                 and bytes(cur[: F.TAIL_OFF]) == bytes(body)
-                and not F.check_tail(cur, b, F.KIND_EXTENT, ino)
+                and not F.check_tail(cur, blk_no, F.KIND_EXTENT, ino)
             ):
                 continue
-            blk = self._wblock(b, F.KIND_EXTENT, ino, fresh=True)
+            blk = self._wblock(blk_no, F.KIND_EXTENT, ino, fresh=True)
             blk[: F.TAIL_OFF] = body
-        self._exts[ino] = _Ext(lb.copy(), ln.copy(), pb.copy(), chain)
+        assert sum(new_counts) == n and len(new_counts) == len(chain) + 1
+        assert all(c > 0 for c in new_counts[1:]), new_counts
+        self._exts[ino] = _Ext(lb.copy(), ln.copy(), pb.copy(), chain, new_counts)
 
     def bmap(self, ino: int, first: int, count: int) -> np.ndarray:
         """NVRAM block of each page [first, first+count) of `ino`; 0 = hole."""
@@ -1276,41 +1348,35 @@ class Image:
         """
         e = self._ext(ino)
         lb, ln, pb = e.lblk, e.len, e.pblk
-        keep = lb + ln <= npages
-        if keep.all():
+        c0 = int(np.searchsorted(lb + ln, npages, side="right"))  # extents [c0:] reach past
+        if c0 == len(lb):
             return True
-        cut = np.flatnonzero(~keep)
+        bpb = F.BITS_PER_BITMAP_BLOCK
+        room = self._txn_room() - 3  # the chain blocks rewritten at the cut
+        bitmaps = {b // bpb for b in e.chain}  # chain blocks may be freed too
         runs: list[tuple[int, int]] = []
-        new_lb, new_ln, new_pb = list(lb[keep]), list(ln[keep]), list(pb[keep])
-        bitmaps: set[int] = set()
-        room = self._txn_room() - len(e.chain)
-        done = True
-        for i in cut[::-1]:
-            s, n, p = int(lb[i]), int(ln[i]), int(pb[i])
-            first = max(s, npages)
-            lo_b = (p + first - s) // F.BITS_PER_BITMAP_BLOCK
-            span = set(range(lo_b, (p + n - 1) // F.BITS_PER_BITMAP_BLOCK + 1))
-            if runs and len(bitmaps | span) > room:  # always free at least one run
-                done = False
-                new_lb.append(s)
-                new_ln.append(n)
-                new_pb.append(p)
-                continue
-            bitmaps |= span
-            runs.append((p + first - s, n - (first - s)))
-            if first > s:
-                new_lb.append(s)
-                new_ln.append(first - s)
-                new_pb.append(p)
+        keep_n = len(lb)  # extents [0, keep_n) stay
+        head = 0  # pages kept of extent keep_n - 1 when it straddles npages
+        i = len(lb) - 1
+        while i >= c0:
+            s0, n0, p0 = int(lb[i]), int(ln[i]), int(pb[i])
+            first = max(s0, npages)
+            fs, fn = p0 + first - s0, n0 - (first - s0)
+            new = bitmaps.union(range(fs // bpb, (fs + fn - 1) // bpb + 1))
+            if runs and len(new) > room:
+                break
+            bitmaps = new
+            runs.append((fs, fn))
+            keep_n, head = (i + 1, first - s0) if first > s0 else (i, 0)
+            i -= 1
+        done = i < c0
         rec = self._winode(ino)
         self._free_runs(runs)
         rec["blocks"] = int(rec["blocks"]) - sum(n for _, n in runs)
-        self._store_ext(
-            ino,
-            np.array(new_lb, np.int64),
-            np.array(new_ln, np.int64),
-            np.array(new_pb, np.int64),
-        )
+        new_ln = ln[:keep_n].copy()
+        if head:
+            new_ln[-1] = head
+        self._store_ext(ino, lb[:keep_n].copy(), new_ln, pb[:keep_n].copy())
         return done
 
     def _free_all(self, ino: int, final: bool) -> bool:
@@ -1600,46 +1666,67 @@ class Image:
     def _write_batch(
         self, ino: int, pidx: np.ndarray, data: list, out: np.ndarray, start: int
     ) -> int:
-        """Write pages [start, ...) : in-place ones all, holes as many as one txn maps."""
-        blocks = self._ext(ino).lookup(pidx[start:])
-        holes = np.flatnonzero(blocks == 0)
-        limit = max(1, journal.max_txn_blocks(self.L.journal_blocks) // 4)
-        stop = len(blocks)
-        new_runs: list[tuple[int, int]] = []
-        if len(holes):
-            # Cap a batch so its bitmap and extent-block changes fit one transaction.
-            if len(holes) > 8192:
-                stop = int(holes[8192])
-                holes = holes[:8192]
-            e = self._ext(ino)
-            first_hole = int(pidx[start + holes[0]])
-            i = int(np.searchsorted(e.lblk, first_hole, side="right")) - 1
-            goal = int(e.pblk[i] + (first_hole - e.lblk[i])) if i >= 0 else self._bhint
-            if len(holes) > int(self._sb["free_blocks"]):
-                raise FsError(errno.ENOSPC)
-            L = self.L
-            new_runs = self._find_free(
-                L.bbitmap_start, L.bbitmap_blocks, L.nr_blocks, L.data_start, len(holes), goal
-            )
-            if sum(n for _, n in new_runs) < len(holes):
-                raise CorruptImage("block bitmap: fewer free blocks than the superblock counts")
-            if len(new_runs) > limit:
-                new_runs = new_runs[:limit]
-                n_ok = sum(n for _, n in new_runs)
-                stop = int(holes[n_ok]) if n_ok < len(holes) else stop
-                holes = holes[:n_ok]
-            newb = np.concatenate([np.arange(s, s + n, dtype=np.int64) for s, n in new_runs])
-            blocks[holes] = newb[: len(holes)]
-        blocks = blocks[:stop]
-        # 1. data: coalesce runs of consecutive blocks into one store + flush.
+        """Write pages [start, ...): every in-place one, and as many holes as one txn maps.
+
+        The mapping transaction is built first (in memory), then the data is
+        stored, flushed and fenced, then the transaction commits: ordered mode.
+        A transaction that would not fit the journal is rebuilt with half the
+        holes.
+        """
+        blocks0 = self._ext(ino).lookup(pidx[start:])
+        holes0 = np.flatnonzero(blocks0 == 0)
+        k = min(len(holes0), 8192)
+        if k > int(self._sb["free_blocks"]):
+            raise FsError(errno.ENOSPC)
+        cap = journal.max_txn_blocks(self.L.journal_blocks) - 2
+        while True:
+            blocks = blocks0.copy()
+            holes = holes0[:k]
+            stop = int(holes0[k]) if k < len(holes0) else len(blocks)
+            try:
+                with self._transaction() as txn:
+                    if k:
+                        self._map_holes(ino, pidx[start + holes], blocks, holes)
+                        if len(txn.blocks) > cap:
+                            raise _TooBig
+                    self._store_pages(blocks[:stop], data[start : start + stop])
+                break
+            except _TooBig:
+                k = max(1, k // 2)
+        out[start : start + stop] = blocks[:stop]
+        if k:
+            self.unreserve(k)
+        return stop
+
+    def _map_holes(self, ino: int, hp: np.ndarray, blocks: np.ndarray, holes: np.ndarray) -> None:
+        """Allocate blocks for hole pages `hp` (near the file's previous block) and map them."""
+        e = self._ext(ino)
+        i = int(np.searchsorted(e.lblk, int(hp[0]), side="right")) - 1
+        goal = int(e.pblk[i] + (int(hp[0]) - e.lblk[i])) if i >= 0 else self._bhint
+        runs = self._alloc_blocks(len(hp), goal, meta=False)
+        hb = np.concatenate([np.arange(s, s + n, dtype=np.int64) for s, n in runs])
+        blocks[holes] = hb
+        brk = np.flatnonzero((np.diff(hp) != 1) | (np.diff(hb) != 1)) + 1
+        starts = np.concatenate([[0], brk])
+        lens = np.diff(np.concatenate([starts, [len(hp)]]))
+        self._store_ext(
+            ino,
+            np.concatenate([e.lblk, hp[starts]]),
+            np.concatenate([e.len, lens]),
+            np.concatenate([e.pblk, hb[starts]]),
+        )
+        rec = self._winode(ino)
+        rec["blocks"] = int(rec["blocks"]) + len(hp)
+
+    def _store_pages(self, blocks: np.ndarray, data: list) -> None:
+        """Store pages at their blocks (runs coalesced), flush, fence."""
         k = 0
         while k < len(blocks):
             j = k
             while j + 1 < len(blocks) and blocks[j + 1] == blocks[j] + 1:
                 j += 1
             buf = b"".join(
-                bytes(d) if len(d) == BS else bytes(d) + bytes(BS - len(d))
-                for d in data[start + k : start + j + 1]
+                bytes(d) if len(d) == BS else bytes(d) + bytes(BS - len(d)) for d in data[k : j + 1]
             )
             off = int(blocks[k]) * BS
             self.persist.store(off, buf)
@@ -1647,38 +1734,6 @@ class Image:
             k = j + 1
         if len(blocks):
             self.persist.fence()
-        out[start : start + len(blocks)] = blocks
-        # 2. metadata: map the new blocks (ordered after the data above).
-        if len(holes):
-            with self._transaction():
-                runs = self._alloc_blocks_exact(new_runs)
-                e = self._ext(ino)
-                hp = pidx[start + holes]
-                hb = blocks[holes]
-                brk = np.flatnonzero((np.diff(hp) != 1) | (np.diff(hb) != 1)) + 1
-                starts = np.concatenate([[0], brk])
-                lens = np.diff(np.concatenate([starts, [len(hp)]]))
-                self._store_ext(
-                    ino,
-                    np.concatenate([e.lblk, hp[starts]]),
-                    np.concatenate([e.len, lens]),
-                    np.concatenate([e.pblk, hb[starts]]),
-                )
-                rec = self._winode(ino)
-                rec["blocks"] = int(rec["blocks"]) + runs
-            self.unreserve(len(holes))
-        return len(blocks)
-
-    def _alloc_blocks_exact(self, runs: list[tuple[int, int]]) -> int:
-        """Mark exactly these (planned, free) runs allocated in the open transaction."""
-        total = sum(n for _, n in runs)
-        if total > int(self._sb["free_blocks"]):
-            raise FsError(errno.ENOSPC)
-        for s, n in runs:
-            self._set_bits(self.L.bbitmap_start, F.KIND_BBITMAP, s, n, 1)
-        self._sb["free_blocks"] = int(self._sb["free_blocks"]) - total
-        self._bhint = runs[-1][0] + runs[-1][1]
-        return total
 
     # ----------------------------------------------------------- inspection
     @property

@@ -63,6 +63,19 @@ def test_fsck_notes_pending_orphan_and_repair(empty_image: Path) -> None:
     assert not any("inode" in n and "orphan" in n for n in rep.notes[1:])
 
 
+def test_repair_refuses_an_image_in_use(empty_image: Path) -> None:
+    import fcntl
+    import os
+
+    fd = os.open(empty_image, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the mount does
+        rep = fsck(str(empty_image), repair=True)
+        assert rep.exit_code == 8 and "in use" in rep.errors[0][1]
+    finally:
+        os.close(fd)
+
+
 # --------------------------------------------------------------- the matrix
 # Each case damages one structure of a copy of the tree image. `serve` is what
 # a mount would do that must then refuse with CorruptImage (None: opening
