@@ -79,6 +79,8 @@ def main(args: argparse.Namespace) -> int:
 
             with tempfile.TemporaryDirectory(prefix="nvramfs-recipe-") as tmp:
                 tree = Path(tmp) / "root"
+                if sys.stderr.isatty():
+                    print(f"mkfs: building the tree of {args.recipe}", file=sys.stderr)
                 build_tree(Path(args.recipe), tree)
                 res = mkfs(image, size=size, src=tree, force=args.force, progress=bar)
         else:
