@@ -1020,15 +1020,16 @@ class Image:
         never move, so cookies stay valid across other entries' changes.
         """
         d = self._dir(ino)
-        out = []
-        for lb, recs in enumerate(d.blocks):
-            if (lb + 1) * BS <= after:
-                continue
-            for off, _rl, e_ino, _ft, name in recs:
+        return self._readdir_from(d, max(0, (after - 1) // BS) if after else 0, after)
+
+    @staticmethod
+    def _readdir_from(d: _Dir, first: int, after: int) -> Iterator[tuple[int, bytes, int]]:
+        """Lazily, from block `first` on (a long listing is not rebuilt per request)."""
+        for lb in range(first, len(d.blocks)):
+            for off, _rl, e_ino, _ft, name in list(d.blocks[lb]):
                 cookie = lb * BS + off + 1
                 if e_ino and cookie > after:
-                    out.append((cookie, name, e_ino))
-        return iter(out)
+                    yield cookie, name, e_ino
 
     def readlink(self, ino: int) -> bytes:
         rec = self._inode(ino)
@@ -1545,8 +1546,22 @@ class Image:
                 w["mtime_ns"] = mtime_ns
             w["ctime_ns"] = ctime_ns if ctime_ns is not None else now
         if later:
-            self._reclaim(ino)
+            self._finish_truncate(ino)
         return self.getattr(ino)
+
+    def _finish_truncate(self, ino: int) -> None:
+        """Free what a big shrink left past EOF, one transaction at a time.
+
+        The inode is on the orphan list meanwhile (so recovery finishes it);
+        an unlinked-but-open inode stays there for `release`.
+        """
+        while True:
+            with self._transaction():
+                rec = self._inode(ino)
+                if self._free_tail(ino, -(-int(rec["size"]) // BS)):
+                    if int(rec["nlink"]):
+                        self._orphan_remove(ino)
+                    return
 
     # ---------------------------------------------------------------- xattrs
     def _xattrs(self, ino: int) -> dict[bytes, bytes]:

@@ -278,3 +278,22 @@ def test_extent_chain_changes_stay_local(fast_dir: Path, monkeypatch) -> None:
         assert bytes(img.block_view(int(b[3]))) == page(7)
         img.setattr(f, size=10 * PAGE)
     assert fsck(str(path)).exit_code == 0
+
+
+def test_big_truncate_of_an_unlinked_open_file_keeps_it_until_release(
+    empty_image: Path, monkeypatch
+) -> None:
+    with Image.open(empty_image) as img:
+        free0 = img.statfs().bfree
+        f = img.create(1, b"f", 0o644, 0, 0)
+        img.write_pages(f, np.arange(0, 60, 2), [page(i + 1) for i in range(30)])
+        img.setattr(f, size=60 * PAGE)
+        img.unlink(1, b"f", still_open=True)
+        monkeypatch.setattr(Image, "_txn_room", lambda self: 1)  # one run per transaction
+        img.setattr(f, size=5 * PAGE)
+        monkeypatch.undo()
+        assert img.getattr(f).nlink == 0 and img.getattr(f).blocks == 3 * 8
+        assert read(img, f)[4 * PAGE :] == page(3)
+        img.release(f)
+        assert errno_of(img.getattr, f) == errno.ENOENT
+        assert img.statfs().bfree == free0 - 1  # the root's directory block
