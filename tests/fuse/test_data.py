@@ -202,3 +202,22 @@ def test_hot_file_is_promoted_and_writes_to_xip_pages_are_cowed(mounter, tmp_pat
     assert any(e["reason"] == "ctl" for e in events_of(m, "migrate", ino))
     assert json.loads(os.getxattr(hot, "user.nvramfs.residency"))["pagecache"] == 0
     assert nvramfs("stat", m.path).returncode == 0
+
+
+def test_options_log_dram_policy_writeback_trace_faults(mounter, tmp_path):
+    log = tmp_path / "elsewhere.jsonl"
+    m = mounter(mounter.image(), f"log={log},dram=2M,policy=clock,writeback=1,trace_faults")
+    if not m.stats()["sim"]:
+        pytest.skip("sim=off: no simulation, no events")
+    assert m.log == log and str(log) in m.stdout
+    first = m.session_events()[0]
+    assert first["ev"] == "mount" and first["dram_pages"] == 512 and first["policy"] == "clock"
+    with open(m.p("f"), "wb") as f:
+        f.write(os.urandom(3 * 4096))
+    time.sleep(2.5)  # dirty for longer than writeback=1: the tick writes it back
+    m.stats()
+    wb = [e for e in m.session_events() if e["ev"] == "writeback"]
+    assert {e["reason"] for e in wb} == {"dirty_expire"} and len(wb) == 3
+    faults = [e for e in m.session_events() if e["ev"] == "fault"]
+    assert faults and {"ino", "index", "kind", "write"} <= set(faults[0])
+    assert m.stats()["counters"]["dram_pages"] == 512

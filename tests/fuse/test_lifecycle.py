@@ -213,6 +213,10 @@ def test_nvramfs_stat_command(mnt):
     out = nvramfs("umount", "/proc")
     assert out.returncode == 1
     one_line_error(out)
+    with open(mnt.p("busy"), "wb"):  # an open file keeps the mount busy
+        out = nvramfs("umount", mnt.path)
+        assert out.returncode == 1 and "busy" in one_line_error(out)
+    assert pid_alive(mnt.pid)
 
 
 def test_foreground_mode_and_mount_helper_form(mounter, tmp_path):
