@@ -142,7 +142,14 @@ class MultiQueuePolicy(Policy):
         self.half_life = half_life
         self.cooldown = cooldown
 
-    def scan_chunk(self, state, hits, young, frames, promotable):  # type: ignore[no-untyped-def]
+    def scan_chunk(
+        self,
+        state: np.ndarray,
+        hits: np.ndarray,
+        young: np.ndarray,
+        frames: np.ndarray,
+        promotable: np.ndarray,
+    ) -> np.ndarray:
         self._touch_frames(hits, young, frames)
         flags, epoch, score = _split(state)
         touched = hits > 0
@@ -195,7 +202,14 @@ class TwoQueuePolicy(Policy):
         self.kout = kout
         self.threshold = threshold
 
-    def scan_chunk(self, state, hits, young, frames, promotable):  # type: ignore[no-untyped-def]
+    def scan_chunk(
+        self,
+        state: np.ndarray,
+        hits: np.ndarray,
+        young: np.ndarray,
+        frames: np.ndarray,
+        promotable: np.ndarray,
+    ) -> np.ndarray:
         self._touch_frames(hits, young, frames)
         flags, epoch, score = _split(state)
         touched = hits > 0
@@ -251,7 +265,14 @@ class ClockPolicy(Policy):
         super().on_alloc(frame)
         self.refbit[frame] = True
 
-    def scan_chunk(self, state, hits, young, frames, promotable):  # type: ignore[no-untyped-def]
+    def scan_chunk(
+        self,
+        state: np.ndarray,
+        hits: np.ndarray,
+        young: np.ndarray,
+        frames: np.ndarray,
+        promotable: np.ndarray,
+    ) -> np.ndarray:
         used = (frames > 0) & young
         self.refbit[frames[used]] = True
         self.frame_ref[frames[used]] = self.tick
