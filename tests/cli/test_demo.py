@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,8 +73,9 @@ def demo_dirs(tmp_path: Path):
         else tmp_path / "images"
     )
     images.mkdir()
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+    # Not under tmp_path: another pytest session's end-of-session sweep unmounts
+    # nvramfs mounts whose path has "/pytest-" in it.
+    mnt = Path(tempfile.mkdtemp(prefix="nvramfs-clitest-"))
     try:
         yield images, tmp_path / "out", mnt
     finally:
@@ -81,6 +83,10 @@ def demo_dirs(tmp_path: Path):
         for path in left:
             subprocess.run(["fusermount3", "-uz", path], capture_output=True)
         shutil.rmtree(images, ignore_errors=True)
+        try:
+            mnt.rmdir()
+        except OSError:
+            pass
         assert not left, f"the demo left mounts behind: {left}"
 
 
@@ -327,3 +333,24 @@ def test_job_file_runs_and_reports_json(name: str, tmp_path: Path) -> None:
         assert set(nums) == {"read", "write"}
     else:
         assert set(nums) == {"read"}
+
+
+@pytest.mark.fuse
+@pytest.mark.slow
+def test_keep_mounted_yes_leaves_the_mount_up_until_umount(demo_dirs) -> None:
+    images, out, mnt = demo_dirs
+    image = images / "demo.img"
+    try:
+        res = nvramfs("demo", "--quick", "--image", image, "--out", out, "--mountpoint", mnt,
+                      "--keep-mounted", "yes")  # fmt: skip
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert mounts_under(mnt) == [str(mnt)], (res.stdout, (out / "demo.daemon.log").read_text())
+        assert f"still mounted at {mnt}: nvramfs umount {mnt} ends it" in res.stdout
+        assert "no unmount event yet" in res.stdout
+        # The mount is still usable.
+        assert len(list(mnt.iterdir())) > 3
+    finally:
+        if mounts_under(mnt):
+            assert nvramfs("umount", mnt).returncode == 0
+    summary = json.loads(nvramfs("log", out / "demo.events.jsonl", "summary", "--json").stdout)
+    assert summary["clean_unmount"] == [True]

@@ -772,8 +772,11 @@ def test_log_tools_on_the_log_of_a_running_mount(tmp_path: Path) -> None:
     (tree / "data.bin").write_bytes(os.urandom(2 << 20))
     image = tmp_path / "live.img"
     assert _nvramfs("mkfs", image, "--from", tree, "-q").returncode == 0
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+    import tempfile
+
+    # Not under tmp_path: another pytest session's end-of-session sweep unmounts
+    # nvramfs mounts whose path has "/pytest-" in it.
+    mnt = Path(tempfile.mkdtemp(prefix="nvramfs-clitest-"))
     log = tmp_path / "live.events.jsonl"
     res = _nvramfs("mount", image, mnt, "-o", f"dram=256K,log={log}")
     assert res.returncode == 0, res.stderr
@@ -826,6 +829,8 @@ def test_log_tools_on_the_log_of_a_running_mount(tmp_path: Path) -> None:
                 if follow.poll() is None:
                     follow.kill()
                     follow.wait()
+        if not _mounted(mnt):
+            mnt.rmdir()
     assert umount.returncode == 0, umount.stderr
     assert follow.returncode == 0, err
     lines = out.splitlines()
