@@ -122,17 +122,53 @@ def _last_line(text: str) -> str:
 
 
 def ensure_image(image: Path | None) -> Path:
-    """The image to mount; built from images/default.json first when it does not exist."""
+    """The image to mount, checked by fsck first.
+
+    The default image is a build output of images/default.json: it is built
+    when missing and rebuilt when fsck rejects it (e.g. made by an nvramfs
+    whose on-NVRAM format has changed since). An image the user names is
+    built from the default recipe only when it does not exist, and never
+    rebuilt: fsck's verdict is the error.
+    """
     default = image is None
     if image is None:
         image = repo_dir("images") / "build" / "default.img"
-    if image.exists():
+    if not image.exists():
+        what = "the default image" if default else f"{image} from the default recipe"
+        build_image(image, what)
         return image
+    problem = fsck_problem(image)
+    if problem is None:
+        return image
+    if not default:
+        raise NvramfsError(f"{image}: {problem} (nvramfs fsck {image} says what)")
+    print(f"the default image {problem}; rebuilding it", flush=True)
+    build_image(image, "the default image")
+    return image
+
+
+def fsck_problem(image: Path) -> str | None:
+    """None when `nvramfs fsck` passes the image, else what it says, in a few words."""
+    out = _nvramfs("fsck", "--json", str(image), timeout=300)
+    if out.returncode == 0:
+        return None
+    try:
+        res = json.loads(out.stdout)
+        errors = res.get("errors") or []
+        first = errors[0].get("what") if errors and isinstance(errors[0], dict) else None
+        n = len(errors)
+        what = f"does not pass fsck: {n} error{'s' if n != 1 else ''}"
+        return what + (f", e.g. {first}" if first else "")
+    except (ValueError, AttributeError):
+        return f"does not pass fsck: {_last_line(out.stderr or out.stdout)}"
+
+
+def build_image(image: Path, what: str) -> None:
+    """`nvramfs mkfs IMAGE --recipe images/default.json`, all or nothing."""
     recipe = repo_dir("images") / "default.json"
     if not recipe.is_file():
         raise NvramfsError(f"{recipe}: the default image's recipe is missing")
-    what = "the default image" if default else f"{image} from the default recipe"
-    print(f"building {what} (once): nvramfs mkfs {image} --recipe {recipe}", flush=True)
+    print(f"building {what}: nvramfs mkfs {image} --recipe {recipe}", flush=True)
     # Built under another name and renamed when whole: an interrupted build
     # never leaves a half-made image where the next demo would mount it.
     partial = image.with_name(image.name + ".building")
@@ -143,7 +179,6 @@ def ensure_image(image: Path | None) -> Path:
         os.replace(partial, image)
     finally:
         partial.unlink(missing_ok=True)
-    return image
 
 
 # --------------------------------------------------------------------------- fio

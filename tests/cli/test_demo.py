@@ -114,7 +114,7 @@ def test_quick_demo_end_to_end(demo_dirs) -> None:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     text = res.stdout
     # It built the image, ran every phase, and unmounted.
-    assert f"building {image} from the default recipe" in text
+    assert f"building {image} from the default recipe: nvramfs mkfs {image}" in text
     for i, name in enumerate(["warm", "scan", "hot again", "write", "verify"], 1):
         assert f"[{i}/5] {name}:" in text
     assert not mounts_under(mnt)
@@ -222,12 +222,14 @@ def test_ctrl_c_during_a_phase_still_unmounts(demo_dirs) -> None:
 
 @pytest.mark.fuse
 def test_demo_on_a_file_that_is_not_an_image_is_one_line(demo_dirs) -> None:
+    """A named image is checked, never rebuilt: fsck's verdict is the error."""
     images, out, mnt = demo_dirs
     bogus = images / "bogus.img"
     bogus.write_bytes(b"\x00" * (1 << 20))
     res = nvramfs("demo", "--quick", "--image", bogus, "--out", out, "--mountpoint", mnt)
-    assert res.returncode != 0
-    assert "cannot mount" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 1
+    assert f"nvramfs: {bogus}: does not pass fsck" in res.stderr and "Traceback" not in res.stderr
+    assert f"(nvramfs fsck {bogus} says what)" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not mounts_under(mnt)
 
@@ -354,3 +356,26 @@ def test_keep_mounted_yes_leaves_the_mount_up_until_umount(demo_dirs) -> None:
             assert nvramfs("umount", mnt).returncode == 0
     summary = json.loads(nvramfs("log", out / "demo.events.jsonl", "summary", "--json").stdout)
     assert summary["clean_unmount"] == [True]
+
+
+def test_a_default_image_that_fails_fsck_is_rebuilt(tmp_path, monkeypatch, capsys) -> None:
+    """The default image is a build output: made by an older format, it is built again."""
+    from nvramfs.cli import demo
+
+    images = tmp_path / "images"
+    (images / "build").mkdir(parents=True)
+    shutil.copy(REPO / "images" / "default.json", images / "default.json")
+    stale = images / "build" / "default.img"
+    stale.write_bytes(b"\xff" * (1 << 20))
+    monkeypatch.setattr(demo, "repo_dir", lambda name: images)
+    assert demo.ensure_image(None) == stale
+    out = capsys.readouterr().out
+    assert out.startswith("the default image does not pass fsck")
+    assert "rebuilding it" in out and "building the default image: nvramfs mkfs" in out
+    assert nvramfs("fsck", stale).returncode == 0
+    assert not (images / "build" / "default.img.building").exists()
+    # A good image is used as it is.
+    before = stale.stat().st_mtime_ns
+    assert demo.ensure_image(None) == stale
+    assert stale.stat().st_mtime_ns == before
+    assert capsys.readouterr().out == ""
