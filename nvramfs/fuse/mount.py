@@ -301,7 +301,7 @@ def serve(
         dram_pages=opts.dram_pages,
         page_size=PAGE_SIZE,
         policy=policy,
-        pte_special=bool(getattr(mm, "pte_special", True)),
+        pte_special=bool(getattr(getattr(mm, "machine", None), "pte_special", True)),
         cache=opts.cache,
         sim=opts.sim,
         recovered=recovered,
@@ -319,6 +319,9 @@ def serve(
     except BaseException as exc:
         log.exception("the FUSE main loop failed: %s", exc)
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the writeback short.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         _finish(ops, mm, events, img, unmount=True)
     log.info("unmounted %s%s", mountpoint, " after a signal" if signalled else "")
     return 0

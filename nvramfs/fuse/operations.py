@@ -332,6 +332,13 @@ class Operations(pyfuse3.Operations):
         if len(name) > NAME_MAX:
             raise FUSEError(errno.ENAMETOOLONG)
 
+    def _check_new(self, parent: int, name: bytes) -> None:
+        """A name about to be created: not too long, and not the control directory's."""
+        self._check_writable()
+        self._check_name(name)
+        if parent == self._root and name == CTL_NAME and self.control is not None:
+            raise FUSEError(errno.EEXIST)
+
     def _is_ctl(self, ino: int) -> bool:
         return self.control is not None and self.control.owns(ino)
 
@@ -451,8 +458,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         """Create a regular file, fifo, socket or device node (+1 lookup)."""
-        self._check_writable()
-        self._check_name(name)
+        self._check_new(parent_inode, name)
         uid, gid, mode = self._ctx_ids(parent_inode, ctx, mode)
         ino = self.img.create(parent_inode, name, mode, uid, gid, rdev)
         return await self._new_entry(parent_inode, name, ino)
@@ -462,8 +468,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         """Create a directory (+1 lookup); the parent gains a link."""
-        self._check_writable()
-        self._check_name(name)
+        self._check_new(parent_inode, name)
         uid, gid, mode = self._ctx_ids(parent_inode, ctx, stat.S_IFDIR | (mode & 0o7777))
         ino = self.img.mkdir(parent_inode, name, mode, uid, gid)
         return await self._new_entry(parent_inode, name, ino)
@@ -473,8 +478,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         """Create a symlink (+1 lookup)."""
-        self._check_writable()
-        self._check_name(name)
+        self._check_new(parent_inode, name)
         gid = ctx.gid
         pattr = self._attr(parent_inode)
         if pattr.st_mode & stat.S_ISGID:
@@ -487,8 +491,7 @@ class Operations(pyfuse3.Operations):
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         """A new name for an inode (+1 lookup); its nlink and ctime change."""
-        self._check_writable()
-        self._check_name(new_name)
+        self._check_new(new_parent_inode, new_name)
         self.img.link(inode, new_parent_inode, new_name)
         self._orphans.discard(inode)
         return await self._new_entry(new_parent_inode, new_name, inode)
@@ -555,7 +558,7 @@ class Operations(pyfuse3.Operations):
         an orphan, like unlink."""
         self._check_writable()
         self._check_name(name_old)
-        self._check_name(name_new)
+        self._check_new(parent_inode_new, name_new)
         ino = self.img.lookup(parent_inode_old, name_old)
         victim = None
         try:
@@ -623,10 +626,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         """Create and open a regular file (+1 lookup)."""
-        self._check_writable()
-        self._check_name(name)
-        if parent_inode == self._root and name == CTL_NAME:
-            raise FUSEError(errno.EEXIST)
+        self._check_new(parent_inode, name)
         uid, gid, mode = self._ctx_ids(parent_inode, ctx, mode)
         ino = self.img.create(parent_inode, name, mode, uid, gid, 0)
         entry = await self._new_entry(parent_inode, name, ino)

@@ -320,6 +320,13 @@ def test_errors_are_the_kernel_errnos(mnt):
         os.unlink(mnt.p("d"))
     with pytest.raises(NotADirectoryError):
         os.rmdir(mnt.p("d") / "x")
+    # The control directory's name is taken.
+    with pytest.raises(FileExistsError):
+        mnt.p(".nvramfs").mkdir()
+    with pytest.raises(OSError) as ei:
+        os.rename(mnt.p("d"), mnt.p(".nvramfs"))
+    assert ei.value.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR)
+    assert mnt.p("d").is_dir()
 
 
 def test_readdir_is_complete_and_stable_while_entries_change(mnt):
