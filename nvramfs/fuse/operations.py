@@ -134,13 +134,21 @@ def _quiet_handler(fn: Callable[..., Any]) -> Callable[..., Any]:
 class OpenFile:
     """One open file handle: the inode, its cached attributes, and the control state."""
 
-    __slots__ = ("ino", "attr", "ctl", "writable")
+    __slots__ = ("ino", "attr", "ctl", "writable", "uid")
 
-    def __init__(self, ino: int, attr: pyfuse3.EntryAttributes, writable: bool, ctl: Any = None):
+    def __init__(
+        self,
+        ino: int,
+        attr: pyfuse3.EntryAttributes,
+        writable: bool,
+        ctl: Any = None,
+        uid: int = 0,
+    ):
         self.ino = ino
         self.attr = attr
         self.writable = writable
         self.ctl = ctl
+        self.uid = uid  # who opened it: pyfuse3's write() has no request context
 
 
 class Operations(pyfuse3.Operations):
@@ -618,7 +626,7 @@ class Operations(pyfuse3.Operations):
         entry = self._attr(inode)
         if stat.S_ISDIR(entry.st_mode):
             raise FUSEError(errno.EISDIR)
-        fh = self._new_fh(OpenFile(inode, entry, writable))
+        fh = self._new_fh(OpenFile(inode, entry, writable, uid=ctx.uid))
         return self._file_info(fh)
 
     @_handler
@@ -630,7 +638,7 @@ class Operations(pyfuse3.Operations):
         uid, gid, mode = self._ctx_ids(parent_inode, ctx, mode)
         ino = self.img.create(parent_inode, name, mode, uid, gid, 0)
         entry = await self._new_entry(parent_inode, name, ino)
-        fh = self._new_fh(OpenFile(ino, entry, True))
+        fh = self._new_fh(OpenFile(ino, entry, True, uid=ctx.uid))
         return self._file_info(fh), entry
 
     # read and write are the hot path: they carry _handler's try/except inline
@@ -666,9 +674,11 @@ class Operations(pyfuse3.Operations):
             n = len(buf)
             if n == 0:
                 return 0
+            entry = of.attr
+            if entry.st_mode & 0o6000 and of.uid:
+                self._kill_suid(of.ino, entry)
             self.reserve(of.ino, off, n)
             self.mm.write(of.ino, off, buf)
-            entry = of.attr
             if off + n > entry.st_size:
                 entry.st_size = off + n
             entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
@@ -678,6 +688,16 @@ class Operations(pyfuse3.Operations):
             raise
         except Exception as exc:
             raise self.translate("write", exc) from None
+
+    def _kill_suid(self, ino: int, entry: pyfuse3.EntryAttributes) -> None:
+        """A write by an unprivileged opener clears setuid, and setgid when group-exec
+        is set (as the VFS's file_remove_privs; FUSE direct_io writes leave it to us)."""
+        mode = entry.st_mode & ~stat.S_ISUID
+        if mode & stat.S_IXGRP:
+            mode &= ~stat.S_ISGID
+        if mode != entry.st_mode:
+            self.img.setattr(ino, mode=mode)
+            self._load(ino)
 
     def reserve(self, ino: int, off: int, length: int) -> None:
         """Reserve image blocks for the holes a write fills: ENOSPC now, at write(),

@@ -397,6 +397,13 @@ def test_sticky_directory_and_setgid_inheritance(mounter, public_dir):
     os.chmod(secret, 0o600)
     out = as_nobody(f"open({str(secret)!r}).read()")
     assert "PermissionError" in out.stderr
+    # A write by another user clears setuid (and setgid with group-exec), as on ext4.
+    w = m.p("suid")
+    w.write_bytes(b"abc")
+    os.chmod(w, 0o6777)
+    out = as_nobody(f"open({str(w)!r}, 'ab').write(b'more')")
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(os.stat(w).st_mode) == 0o777
     # A setgid directory hands its group to new files and its bit to new directories.
     g = m.p("g")
     g.mkdir()
