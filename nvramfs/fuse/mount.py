@@ -245,7 +245,7 @@ def serve(
 
     recovered = not img.was_clean
     if recovered:
-        what = "; ".join(getattr(img, "recovery", []) or []) or "journal replayed"
+        what = "; ".join(getattr(img, "recovery", []) or []) or "nothing to replay"
         report("MSG", f"{image} was not cleanly unmounted; recovery ran: {what}")
         log.warning("%s was not cleanly unmounted; recovery ran: %s", image, what)
 
