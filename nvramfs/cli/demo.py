@@ -118,8 +118,10 @@ def _nvramfs(*args: str, capture: bool = True, timeout: float = 600) -> subproce
 
 
 def _last_line(text: str) -> str:
+    """The last line a child command printed, without its `nvramfs: ` prefix."""
     lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "failed"
+    last = lines[-1] if lines else "failed"
+    return last.removeprefix("nvramfs: ")
 
 
 def ensure_image(image: Path | None) -> Path:

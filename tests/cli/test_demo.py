@@ -379,3 +379,20 @@ def test_a_default_image_that_fails_fsck_is_rebuilt(tmp_path, monkeypatch, capsy
     assert demo.ensure_image(None) == stale
     assert stale.stat().st_mtime_ns == before
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.fuse
+def test_demo_with_an_unknown_policy_is_a_usage_error(demo_dirs) -> None:
+    images, out, mnt = demo_dirs
+    image = images / "demo.img"
+    assert nvramfs("mkfs", image, "--recipe", REPO / "images" / "default.json").returncode == 0
+    res = nvramfs("demo", "--quick", "--image", image, "--out", out, "--mountpoint", mnt,
+                  "--policy", "nope")  # fmt: skip
+    assert res.returncode == 2
+    assert (
+        res.stderr
+        == f"nvramfs: cannot mount {image}: policy=nope: unknown (one of: "
+        + (res.stderr.split("(one of: ", 1)[1])
+    )
+    assert res.stderr.count("\n") == 1
+    assert not mounts_under(mnt)
