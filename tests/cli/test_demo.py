@@ -389,10 +389,6 @@ def test_demo_with_an_unknown_policy_is_a_usage_error(demo_dirs) -> None:
     res = nvramfs("demo", "--quick", "--image", image, "--out", out, "--mountpoint", mnt,
                   "--policy", "nope")  # fmt: skip
     assert res.returncode == 2
-    assert (
-        res.stderr
-        == f"nvramfs: cannot mount {image}: policy=nope: unknown (one of: "
-        + (res.stderr.split("(one of: ", 1)[1])
-    )
+    assert res.stderr.startswith(f"nvramfs: cannot mount {image}: policy=nope: unknown (one of")
     assert res.stderr.count("\n") == 1
     assert not mounts_under(mnt)
