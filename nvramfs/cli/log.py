@@ -7,7 +7,7 @@
     nvramfs log LOG export --csv [-o OUT]           flat CSV (one row per event; access: per page)
     nvramfs log LOG profile [-o OUT]                AXFS mkfs profile: path,offset,count lines
 
-Every action takes `--session N|last|all` (a log beside an image collects one
+`nvramfs log ACTION LOG ...` works too. Every action takes `--session N|last|all` (a log beside an image collects one
 session per mount). Every action works on a log that is still being written
 and on one a crash cut: skipped lines are counted and said in one line on
 stderr. The analysis functions here (`split_sessions`, `summarize`,
@@ -637,7 +637,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "Works on a log that is still being written and on one a crash cut off "
         "(skipped lines are reported on stderr).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n")[1],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:3]),
     )
     p.add_argument("logfile", metavar="LOGFILE", help="the event log (IMAGE.events.jsonl)")
     common = argparse.ArgumentParser(add_help=False)
@@ -700,7 +700,26 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     pr.add_argument("--min-count", type=int, default=1, metavar="N", help="drop pages below N")
     pr.add_argument("-n", "--top", type=int, default=0, metavar="N", help="only the N hottest")
     p.set_defaults(func=main)
+    _accept_action_first(p)
     return p
+
+
+def _accept_action_first(p: argparse.ArgumentParser) -> None:
+    """Also take `nvramfs log ACTION LOGFILE ...` (the order of `git log`-like tools)."""
+    parse = p.parse_known_args
+
+    def parse_known_args(args: Any = None, namespace: Any = None) -> Any:
+        if (
+            args
+            and len(args) >= 2
+            and args[0] in ACTIONS
+            and args[1] not in ACTIONS
+            and not args[1].startswith("-")
+        ):
+            args = [args[1], args[0], *args[2:]]
+        return parse(args, namespace)
+
+    p.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 def main(args: argparse.Namespace) -> int:

@@ -841,3 +841,11 @@ def test_log_tools_on_the_log_of_a_running_mount(tmp_path: Path) -> None:
     assert lines[-1].endswith("unmount    clean")
     after = json.loads(_nvramfs("log", log, "summary", "--json").stdout)
     assert after["clean_unmount"] == [True]
+
+
+def test_action_first_order_works_too(log: Path, capsys) -> None:
+    code, out, err = nv(capsys, "log", "summary", log, "--json")
+    assert code == 0, err
+    assert json.loads(out)["events"] == N_EVENTS
+    code, out, _ = nv(capsys, "log", log, "summary", "--json")
+    assert json.loads(out)["events"] == N_EVENTS
