@@ -7,12 +7,13 @@
     nvramfs log LOG export --csv [-o OUT]           flat CSV (one row per event; access: per page)
     nvramfs log LOG profile [-o OUT]                AXFS mkfs profile: path,offset,count lines
 
-`nvramfs log ACTION LOG ...` works too. Every action takes `--session N|last|all` (a log beside an image collects one
-session per mount). Every action works on a log that is still being written
-and on one a crash cut: skipped lines are counted and said in one line on
-stderr. The analysis functions here (`split_sessions`, `summarize`,
-`hottest_files`, ...) are also what `nvramfs demo` and `nvramfs plot` use, so
-their numbers are the same as this command's.
+`nvramfs log ACTION LOG ...` works too. Every action takes `--session
+N|last|all` (a log beside an image collects one session per mount). Every
+action works on a log that is still being written and on one a crash cut:
+skipped lines are counted and said in one line on stderr. The analysis
+functions here (`split_sessions`, `summarize`, `hottest_files`, ...) are also
+what `nvramfs demo` and `nvramfs plot` use, so their numbers are the same as
+this command's.
 """
 
 from __future__ import annotations
