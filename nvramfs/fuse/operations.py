@@ -575,6 +575,7 @@ class Operations(pyfuse3.Operations):
             victim = None
         if victim == ino:
             victim = None
+        victim_is_dir = victim is not None and stat.S_ISDIR(self._attr(victim).st_mode)
         in_use = victim is not None and self._in_use(victim)
         if victim is not None and not in_use and victim in self._reserved:
             self._prune_reserved(victim)
@@ -586,6 +587,8 @@ class Operations(pyfuse3.Operations):
             if flags & pyfuse3.RENAME_EXCHANGE:
                 self._refresh(victim)
                 self._name(parent_inode_old, name_old, victim)
+            elif victim_is_dir:
+                self._attrs.pop(victim, None)  # an empty directory: freed, like rmdir
             else:
                 self._after_unlink(victim, in_use)
 
