@@ -675,7 +675,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     f.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
 
-    fo = sub.add_parser("follow", parents=[common], help="a live view, one line per event")
+    fo = sub.add_parser("follow", help="a live view, one line per event (all sessions)")
     fo.add_argument("--from-start", action="store_true", help="show the log from its start")
     fo.add_argument("--ev", action="append", metavar="EV[,EV]", help="only these event types")
     fo.add_argument("--raw", action="store_true", help="print the JSON lines as they are")
