@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mounthelp import FUSERMOUNT, Mount, Mounter, have_fuse, mounts_under
+from mounthelp import FUSERMOUNT, MOUNTED_HERE, Mount, Mounter, have_fuse, mounts_under
 
 
 @pytest.fixture
@@ -63,9 +63,10 @@ def tmpfs_dir():
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Belt and braces: no nvramfs mount of a test may outlive the session."""
+    """Belt and braces: no mount this session made may outlive it (and only those:
+    other pytest sessions may be running their own)."""
     with open("/proc/mounts") as f:
         for line in f:
             parts = line.split()
-            if parts[2] == "fuse.nvramfs" and "/pytest-" in parts[1]:
+            if parts[2] == "fuse.nvramfs" and parts[1] in MOUNTED_HERE:
                 subprocess.run([FUSERMOUNT, "-uz", parts[1]], capture_output=True)

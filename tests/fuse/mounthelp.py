@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+# Every mountpoint this test process mounted on: the session's last sweep looks only
+# at these (other pytest sessions may be running mounts of their own).
+MOUNTED_HERE: set[str] = set()
 # Extra mount options for every mount of the suite, e.g. NVRAMFS_TEST_OPTIONS=sim=off
 # runs it all against the no-simulation baseline, cache=kernel through the page cache.
 EXTRA_OPTIONS = os.environ.get("NVRAMFS_TEST_OPTIONS", "")
@@ -163,6 +166,7 @@ class Mounter:
             self.n += 1
             mountpoint = self.base / f"mnt{self.n}"
         mountpoint.mkdir(exist_ok=True)
+        MOUNTED_HERE.add(str(mountpoint))
         args = ["mount", str(image), str(mountpoint)]
         options = ",".join(o for o in (EXTRA_OPTIONS, options) if o)
         if options:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mounthelp import FUSERMOUNT, mounts_under, nvramfs, pid_alive
+from mounthelp import FUSERMOUNT, MOUNTED_HERE, mounts_under, nvramfs, pid_alive
 
 pytestmark = pytest.mark.fuse
 
@@ -223,6 +223,7 @@ def test_foreground_mode_and_mount_helper_form(mounter, tmp_path):
     img = mounter.image()
     mp = tmp_path / "fg"
     mp.mkdir()
+    MOUNTED_HERE.add(str(mp))
     proc = subprocess.Popen(
         [sys.executable, "-m", "nvramfs", "mount", str(img), str(mp), "-f"],
         stdout=subprocess.PIPE,
