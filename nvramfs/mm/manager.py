@@ -100,7 +100,8 @@ class MemoryManager:
         self.writeback_seconds = writeback_seconds
         self.clock = clock
         self.trace_faults = bool(getattr(self.events, "trace_faults", False))
-        self.max_promote_per_tick = max_promote_per_tick or max(32, dram_pages // 4)
+        # Bounded so that one tick (which blocks every request) stays short.
+        self.max_promote_per_tick = max_promote_per_tick or max(32, min(1024, dram_pages // 8))
         self.stats_ = m.stats
         self.policy: Policy = make_policy(policy, m.nr_frames)
         self._alloc_hook_install()
