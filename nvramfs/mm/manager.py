@@ -120,6 +120,16 @@ class MemoryManager:
         self._block_view = backing.block_view
         self._arange = np.arange(1 << 16, dtype=np.int64)
 
+    @property
+    def pte_special(self) -> bool:
+        """Which vm_normal_page rule set the machine uses (True: x86 today; False: 2008)."""
+        return self.machine.pte_special
+
+    @property
+    def dram_pages(self) -> int:
+        """The DRAM budget in frames."""
+        return self.machine.dram_pages
+
     # -- setup ----------------------------------------------------------------
 
     def _alloc_hook_install(self) -> None:

@@ -214,3 +214,8 @@ def test_cold_batch_read_maps_xip_pages_in_one_go(make_mm) -> None:
     assert backing.bmap_calls - calls <= 2
     assert mm.residency(2) == {"pages": 32, "xip": 31, "pagecache": 1, "dirty": 0}
     check_invariants(mm)
+
+
+def test_manager_exposes_rule_set_budget_and_policy(make_mm) -> None:
+    mm, _, _ = make_mm(dram_pages=12, pte_special=False, policy="clock")
+    assert mm.pte_special is False and mm.dram_pages == 12 and mm.policy.name == "clock"
