@@ -525,14 +525,37 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def mount(image: Path, mnt: Path, dram: str, policy: str | None, log: Path) -> int | None:
-    """`nvramfs mount` (returns once the mount is ready); the daemon's pid when it says it."""
+def mount(
+    image: Path, mnt: Path, dram: str, policy: str | None, log: Path
+) -> tuple[int | None, bool]:
+    """`nvramfs mount` (returns once the mount is ready): the daemon's pid, and whether
+    Ctrl-C was pressed meanwhile.
+
+    Ctrl-C is held back until `nvramfs mount` has answered: killed half-way, it
+    would leave a daemon that mounts after the demo has looked for a mount to
+    take down.
+    """
     opts = f"dram={dram},log={log}" + (f",policy={policy}" if policy else "")
-    out = _nvramfs("mount", str(image), str(mnt), "-o", opts, timeout=120)
+    interrupted: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "nvramfs", "mount", str(image), str(mnt), "-o", opts],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            start_new_session=True,  # not in the terminal's process group: Ctrl-C is ours
+        )
+    finally:
+        signal.signal(signal.SIGINT, old)
     if out.returncode != 0:
+        if interrupted:
+            # Ctrl-C can still reach the child between fork and setsid (and kill
+            # it before it runs): then nothing was mounted, and Ctrl-C is the news.
+            raise KeyboardInterrupt
         raise NvramfsError(f"cannot mount {image}: {_last_line(out.stderr)}", out.returncode)
     m = re.search(r"\(pid (\d+)\)", out.stdout)
-    return int(m.group(1)) if m else None
+    return (int(m.group(1)) if m else None), bool(interrupted)
 
 
 def unmount(mnt: Path, pid: int | None) -> str | None:
@@ -594,7 +617,9 @@ def main(args: argparse.Namespace) -> int:
     print(f"nvramfs demo: mounting {image} on {mnt} (DRAM {dram}"
           f"{', policy ' + args.policy if args.policy else ''})", flush=True)  # fmt: skip
     try:
-        pid = mount(image, mnt, dram, args.policy, log)
+        pid, interrupted = mount(image, mnt, dram, args.policy, log)
+        if interrupted:
+            raise KeyboardInterrupt
         phases = plan_phases(mnt, args.quick)
         tail = LogTail(log)
         for i, ph in enumerate(phases, 1):
