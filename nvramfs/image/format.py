@@ -151,9 +151,9 @@ EXTENTS_PER_BLOCK = (PAYLOAD - EXTBLK_HDR) // EXTENT_DTYPE.itemsize
 DIRENT_HDR = 12
 DT_UNKNOWN, DT_FIFO, DT_CHR, DT_DIR, DT_BLK, DT_REG, DT_LNK, DT_SOCK = 0, 1, 2, 4, 6, 8, 10, 12
 
-# Journal header block: magic/kind u32, pad u32, seq u64, nblocks u32, pad u32,
-# crc32 u32 of (header bytes 0..24 + block list + every block image), pad, then
-# the list of home block numbers (u64) from JH_LIST_OFF.
+# Journal header block: kind u32, pad u32, seq u64, nblocks u32, pad u32, the
+# commit sum (BLAKE2b-64 of header bytes 0..24 + block list + every block image,
+# 8 bytes at 24), pad, then the list of home block numbers (u64) from JH_LIST_OFF.
 JH_LIST_OFF = 64
 JOURNAL_MAX_TXN = (BLOCK_SIZE - JH_LIST_OFF) // 8
 

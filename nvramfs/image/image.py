@@ -370,7 +370,10 @@ class Image:
         if sb is None:
             raise CorruptImage(f"journal (block {L.journal_start}): superblock image: {why}")
         if F.Layout.from_sb(sb) != L or int(sb["generation"]) != seq:
-            raise CorruptImage(f"journal (block {L.journal_start}): superblock image mismatch")
+            raise CorruptImage(
+                f"journal (block {L.journal_start}): superblock image mismatch "
+                f"(generation {int(sb['generation'])}, transaction {seq})"
+            )
 
     def _replay(self, jt: tuple[int, dict[int, bytes]]) -> None:
         journal.checkpoint(self.persist, jt[1])

@@ -3,10 +3,10 @@
 A transaction is a set of whole 4 KiB metadata block images (the superblock
 always among them: it carries the generation and the free counts). Commit:
 
-1. store the header (sequence number, home block list, crc32 over header,
-   list and every image) and the images into the journal area; flush; fence.
-   The transaction is now committed: the header's crc is the commit record, so
-   a torn journal write is an uncommitted transaction and is ignored.
+1. store the header (sequence number, home block list, a BLAKE2b-64 sum over
+   header, list and every image) and the images into the journal area; flush;
+   fence. The transaction is now committed: the sum is the commit record, so a
+   torn journal write is an uncommitted transaction and is ignored.
 2. store every image at its home block except the superblock; flush; fence.
 3. store superblock copy A; flush; fence. Then copy B; flush; fence.
 
@@ -18,6 +18,7 @@ transaction, and the next one starts only after this one's checkpoint).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 from nvramfs.image import format as F
@@ -41,11 +42,23 @@ def encode(seq: int, blocks: Mapping[int, bytes | bytearray]) -> bytes:
         off = F.JH_LIST_OFF + 8 * i
         hdr[off : off + 8] = b.to_bytes(8, "little")
     body = b"".join(bytes(blocks[b]) for b in homes)
-    c = F.crc(hdr[0:24])
-    c = F.crc(hdr[F.JH_LIST_OFF :], c)
-    c = F.crc(body, c)
-    hdr[24:28] = c.to_bytes(4, "little")
+    hdr[24:32] = commit_sum(hdr, body)
     return bytes(hdr) + body
+
+
+def commit_sum(hdr: bytes | bytearray | memoryview, body: bytes | memoryview) -> bytes:
+    """The commit record: BLAKE2b-64 of the header (less this field), list and images.
+
+    Not crc32: every image ends in its own crc32, and a crc32 over a message
+    that contains a record followed by that record's crc32 does not depend on
+    the record (crc is linear; M + crc(M) has a constant residue), so a torn
+    journal of old and new images could pass a crc32 commit check.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    h.update(hdr[0:24])
+    h.update(hdr[F.JH_LIST_OFF : BS])
+    h.update(body)
+    return h.digest()
 
 
 def decode(area: memoryview, max_blocks: int) -> tuple[int, dict[int, bytes]] | None:
@@ -59,10 +72,7 @@ def decode(area: memoryview, max_blocks: int) -> tuple[int, dict[int, bytes]] | 
     if not 0 < n <= max_blocks or len(area) < BS * (n + 1):
         return None
     seq = int.from_bytes(hdr[8:16], "little")
-    c = F.crc(hdr[0:24])
-    c = F.crc(hdr[F.JH_LIST_OFF :], c)
-    c = F.crc(area[BS : BS * (n + 1)], c)
-    if c != int.from_bytes(hdr[24:28], "little"):
+    if commit_sum(hdr, area[BS : BS * (n + 1)]) != bytes(hdr[24:32]):
         return None
     out = {}
     for i in range(n):
