@@ -102,9 +102,11 @@ def exercise(path: Path) -> None:
     rep = fsck(str(path))
     assert rep.exit_code in (0, 4, 8)
     for readonly in (True, False):
+        before = path.read_bytes()
         try:
             img = Image.open(path, readonly=readonly)
         except CorruptImage:
+            assert path.read_bytes() == before, "a refused image was written to"
             continue
         try:
             try:
