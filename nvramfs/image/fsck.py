@@ -98,6 +98,8 @@ def fsck(path: str, repair: bool = False) -> Report:
         rep.error("image", f"cannot read: {exc.strerror}")
         rep.exit_code = EXIT_OPERATIONAL
         return rep
+    if _in_use(path):
+        rep.notes.append("image is in use (mounted?): what fsck reads may be mid-update")
     try:
         _Checker(img, rep).run()
     finally:
@@ -105,6 +107,21 @@ def fsck(path: str, repair: bool = False) -> Report:
     rep.exit_code = EXIT_UNCORRECTED if rep.errors else EXIT_CLEAN
     rep.seconds = time.monotonic() - t0
     return rep
+
+
+def _in_use(path: str) -> bool:
+    """Does another process hold the mount's lock on the image?"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 class _Checker:
