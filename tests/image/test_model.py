@@ -37,6 +37,13 @@ class Model:
         self.parent: dict[int, int] = {ROOT: ROOT}
         self.files: dict[int, bytearray] = {}  # every mapped page, also past EOF
         self.size: dict[int, int] = {}
+        self.links: dict[int, bytes] = {}  # symlink targets
+        self.xattrs: dict[int, dict[bytes, bytes]] = {}
+        self.orphans: set[int] = set()  # unlinked while open: nlink 0, still readable
+
+    def forget(self, ino: int) -> None:
+        for table in (self.files, self.size, self.links, self.xattrs):
+            table.pop(ino, None)
 
     def visible(self, f: int) -> bytes:
         size = self.size[f]
@@ -68,7 +75,9 @@ class ImageMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            self.img.close()
+            self.img.close()  # reclaims the orphans
+            for ino in self.m.orphans:
+                self.m.forget(ino)
             rep = fsck(str(self.path))
             assert rep.exit_code == 0, rep.errors
             self.img = Image.open(self.path, readonly=True)
@@ -115,6 +124,13 @@ class ImageMachine(RuleBasedStateMachine):
                 for b in self.img.bmap(f, 0, n)
             )[: a.size]
             assert got == data, f"inode {f}"
+            xs = self.m.xattrs.get(f, {})
+            assert sorted(self.img.listxattr(f)) == sorted(xs)
+            for k, v in xs.items():
+                assert self.img.getxattr(f, k) == v
+        for ln, target in self.m.links.items():
+            assert self.img.readlink(ln) == target
+            assert self.img.getattr(ln).nlink == self.m.nlink(ln)
 
     # -------------------------------------------------------------- rules
     @rule(data=st.data(), name=NAMES, is_dir=st.booleans())
@@ -140,6 +156,8 @@ class ImageMachine(RuleBasedStateMachine):
         f = data.draw(st.sampled_from(sorted(self.m.files)))
         d = self.some_dir(data)
         err = errno.EEXIST if name in self.m.dirs[d] else None
+        if f in self.m.orphans:
+            err = errno.ENOENT
         self.expect(err, self.img.link, f, d, name)
         if err is None:
             self.m.dirs[d][name] = f
@@ -149,12 +167,47 @@ class ImageMachine(RuleBasedStateMachine):
         d = self.some_dir(data)
         name = self.some_name(data, d)
         ino = self.m.dirs[d].get(name)
+        still_open = data.draw(st.booleans())
         err = errno.ENOENT if ino is None else errno.EISDIR if ino in self.m.dirs else None
-        self.expect(err, self.img.unlink, d, name)
+        self.expect(err, self.img.unlink, d, name, still_open=still_open)
         if err is None:
             del self.m.dirs[d][name]
             if self.m.nlink(ino) == 0:
-                del self.m.files[ino], self.m.size[ino]
+                if still_open and ino in self.m.files:
+                    self.m.orphans.add(ino)  # readable until release
+                else:
+                    self.m.forget(ino)
+
+    @precondition(lambda self: self.m.orphans)
+    @rule(data=st.data())
+    def release(self, data) -> None:
+        ino = data.draw(st.sampled_from(sorted(self.m.orphans)))
+        self.img.release(ino)
+        self.m.orphans.discard(ino)
+        self.m.forget(ino)
+        self.expect(errno.ENOENT, self.img.getattr, ino)
+
+    @rule(data=st.data(), name=NAMES, length=st.integers(1, 300))
+    def symlink(self, data, name: bytes, length: int) -> None:
+        d = self.some_dir(data)
+        target = (b"t/" * length)[:length]
+        err = errno.EEXIST if name in self.m.dirs[d] else None
+        ino = self.expect(err, self.img.symlink, d, name, target, 0, 0)
+        if ino:
+            self.m.dirs[d][name] = ino
+            self.m.links[ino] = target
+
+    @precondition(lambda self: self.m.files)
+    @rule(data=st.data(), name=st.sampled_from([b"user.a", b"user.bb"]), size=st.integers(-1, 900))
+    def xattr(self, data, name: bytes, size: int) -> None:
+        f = data.draw(st.sampled_from(sorted(self.m.files)))
+        xs = self.m.xattrs.setdefault(f, {})
+        if size < 0:
+            self.expect(None if name in xs else errno.ENODATA, self.img.removexattr, f, name)
+            xs.pop(name, None)
+        else:
+            self.img.setxattr(f, name, bytes([size % 256]) * size)
+            xs[name] = bytes([size % 256]) * size
 
     @rule(data=st.data())
     def rmdir(self, data) -> None:
@@ -225,7 +278,7 @@ class ImageMachine(RuleBasedStateMachine):
                 del m.dirs[dst]
                 del m.parent[dst]
             elif m.nlink(dst) == 0:
-                del m.files[dst], m.size[dst]
+                m.forget(dst)
 
     @precondition(lambda self: self.m.files)
     @rule(
