@@ -10,7 +10,6 @@ it touched, so the image stays the source of truth.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import functools
@@ -25,7 +24,10 @@ import numpy as np
 
 from nvramfs.image import format as F
 from nvramfs.image import journal
+from nvramfs.image.alloc import Allocator
+from nvramfs.image.dirs import Directories, _Dir
 from nvramfs.image.errors import CorruptImage, FsError, NotAnImage
+from nvramfs.image.extents import MAX_PAGES, ExtentMaps, _Ext
 from nvramfs.image.persist import Persist
 
 BS = F.BLOCK_SIZE
@@ -34,7 +36,6 @@ RENAME_EXCHANGE = 2
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
 LINK_MAX = 65000
-MAX_PAGES = 1 << 32
 # Blocks kept back from statfs/reserve() so metadata (extent, directory,
 # xattr blocks) and writeback of reserved pages never hit ENOSPC.
 META_HEADROOM = 32
@@ -78,52 +79,6 @@ class StatFs:
     namemax: int = F.NAME_MAX
 
 
-class _Ext:
-    """An inode's extent map, parsed: sorted int64 arrays + the chain blocks."""
-
-    __slots__ = ("lblk", "len", "pblk", "chain", "counts")
-
-    def __init__(
-        self,
-        lblk: np.ndarray,
-        ln: np.ndarray,
-        pblk: np.ndarray,
-        chain: list[int],
-        counts: list[int] | None = None,
-    ):
-        self.lblk, self.len, self.pblk, self.chain = lblk, ln, pblk, chain
-        # Extents per node: counts[0] inline, counts[i + 1] in chain[i].
-        self.counts = counts if counts is not None else [len(lblk)]
-
-    def lookup(self, pages: np.ndarray) -> np.ndarray:
-        if not len(self.lblk):
-            return np.zeros(len(pages), np.int64)
-        i = np.searchsorted(self.lblk, pages, side="right") - 1
-        ic = np.maximum(i, 0)
-        inside = (i >= 0) & (pages < self.lblk[ic] + self.len[ic])
-        return np.where(inside, self.pblk[ic] + pages - self.lblk[ic], 0)
-
-
-class _Dir:
-    """A directory, parsed: per block a list of [off, rec_len, ino, ftype, name]."""
-
-    __slots__ = ("blocks", "names", "slack")
-
-    def __init__(self) -> None:
-        self.blocks: list[list[list]] = []
-        self.names: dict[bytes, tuple[int, int, int]] = {}  # name -> (ino, lblk, off)
-        self.slack: list[int] = []  # per block: the largest record a new entry could take
-
-    def update_slack(self, lb: int) -> None:
-        best = 0
-        for _off, rl, e_ino, _ft, name in self.blocks[lb]:
-            best = max(best, rl - (F.dirent_len(len(name)) if e_ino else 0))
-        if lb == len(self.slack):
-            self.slack.append(best)
-        else:
-            self.slack[lb] = best
-
-
 class _TooBig(Exception):
     """A transaction would not fit the journal: retry with less."""
 
@@ -151,7 +106,7 @@ def _check_name(name: bytes) -> None:
         raise FsError(errno.EINVAL, f"invalid name {name!r}")
 
 
-class Image:
+class Image(Allocator, ExtentMaps, Directories):
     """One nvramfs image, open. Not thread-safe: one trio thread calls it."""
 
     # ------------------------------------------------------------------ open
@@ -490,165 +445,6 @@ class Image:
             self._attrs[ino] = a
         return a
 
-    # -------------------------------------------------------------- extents
-    def _ext(self, ino: int) -> _Ext:
-        e = self._exts.get(ino)
-        if e is None:
-            e = self._parse_ext(ino, self._inode(ino))
-            self._exts[ino] = e
-        return e
-
-    def _parse_ext(self, ino: int, rec: np.void) -> _Ext:
-        n = int(rec["nextents"])
-        L = self.L
-        if n > L.nr_blocks:
-            raise CorruptImage(f"inode {ino}: absurd extent count {n}")
-        if int(rec["flags"]) & F.IFLAG_INLINE_DATA:
-            if n or int(rec["ext_blk"]):
-                raise CorruptImage(f"inode {ino}: inline data and extents")
-            z = np.zeros(0, np.int64)
-            return _Ext(z, z.copy(), z.copy(), [])
-        ninl = int(rec["ninline"])
-        if ninl > min(n, F.INLINE_EXTENTS):
-            raise CorruptImage(f"inode {ino}: bad inline extent count {ninl}")
-        parts = [np.frombuffer(rec["inline"].tobytes(), F.EXTENT_DTYPE, count=ninl)]
-        chain: list[int] = []
-        counts = [ninl]
-        left = n - ninl
-        b = int(rec["ext_blk"])
-        while left > 0:
-            if b == 0:
-                raise CorruptImage(f"inode {ino}: extent chain ends {left} extents early")
-            if b in chain:
-                raise CorruptImage(f"inode {ino}: extent chain loops at block {b}")
-            blk = self._check_block(b, F.KIND_EXTENT, ino, f"inode {ino} extent block")
-            cnt = int.from_bytes(blk[8:12], "little")
-            if not 0 < cnt <= min(left, F.EXTENTS_PER_BLOCK):
-                raise CorruptImage(f"inode {ino} extent block {b}: bad count {cnt}")
-            parts.append(np.frombuffer(blk[F.EXTBLK_HDR :], F.EXTENT_DTYPE, count=cnt).copy())
-            chain.append(b)
-            counts.append(cnt)
-            left -= cnt
-            b = int.from_bytes(blk[0:8], "little")
-        if b != 0:
-            raise CorruptImage(f"inode {ino}: extent chain longer than nextents {n}")
-        ext = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
-        lb = ext["lblk"].astype(np.int64)
-        ln = ext["len"].astype(np.int64)
-        pb = ext["pblk"].astype(np.int64)
-        if n:
-            if (ln <= 0).any() or (lb + ln > MAX_PAGES).any():
-                raise CorruptImage(f"inode {ino}: extent with a bad length")
-            if (pb < L.data_start).any() or (pb + ln > L.nr_blocks).any():
-                i = int(np.flatnonzero((pb < L.data_start) | (pb + ln > L.nr_blocks))[0])
-                raise CorruptImage(
-                    f"inode {ino}: extent {i} (blocks {int(pb[i])}+{int(ln[i])}) "
-                    f"outside the device (data area {L.data_start}..{L.nr_blocks})"
-                )
-            if (lb[1:] < lb[:-1] + ln[:-1]).any():
-                raise CorruptImage(f"inode {ino}: extents overlap or are out of order")
-        return _Ext(lb, ln, pb, chain, counts)
-
-    def _store_ext(self, ino: int, lb: np.ndarray, ln: np.ndarray, pb: np.ndarray) -> None:
-        """Write a new extent map (merging neighbours); rewrites only changed chain blocks."""
-        old = self._ext(ino)
-        if len(lb) > 1:
-            order = np.argsort(lb, kind="stable")
-            lb, ln, pb = lb[order], ln[order], pb[order]
-            join = (lb[:-1] + ln[:-1] == lb[1:]) & (pb[:-1] + ln[:-1] == pb[1:])
-            if join.any():
-                start = np.concatenate([[True], ~join])
-                grp = np.cumsum(start) - 1
-                ln = np.bincount(grp, weights=ln).astype(np.int64)
-                lb, pb = lb[start], pb[start]
-        rec = self._winode(ino)
-        n, old_n = len(lb), len(old.lblk)
-        # The changed run: old[p:old_n-q] became new[p:n-q].
-        m = min(n, old_n)
-        eq = (old.lblk[:m] == lb[:m]) & (old.len[:m] == ln[:m]) & (old.pblk[:m] == pb[:m])
-        p = m if eq.all() else int(np.argmin(eq))
-        if p == n == old_n:
-            return
-        mq = m - p
-        eq = (
-            (old.lblk[old_n - mq :] == lb[n - mq :])
-            & (old.len[old_n - mq :] == ln[n - mq :])
-            & (old.pblk[old_n - mq :] == pb[n - mq :])
-        )[::-1]
-        q = mq if eq.all() else int(np.argmin(eq))
-        counts = old.counts
-        starts = np.concatenate(
-            [[0], np.cumsum(counts)]
-        ).tolist()  # node i: [starts[i], starts[i+1])
-
-        def node_of(i: int) -> int:
-            return min(bisect.bisect_right(starts, i) - 1, len(counts) - 1)
-
-        a = node_of(p)
-        b = node_of(old_n - q - 1) if old_n - q - 1 >= starts[a] else a
-        lo, hi = starts[a], starts[b + 1] + (n - old_n)  # new extents to pack into nodes a..
-        mid: list[int] = []
-        left = hi - lo
-        if a == 0:
-            mid.append(min(left, F.INLINE_EXTENTS))
-            left -= mid[0]
-        while left > 0:
-            mid.append(min(left, F.EXTENTS_PER_BLOCK))
-            left -= mid[-1]
-        new_counts = counts[:a] + mid + counts[b + 1 :]
-        # Chain blocks: reuse those of nodes a..b, allocate or free the difference.
-        first_c = max(a, 1) - 1  # chain index of the first chain node in the range
-        old_mid_chain = old.chain[first_c:b] if b >= 1 else []
-        need = len(mid) - (1 if a == 0 else 0)
-        mid_chain = old_mid_chain[:need]
-        for blk in old_mid_chain[need:]:
-            self._free_runs([(blk, 1)])
-            rec["blocks"] = int(rec["blocks"]) - 1
-        while len(mid_chain) < need:
-            goal = (
-                mid_chain[-1] + 1 if mid_chain else (old.chain[first_c - 1] + 1 if first_c else 0)
-            )
-            mid_chain.append(self._alloc_meta(goal or (int(pb[-1]) + 1 if n else 0)))
-            rec["blocks"] = int(rec["blocks"]) + 1
-        chain = (
-            old.chain[:first_c] + mid_chain + old.chain[b:]
-            if b >= 1
-            else (old.chain[:first_c] + mid_chain + old.chain[first_c:])
-        )
-        arr = np.zeros(n, F.EXTENT_DTYPE)
-        arr["lblk"], arr["len"], arr["pblk"] = lb, ln, pb
-        inline = np.zeros(F.INLINE_EXTENTS, F.EXTENT_DTYPE)
-        inline[: new_counts[0]] = arr[: new_counts[0]]
-        rec["inline"] = inline.tobytes()
-        rec["ninline"] = new_counts[0]
-        rec["nextents"] = n
-        rec["ext_blk"] = chain[0] if chain else 0
-        new_starts = np.concatenate([[0], np.cumsum(new_counts)]).tolist()
-        # Write the chain nodes of the range, and the one before it (its `next`).
-        for ci in range(max(first_c - 1, 0), first_c + len(mid_chain)):
-            if ci >= len(chain):
-                break
-            body = bytearray(F.TAIL_OFF)
-            nxt = chain[ci + 1] if ci + 1 < len(chain) else 0
-            cnt = new_counts[ci + 1]
-            body[0:8] = nxt.to_bytes(8, "little")
-            body[8:12] = cnt.to_bytes(4, "little")
-            raw = arr[new_starts[ci + 1] : new_starts[ci + 1] + cnt].tobytes()
-            body[F.EXTBLK_HDR : F.EXTBLK_HDR + len(raw)] = raw
-            blk_no = chain[ci]
-            cur = self._block(blk_no)
-            if (
-                blk_no in old.chain
-                and bytes(cur[: F.TAIL_OFF]) == bytes(body)
-                and not F.check_tail(cur, blk_no, F.KIND_EXTENT, ino)
-            ):
-                continue
-            blk = self._wblock(blk_no, F.KIND_EXTENT, ino, fresh=True)
-            blk[: F.TAIL_OFF] = body
-        assert sum(new_counts) == n and len(new_counts) == len(chain) + 1
-        assert all(c > 0 for c in new_counts[1:]), new_counts
-        self._exts[ino] = _Ext(lb.copy(), ln.copy(), pb.copy(), chain, new_counts)
-
     def bmap(self, ino: int, first: int, count: int) -> np.ndarray:
         """NVRAM block of each page [first, first+count) of `ino`; 0 = hole."""
         e = self._ext(ino)
@@ -664,127 +460,6 @@ class Image:
         if not (0 < block and count >= 0 and block + count <= self.nr_blocks):
             raise ValueError(f"blocks {block}+{count} outside the device ({self.nr_blocks})")
         return self._ro[block * BS : (block + count) * BS]
-
-    # ----------------------------------------------------------- allocation
-    def _bitmap_bits(self, start: int, i: int) -> np.ndarray:
-        blk = self._block(start + i)
-        return np.unpackbits(np.frombuffer(blk[: F.PAYLOAD], np.uint8), bitorder="little")
-
-    def _find_free(
-        self, start: int, nbm: int, total: int, lo: int, want: int, goal: int
-    ) -> list[tuple[int, int]]:
-        """Up to `want` free bits in [lo, total), first from `goal` on, as runs."""
-        kind = F.KIND_BBITMAP if start == self.L.bbitmap_start else F.KIND_IBITMAP
-        runs: list[tuple[int, int]] = []
-        got = 0
-        goal = goal if lo <= goal < total else lo
-        g0 = goal // F.BITS_PER_BITMAP_BLOCK
-        for k in range(nbm + 1):
-            i = (g0 + k) % nbm
-            if k == nbm and g0 == 0:
-                break
-            blk = self._block(start + i)
-            if self._txn is None or (start + i) not in self._txn.blocks:
-                why = F.check_tail(blk, start + i, kind, start + i)
-                if why:
-                    raise CorruptImage(f"{F.KIND_NAMES[kind]} block {start + i}: {why}")
-            bits = self._bitmap_bits(start, i)
-            base = i * F.BITS_PER_BITMAP_BLOCK
-            free = np.flatnonzero(bits == 0) + base
-            first = goal if k == 0 else lo
-            if k == nbm:  # wrapped back to the goal's block: the part before goal
-                free = free[free < goal]
-            free = free[(free >= (first if k < nbm else lo)) & (free < total)]
-            if not len(free):
-                continue
-            brk = np.flatnonzero(np.diff(free) != 1) + 1
-            for seg in np.split(free, brk):
-                take = min(len(seg), want - got)
-                runs.append((int(seg[0]), take))
-                got += take
-                if got == want:
-                    return runs
-        return runs
-
-    def _set_bits(self, start: int, kind: int, first: int, n: int, value: int) -> None:
-        while n > 0:
-            i, bit = divmod(first, F.BITS_PER_BITMAP_BLOCK)
-            take = min(n, F.BITS_PER_BITMAP_BLOCK - bit)
-            blk = self._wblock(start + i, kind, start + i)
-            arr = np.frombuffer(blk, np.uint8, count=F.PAYLOAD)
-            bits = np.unpackbits(arr, bitorder="little")
-            seg = bits[bit : bit + take]
-            if (seg == value).any():
-                what = "allocated" if value else "freed"
-                raise CorruptImage(
-                    f"{F.KIND_NAMES[kind]} block {start + i}: bit {first} already {what}"
-                )
-            seg[:] = value
-            arr[:] = np.packbits(bits, bitorder="little")
-            first += take
-            n -= take
-
-    def _avail(self) -> int:
-        return int(self._sb["free_blocks"]) - self.reserved
-
-    def _alloc_blocks(self, want: int, goal: int, meta: bool) -> list[tuple[int, int]]:
-        """Allocate `want` blocks near `goal` (metadata must leave reservations alone)."""
-        free = int(self._sb["free_blocks"])
-        if want > (free - self.reserved if meta else free):
-            raise FsError(errno.ENOSPC)
-        L = self.L
-        runs = self._find_free(
-            L.bbitmap_start, L.bbitmap_blocks, L.nr_blocks, L.data_start, want, goal
-        )
-        if sum(n for _, n in runs) < want:
-            raise CorruptImage(
-                f"block bitmap: superblock counts {free} free blocks, bitmap has fewer"
-            )
-        for s, n in runs:
-            self._set_bits(L.bbitmap_start, F.KIND_BBITMAP, s, n, 1)
-        self._sb["free_blocks"] = free - want
-        self._bhint = runs[-1][0] + runs[-1][1]
-        return runs
-
-    def _alloc_meta(self, goal: int = 0) -> int:
-        return self._alloc_blocks(1, int(goal) or self._bhint, meta=True)[0][0]
-
-    def _free_runs(self, runs: Sequence[tuple[int, int]]) -> None:
-        L = self.L
-        total = 0
-        for s, n in runs:
-            s, n = int(s), int(n)
-            if n <= 0:
-                continue
-            if s < L.data_start or s + n > L.nr_blocks:
-                raise CorruptImage(f"free of blocks {s}+{n} outside the data area")
-            self._set_bits(L.bbitmap_start, F.KIND_BBITMAP, s, n, 0)
-            total += n
-        self._sb["free_blocks"] = int(self._sb["free_blocks"]) + total
-        if self._txn is not None:
-            self._txn.freed += total
-
-    def _alloc_inode(self) -> int:
-        L = self.L
-        if int(self._sb["free_inodes"]) <= 0:
-            raise FsError(errno.ENOSPC, "no free inodes")
-        runs = self._find_free(L.ibitmap_start, L.ibitmap_blocks, L.nr_inodes, 2, 1, self._ihint)
-        if not runs:
-            raise CorruptImage("inode bitmap: superblock counts free inodes, bitmap has none")
-        ino = runs[0][0]
-        self._set_bits(L.ibitmap_start, F.KIND_IBITMAP, ino, 1, 1)
-        self._sb["free_inodes"] = int(self._sb["free_inodes"]) - 1
-        self._ihint = ino + 1
-        return ino
-
-    def _free_inode(self, ino: int) -> None:
-        self._winode(ino)
-        b, off = self._ino_loc(ino)
-        self._txn.blocks[b][off : off + F.INODE_SIZE] = bytes(F.INODE_SIZE)
-        self._set_bits(self.L.ibitmap_start, F.KIND_IBITMAP, ino, 1, 0)
-        self._sb["free_inodes"] = int(self._sb["free_inodes"]) + 1
-        self._exts.pop(ino, None)
-        self._dirs.pop(ino, None)
 
     # ---------------------------------------------------------- transactions
     @contextlib.contextmanager
@@ -854,132 +529,6 @@ class Image:
     def _txn_room(self) -> int:
         """Blocks the open transaction may still add (keeps slack for inodes and bitmaps)."""
         return journal.max_txn_blocks(self.L.journal_blocks) - len(self._txn.blocks) - 8
-
-    # ---------------------------------------------------------- directories
-    def _dir(self, ino: int) -> _Dir:
-        d = self._dirs.get(ino)
-        if d is not None:
-            return d
-        rec = self._inode(ino)
-        if not stat.S_ISDIR(int(rec["mode"])):
-            raise FsError(errno.ENOTDIR)
-        size = int(rec["size"])
-        if size % BS:
-            raise CorruptImage(f"directory inode {ino}: size {size} not a multiple of {BS}")
-        nblk = size // BS
-        if nblk > int(self._ext(ino).len.sum()):
-            raise CorruptImage(f"directory inode {ino}: size {size} larger than its blocks")
-        blocks = self.bmap(ino, 0, nblk) if nblk else np.zeros(0, np.int64)
-        d = _Dir()
-        for lb, pb in enumerate(blocks.tolist()):
-            if pb == 0:
-                raise CorruptImage(f"directory inode {ino}: hole at block {lb}")
-            blk = self._check_block(pb, F.KIND_DIR, ino, f"directory inode {ino}")
-            recs = self._parse_dirblock(ino, pb, blk)
-            d.blocks.append(recs)
-            d.update_slack(lb)
-            for off, _rl, e_ino, _ft, name in recs:
-                if e_ino:
-                    if name in d.names:
-                        raise CorruptImage(
-                            f"directory inode {ino} block {pb}: duplicate name {name!r}"
-                        )
-                    d.names[name] = (e_ino, lb, off)
-        self._dirs[ino] = d
-        return d
-
-    def _parse_dirblock(self, dino: int, pb: int, blk: memoryview) -> list[list]:
-        recs = []
-        off = 0
-        where = f"directory inode {dino} block {pb}"
-        while off < F.PAYLOAD:
-            if off + F.DIRENT_HDR > F.PAYLOAD:
-                raise CorruptImage(f"{where}: record at {off} runs past the block")
-            e_ino = int.from_bytes(blk[off : off + 8], "little")
-            rl = int.from_bytes(blk[off + 8 : off + 10], "little")
-            nl = blk[off + 10]
-            ft = blk[off + 11]
-            if rl < F.DIRENT_HDR or rl % 8 or off + rl > F.PAYLOAD:
-                raise CorruptImage(f"{where}: record at {off} has bad length {rl}")
-            name = b""
-            if e_ino:
-                if not 0 < e_ino < self.L.nr_inodes:
-                    raise CorruptImage(f"{where}: entry at {off} names inode {e_ino} out of range")
-                if nl == 0 or F.dirent_len(nl) > rl:
-                    raise CorruptImage(f"{where}: entry at {off} has bad name length {nl}")
-                name = bytes(blk[off + F.DIRENT_HDR : off + F.DIRENT_HDR + nl])
-                if b"/" in name or b"\0" in name or name in (b".", b".."):
-                    raise CorruptImage(f"{where}: entry at {off} has an invalid name {name!r}")
-            recs.append([off, rl, e_ino, ft, name])
-            off += rl
-        return recs
-
-    def _write_dirblock(self, dino: int, lb: int) -> None:
-        d = self._dirs[dino]
-        d.update_slack(lb)
-        pb = int(self._ext(dino).lookup(np.array([lb], np.int64))[0])
-        blk = self._wblock(pb, F.KIND_DIR, dino, fresh=True)
-        for off, rl, e_ino, ft, name in d.blocks[lb]:
-            blk[off : off + 8] = e_ino.to_bytes(8, "little")
-            blk[off + 8 : off + 10] = rl.to_bytes(2, "little")
-            blk[off + 10] = len(name)
-            blk[off + 11] = ft
-            blk[off + F.DIRENT_HDR : off + F.DIRENT_HDR + len(name)] = name
-        self._winode(dino)  # keeps the directory in the txn's touched set
-
-    def _dir_add(self, dino: int, name: bytes, ino: int, ftype: int) -> None:
-        d = self._dir(dino)
-        need = F.dirent_len(len(name))
-        for lb, recs in enumerate(d.blocks):
-            if d.slack[lb] < need:
-                continue
-            for k, r in enumerate(recs):
-                off, rl, e_ino, _ft, nm = r
-                used = F.dirent_len(len(nm)) if e_ino else 0
-                if rl - used >= need:
-                    if e_ino:
-                        r[1] = used
-                        recs.insert(k + 1, [off + used, rl - used, ino, ftype, name])
-                        d.names[name] = (ino, lb, off + used)
-                    else:
-                        r[2], r[3], r[4] = ino, ftype, name
-                        d.names[name] = (ino, lb, off)
-                    self._write_dirblock(dino, lb)
-                    return
-        # No room: grow the directory by one block.
-        lb = len(d.blocks)
-        e = self._ext(dino)
-        goal = int(e.pblk[-1] + e.len[-1]) if len(e.pblk) else self._bhint
-        pb = self._alloc_meta(goal)
-        self._store_ext(dino, np.append(e.lblk, lb), np.append(e.len, 1), np.append(e.pblk, pb))
-        rec = self._winode(dino)
-        rec["size"] = (lb + 1) * BS
-        rec["blocks"] = int(rec["blocks"]) + 1
-        d.blocks.append([[0, F.PAYLOAD, ino, ftype, name]])
-        d.names[name] = (ino, lb, 0)
-        self._write_dirblock(dino, lb)
-
-    def _dir_remove(self, dino: int, name: bytes) -> int:
-        d = self._dir(dino)
-        ino, lb, off = d.names.pop(name)
-        recs = d.blocks[lb]
-        k = next(i for i, r in enumerate(recs) if r[0] == off)
-        if k > 0:
-            recs[k - 1][1] += recs[k][1]
-            del recs[k]
-        else:
-            recs[0][2:] = [0, 0, b""]
-        self._write_dirblock(dino, lb)
-        return ino
-
-    def _dir_set(self, dino: int, name: bytes, ino: int, ftype: int) -> None:
-        """Point an existing entry at another inode (rename over a target)."""
-        d = self._dir(dino)
-        _old, lb, off = d.names[name]
-        r = next(r for r in d.blocks[lb] if r[0] == off)
-        r[2], r[3] = ino, ftype
-        d.names[name] = (ino, lb, off)
-        self._write_dirblock(dino, lb)
 
     def lookup(self, parent: int, name: bytes) -> int:
         """The inode `name` in directory `parent` names (ENOENT if none)."""
@@ -1344,45 +893,6 @@ class Image:
             self._reclaim(later)
 
     # --------------------------------------------------------- freeing / orphans
-    def _free_tail(self, ino: int, npages: int) -> bool:
-        """Free the blocks of pages >= npages, as many as fit the transaction.
-
-        Returns True when none are left. Frees from the end, so each
-        transaction leaves a valid (shorter) map.
-        """
-        e = self._ext(ino)
-        lb, ln, pb = e.lblk, e.len, e.pblk
-        c0 = int(np.searchsorted(lb + ln, npages, side="right"))  # extents [c0:] reach past
-        if c0 == len(lb):
-            return True
-        bpb = F.BITS_PER_BITMAP_BLOCK
-        room = self._txn_room() - 3  # the chain blocks rewritten at the cut
-        bitmaps = {b // bpb for b in e.chain}  # chain blocks may be freed too
-        runs: list[tuple[int, int]] = []
-        keep_n = len(lb)  # extents [0, keep_n) stay
-        head = 0  # pages kept of extent keep_n - 1 when it straddles npages
-        i = len(lb) - 1
-        while i >= c0:
-            s0, n0, p0 = int(lb[i]), int(ln[i]), int(pb[i])
-            first = max(s0, npages)
-            fs, fn = p0 + first - s0, n0 - (first - s0)
-            new = bitmaps.union(range(fs // bpb, (fs + fn - 1) // bpb + 1))
-            if runs and len(new) > room:
-                break
-            bitmaps = new
-            runs.append((fs, fn))
-            keep_n, head = (i + 1, first - s0) if first > s0 else (i, 0)
-            i -= 1
-        done = i < c0
-        rec = self._winode(ino)
-        self._free_runs(runs)
-        rec["blocks"] = int(rec["blocks"]) - sum(n for _, n in runs)
-        new_ln = ln[:keep_n].copy()
-        if head:
-            new_ln[-1] = head
-        self._store_ext(ino, lb[:keep_n].copy(), new_ln, pb[:keep_n].copy())
-        return done
-
     def _free_all(self, ino: int, final: bool) -> bool:
         """Free every block of `ino`, then (final) the inode; False if it did not fit."""
         rec = self._inode(ino)
