@@ -6,6 +6,16 @@ images are built in memory and become durable together on commit. While a
 transaction is open, `_block()` returns its copy of a block, so an operation
 reads its own writes; an exception aborts the transaction and drops the caches
 it touched, so the image stays the source of truth.
+
+The parts: alloc.py (bitmaps), extents.py (extent maps), dirs.py
+(directories) are mixins of `Image`; journal.py commits; persist.py stores.
+
+API notes beyond docs/ARCHITECTURE.md: `unlink` and `rename` take
+`still_open` (a bool, or a predicate on the inode) for the orphan list;
+`readdir` lists neither "." nor ".."; `Attr.blocks` is in 512-byte units;
+`write_pages` consumes one reservation per hole it maps and never changes
+sizes; after the first `CorruptImage` every write raises it again
+(`img.corrupt`), and `close()` does not mark the image clean.
 """
 
 from __future__ import annotations
