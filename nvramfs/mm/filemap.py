@@ -202,24 +202,44 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
 def mapping_bmap(mapping: AddressSpace, index: int) -> int:
     m = mapping.machine
     vma = mapping.fs_vma
-    chunk = slot = None
-    if vma is not None:
-        chunk, slot = vma.vm_mm.get_locked_pte(vma.page_address(index))
-        pte = chunk.pte[slot]
-        if pte & (_PAGE_BMAP | _PAGE_PRESENT):
-            pfn = pte >> PTE_PFN_SHIFT
-            if pfn >= m.nvram_base_pfn or (pfn == 0 and pte & _PAGE_BMAP):
-                return pfn
-    block = int(mapping.backing.bmap(mapping.host, index, 1)[0])
-    BUG_ON(
-        block < 0 or (m.nr_nvram_pages is not None and block >= m.nr_nvram_pages),
-        "bmap returned a block outside the NVRAM device",
-        f"ino {mapping.host} index {index} block {block}",
-    )
-    pfn = m.nvram_base_pfn + block if block else 0
-    if chunk is not None and slot is not None and not chunk.pte[slot] & _PAGE_PRESENT:
+    if vma is None:
+        return _bmap_pfns(mapping, index, 1)[0]
+    chunk, slot = vma.vm_mm.get_locked_pte(vma.page_address(index))
+    pte = chunk.pte[slot]
+    if pte & (_PAGE_BMAP | _PAGE_PRESENT):
+        pfn = pte >> PTE_PFN_SHIFT
+        if pfn >= m.nvram_base_pfn or (pfn == 0 and pte & _PAGE_BMAP):
+            return pfn
+    # Ask for the aligned window of BMAP_AHEAD pages around it (one call costs
+    # about the same) and keep hints for the window's untouched ptes.
+    first = index & ~(BMAP_AHEAD - 1)
+    pfns = np.asarray(_bmap_pfns(mapping, first, BMAP_AHEAD), dtype=np.int64)
+    s0 = slot - (index - first)
+    p = chunk.pte_np[s0 : s0 + BMAP_AHEAD]
+    p[:] = np.where(p == 0, (pfns << PTE_PFN_SHIFT) | _PAGE_BMAP, p)
+    pfn = int(pfns[index - first])
+    if not chunk.pte[slot] & _PAGE_PRESENT:
         chunk.pte[slot] = (pfn << PTE_PFN_SHIFT) | _PAGE_BMAP
     return pfn
+
+
+# How many pages one bmap call of the fault path asks about (a power of two
+# dividing PTRS_PER_PTE, so the window stays in one page-table chunk).
+BMAP_AHEAD = 64
+
+
+def _bmap_pfns(mapping: AddressSpace, first: int, count: int) -> list[int]:
+    """The backing's bmap as NVRAM pfns (0 for holes), checked against the device."""
+    m = mapping.machine
+    blocks = np.asarray(mapping.backing.bmap(mapping.host, first, count), dtype=np.int64)
+    BUG_ON(
+        len(blocks) != count
+        or int(blocks.min()) < 0
+        or (m.nr_nvram_pages is not None and int(blocks.max()) >= m.nr_nvram_pages),
+        "bmap returned a block outside the NVRAM device",
+        f"ino {mapping.host} pages {first}+{count}",
+    )
+    return np.where(blocks > 0, blocks + m.nvram_base_pfn, 0).tolist()
 
 
 def _new_cache_page(mapping: AddressSpace, index: int, src_pfn: int) -> int | None:

@@ -553,11 +553,13 @@ class MemoryManager:
                 return
             mapping = self.address_space(ino)
         npages = (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT
-        self._drop_pages(mapping, npages)
         if tail:
+            # First, so that the bmap hints its fault may read ahead past the new
+            # EOF are dropped with the rest below.
             cur = self._peek(mapping, new_size >> PAGE_SHIFT)
             if cur is not None and any(cur[tail:]):
                 self.write(ino, new_size, bytes(PAGE_SIZE - tail))
+        self._drop_pages(mapping, npages)
 
     def evict_inode(self, ino: int) -> None:
         """The file is gone: drop its pages without writeback, and its vma."""
