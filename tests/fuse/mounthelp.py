@@ -128,8 +128,22 @@ class Mount:
         subprocess.run([FUSERMOUNT, "-uz", str(self.path)], capture_output=True)
         self.gone = True
 
+    def daemon_log(self) -> str:
+        name = str(self.log)
+        base = name[: -len(".events.jsonl")] if name.endswith(".events.jsonl") else name
+        try:
+            return Path(base + ".daemon.log").read_text()
+        except OSError:
+            return ""
+
     def teardown(self) -> None:
-        """Whatever state the mount is in, end with no mount and no daemon."""
+        """Whatever state the mount is in, end with no mount and no daemon.
+
+        The daemon's own log is printed when it holds a traceback, so a failing
+        test shows why the daemon answered EIO."""
+        text = self.daemon_log()
+        if "Traceback" in text:
+            print(f"--- daemon log of {self.path}:\n{text[-6000:]}")
         if not self.gone and str(self.path) in mounts_under(str(self.path)):
             try:
                 nvramfs("umount", self.path, "--timeout", "30", timeout=60)
