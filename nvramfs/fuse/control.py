@@ -105,10 +105,11 @@ class Control:
             raise FUSEError(errno.ENOENT) from None
 
     def readdir(self, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = list(self.NAMES.items())
+        entries = [(b".", self.DIR), *self.NAMES.items()]
         for i in range(start_id, len(entries)):
             name, ino = entries[i]
-            if not pyfuse3.readdir_reply(token, name, self._attrs[ino], i + 1):
+            attr = self._attrs[ino]
+            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
                 break
 
     def open(self, ino: int, flags: int, ops: Any) -> pyfuse3.FileInfo:

@@ -799,18 +799,28 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """List entries after cookie `start_id` (the image's stable cookies, so
-        creations and removals between calls skip or repeat nothing). Each entry
-        the kernel accepts (readdirplus) adds one to that inode's lookup count."""
+        """List entries after offset `start_id`: "." (offset 1), ".." (2), then the
+        image's entries at their stable cookies + 2, so creations and removals
+        between calls skip or repeat nothing. Each entry the kernel accepts
+        (readdirplus) adds one to that inode's lookup count, except "." and ".."."""
         if self._is_ctl(fh):
             self.control.readdir(start_id, token)
             return
+        if start_id < 1:
+            if not pyfuse3.readdir_reply(token, b".", self._attr(fh), 1):
+                return
+            start_id = 1
+        if start_id < 2:
+            parent = self.img.lookup(fh, b"..")
+            if not pyfuse3.readdir_reply(token, b"..", self._attr(parent), 2):
+                return
+            start_id = 2
         hide_ctl = fh == self._root and self.control is not None
-        for cookie, name, ino in self.img.readdir(fh, after=start_id):
+        for cookie, name, ino in self.img.readdir(fh, after=start_id - 2):
             if hide_ctl and name == CTL_NAME:
                 continue
             entry = self._attr(ino)
-            if not pyfuse3.readdir_reply(token, name, entry, cookie):
+            if not pyfuse3.readdir_reply(token, name, entry, cookie + 2):
                 break
             self._remember(fh, name, ino)
 

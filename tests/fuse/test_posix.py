@@ -337,6 +337,8 @@ def test_readdir_is_complete_and_stable_while_entries_change(mnt):
         (d / n).write_bytes(b"")
     assert set(os.listdir(d)) == names
     assert ".nvramfs" not in os.listdir(mnt.path)
+    ls = subprocess.run(["ls", "-a", str(d)], capture_output=True, text=True).stdout.split()
+    assert ls[:2] == [".", ".."] and set(ls[2:]) == names
     # Remove and add entries while a listing is in progress: nothing that stays is lost
     # or seen twice.
     seen = []
