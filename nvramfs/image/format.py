@@ -266,7 +266,7 @@ class Layout:
         out = []
         if self.nr_blocks < self.data_start + 1:
             out.append(f"nr_blocks {self.nr_blocks} leaves no data blocks")
-        if self.nr_inodes < 2 or self.nr_inodes % INODES_PER_BLOCK:
+        if not 2 <= self.nr_inodes < 1 << 31 or self.nr_inodes % INODES_PER_BLOCK:
             out.append(f"absurd nr_inodes {self.nr_inodes}")
         if self.journal_start != 2 or not 2 <= self.journal_blocks <= JOURNAL_MAX_TXN + 1:
             out.append(f"absurd journal {self.journal_start}+{self.journal_blocks}")

@@ -127,7 +127,7 @@ def _in_use(path: str) -> bool:
 class _Checker:
     def __init__(self, img: Image, rep: Report) -> None:
         self.img, self.rep, self.L = img, rep, img.L
-        self.owner = np.zeros(self.L.nr_blocks, np.int64)  # 0 free, -1 metadata, else ino
+        self.owner = np.zeros(self.L.nr_blocks, np.int32)  # 0 free, -1 metadata, else ino
         self.owner[: self.L.data_start] = -1
         self.used: np.ndarray = np.zeros(0, bool)
         self.bad: set[int] = set()  # inodes whose record or maps are unreadable
