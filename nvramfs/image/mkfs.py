@@ -162,6 +162,7 @@ def scan_tree(src: Path) -> Scan:
 def _plan(nr_bytes: int, inodes_needed: int) -> F.Layout:
     nr_blocks = nr_bytes // BS
     nr_inodes = max(MIN_INODES, nr_bytes // BYTES_PER_INODE, 2 * inodes_needed + 16)
+    nr_inodes = min(nr_inodes, (1 << 31) - F.INODES_PER_BLOCK)
     return F.Layout.compute(nr_blocks, nr_inodes)
 
 
@@ -308,6 +309,8 @@ def mkfs(
         os.replace(tmp, path)
     except FsError as exc:
         raise NvramfsError(f"mkfs: {exc.strerror} while copying the tree") from None
+    except OSError as exc:
+        raise NvramfsError(f"{path}: {exc.strerror or exc}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
