@@ -284,7 +284,9 @@ def serve(
         "recovered": recovered,
     }
     control = Control(mm, events, info)
-    ops = Operations(img, mm, events, cache=opts.cache, readonly=opts.readonly, control=control)
+    ops = Operations(
+        img, mm, events, cache=opts.cache, readonly=opts.readonly, control=control, atime=opts.atime
+    )
     control.ops = ops
     try:
         pyfuse3.init(ops, mountpoint, opts.fuse_options(image))

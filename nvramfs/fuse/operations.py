@@ -63,6 +63,7 @@ RESIDENCY_XATTR = b"user.nvramfs.residency"
 CTL_NAME = b".nvramfs"
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+_DAY_NS = 86_400 * 10**9
 
 
 def _fs_error_type() -> type[BaseException] | None:
@@ -167,6 +168,7 @@ class Operations(pyfuse3.Operations):
         cache: str = "direct",
         readonly: bool = False,
         control: Any = None,
+        atime: str = "relatime",
     ) -> None:
         super().__init__()
         self.img = img
@@ -175,6 +177,9 @@ class Operations(pyfuse3.Operations):
         self.readonly = readonly
         self.direct_io = cache == "direct"
         self.control = control
+        # Access times on read, as the VFS's mount flags say: relatime (update when
+        # atime is not newer than mtime/ctime, or a day old), strictatime, noatime.
+        self.atime = atime
         self.errors = 0
         self._fs_error = _fs_error_type()
         self._fatal = _fatal_types()
@@ -255,9 +260,9 @@ class Operations(pyfuse3.Operations):
         entry.st_uid = a.uid
         entry.st_gid = a.gid
         entry.st_rdev = a.rdev
-        entry.st_atime_ns = a.atime_ns
         entry.st_blocks = a.blocks
         if ino not in self._meta_dirty:
+            entry.st_atime_ns = a.atime_ns
             entry.st_size = a.size
             entry.st_mtime_ns = a.mtime_ns
             entry.st_ctime_ns = a.ctime_ns
@@ -281,7 +286,11 @@ class Operations(pyfuse3.Operations):
         if entry is None or ino in self._orphans and self._nlookup.get(ino, 0) == 0:
             return
         a = self.img.setattr(
-            ino, size=entry.st_size, mtime_ns=entry.st_mtime_ns, ctime_ns=entry.st_ctime_ns
+            ino,
+            size=entry.st_size,
+            atime_ns=entry.st_atime_ns,
+            mtime_ns=entry.st_mtime_ns,
+            ctime_ns=entry.st_ctime_ns,
         )
         entry.st_blocks = a.blocks
 
@@ -654,11 +663,17 @@ class Operations(pyfuse3.Operations):
             of = self._fh[fh]
             if of.ctl is not None:
                 return of.ctl.read(off, size)
-            end = of.attr.st_size
+            entry = of.attr
+            end = entry.st_size
             if off >= end:
                 return b""
             if off + size > end:
                 size = end - off
+            at = entry.st_atime_ns
+            if at <= entry.st_mtime_ns or at <= entry.st_ctime_ns or self.atime != "relatime":
+                self._touch_atime(of.ino, entry)
+            elif time.time_ns() - at > _DAY_NS:
+                self._touch_atime(of.ino, entry)
             return self.mm.read(of.ino, off, size)
         except FUSEError:
             raise
@@ -691,6 +706,13 @@ class Operations(pyfuse3.Operations):
             raise
         except Exception as exc:
             raise self.translate("write", exc) from None
+
+    def _touch_atime(self, ino: int, entry: pyfuse3.EntryAttributes) -> None:
+        """A read updates atime (in the cache; the image gets it with size and mtime)."""
+        if self.atime == "noatime" or self.readonly:
+            return
+        entry.st_atime_ns = time.time_ns()
+        self._meta_dirty.add(ino)
 
     def _kill_suid(self, ino: int, entry: pyfuse3.EntryAttributes) -> None:
         """A write by an unprivileged opener clears setuid, and setgid when group-exec

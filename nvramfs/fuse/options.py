@@ -93,6 +93,14 @@ class MountOptions:
     vfs_flags: list[str] = field(default_factory=list)
 
     @property
+    def atime(self) -> str:
+        """relatime (default), strictatime or noatime: the last such flag given."""
+        for flag in reversed(self.vfs_flags):
+            if flag in ("relatime", "strictatime", "noatime"):
+                return flag
+        return "relatime"
+
+    @property
     def dram_pages(self) -> int:
         return max(1, self.dram_bytes // PAGE_SIZE)
 

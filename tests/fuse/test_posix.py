@@ -62,8 +62,6 @@ def run_script(root: Path) -> dict:
         return (oct(st.st_mode), st.st_nlink, st.st_size if kind != stat.S_IFDIR else None)
 
     out = {}
-    # Times before any read: nvramfs does not update atime on read (as noatime);
-    # tmpfs under relatime does.
     out["b:times"] = (os.stat(root / "b").st_atime_ns, os.stat(root / "b").st_mtime_ns)
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
@@ -71,6 +69,8 @@ def run_script(root: Path) -> dict:
         if p.is_file() and not p.is_symlink() and stat.S_ISREG(os.lstat(p).st_mode):
             out[rel + ":data"] = p.read_bytes()
     out["sym:target"] = os.readlink(root / "sym")
+    # relatime: reading b (atime set explicitly in 2009, older than a day) updated it.
+    out["b:atime_updated"] = os.stat(root / "b").st_atime_ns > 1_700_000_000 * 10**9
     out["hard:ino"] = os.stat(root / "hard").st_ino == os.stat(root / "d" / "f").st_ino
     out["root:nlink"] = os.stat(root).st_nlink
     return out
@@ -461,3 +461,24 @@ def test_daemon_survives_requests_it_cannot_serve(mnt):
         os.mknod(mnt.p("n" * 300))
     assert f.read_bytes()[:3] == b"abc"
     assert mnt.stats()["errors"] == 0
+
+
+def test_atime_relatime_by_default_and_noatime(mounter):
+    img = mounter.image()
+    m = mounter(img)
+    f = m.p("f")
+    f.write_bytes(b"data")
+    old = 1_000_000_000 * 10**9
+    os.utime(f, ns=(old, old + 5))  # atime older than mtime: the next read updates it
+    f.read_bytes()
+    first = os.stat(f).st_atime_ns
+    assert first > 1_700_000_000 * 10**9
+    f.read_bytes()  # newer than mtime and less than a day old: relatime leaves it
+    assert os.stat(f).st_atime_ns == first
+    m.umount()
+    n = mounter(img, "noatime")
+    assert os.stat(n.p("f")).st_atime_ns == first  # it reached the image
+    os.utime(n.p("f"), ns=(old, old + 5))
+    n.p("f").read_bytes()
+    assert os.stat(n.p("f")).st_atime_ns == old
+    assert "noatime" in next(ln for ln in open("/proc/mounts") if str(n.path) in ln)
