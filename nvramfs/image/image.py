@@ -1025,11 +1025,11 @@ class Image(Allocator, ExtentMaps, Directories):
     ) -> Attr:
         """chmod/chown/truncate/utimens in one transaction; stamps ctime (and mtime on size).
 
-        Shrinking frees the blocks past the new end and zeroes the tail of the
-        last partial block (so a later extension reads zeros). Growing only
-        sets the size: pages past the old end read as holes. A shrink too big
-        for one transaction goes via the orphan list and is finished at once
-        (or by recovery after a crash).
+        A size change frees the blocks of pages past the new end and zeroes
+        the rest of the last partial page (so a later extension reads zeros),
+        whether the size grew or shrank: pages between the old and new end
+        keep what writeback put there. A change too big for one transaction
+        goes via the orphan list and is finished at once (or by recovery).
         """
         later = False
         with self._transaction():
@@ -1050,19 +1050,19 @@ class Image(Allocator, ExtentMaps, Directories):
                     raise FsError(errno.EINVAL)
                 if not 0 <= size < MAX_PAGES * BS:
                     raise FsError(errno.EFBIG)
-                old = int(rec["size"])
                 w["size"] = size
                 w["mtime_ns"] = now
-                if size < old:
-                    npages = -(-size // BS)
-                    if size % BS:
-                        b = int(self.bmap(ino, size // BS, 1)[0])
-                        if b:
-                            blk = self._wblock(b)  # journaled: the zeroing is atomic with the size
-                            blk[size % BS :] = bytes(BS - size % BS)
-                    if not self._free_tail(ino, npages):
-                        self._orphan_add(ino)
-                        later = True
+                # Nothing may survive past the new end, whether the size grew or
+                # shrank: writeback can map pages past a size the FUSE layer has not
+                # pushed yet, and a later extension must read zeros there.
+                if size % BS:
+                    b = int(self.bmap(ino, size // BS, 1)[0])
+                    if b and any(self._block(b)[size % BS :]):
+                        blk = self._wblock(b)  # journaled: atomic with the size
+                        blk[size % BS :] = bytes(BS - size % BS)
+                if not self._free_tail(ino, -(-size // BS)):
+                    self._orphan_add(ino)
+                    later = True
             if atime_ns is not None:
                 w["atime_ns"] = atime_ns
             if mtime_ns is not None:

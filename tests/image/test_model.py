@@ -300,11 +300,10 @@ class ImageMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.m.files)
     @rule(data=st.data(), size=st.integers(0, 25 * BS))
     def truncate(self, data, size: int) -> None:
-        """A shrink drops pages past the new end and zeroes the last page's tail; a grow
-        only moves EOF."""
+        """A size change drops pages past the new end and zeroes the last page's tail."""
         f = data.draw(st.sampled_from(sorted(self.m.files)))
         self.img.setattr(f, size=size)
-        if size < self.m.size[f]:
+        if size != self.m.size[f]:
             keep = -(-size // BS) * BS
             full = self.m.files[f]
             del full[keep:]
