@@ -61,6 +61,22 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _find_daemon(mountpoint: str) -> int | None:
+    """The daemon serving `mountpoint`, from /proc (when it cannot answer for itself)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if any("nvramfs" in a for a in argv[:3]) and "mount" in argv[:4]:
+            if any(os.path.abspath(a) == mountpoint for a in argv if a.startswith(("/", "."))):
+                return int(entry)
+    return None
+
+
 def unmount(mountpoint: str, timeout: float = 300.0) -> int | None:
     """fusermount3 -u, then wait for the daemon's writeback and exit. Returns its pid."""
     path = require_mount(mountpoint)
@@ -68,7 +84,7 @@ def unmount(mountpoint: str, timeout: float = 300.0) -> int | None:
     try:
         pid = int(read_stats(path, timeout=10.0).get("pid"))
     except (NvramfsError, TypeError, ValueError):
-        pid = None
+        pid = _find_daemon(path)
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
         raise NvramfsError("fusermount3 not found (apt install fuse3)")
