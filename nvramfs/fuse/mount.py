@@ -122,7 +122,7 @@ def mount(
 
             def report(kind: str, text: str) -> None:
                 try:
-                    pipe.write(f"{kind} {text}\n")
+                    pipe.write(f"{kind} {' '.join(text.split())}\n")  # one line each
                 except OSError:
                     pass
 
