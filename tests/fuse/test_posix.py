@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import mmap
 import os
 import shutil
@@ -247,6 +248,13 @@ def test_user_xattrs(mnt):
     assert sorted(os.listxattr(f)) == ["user.a", "user.b"]
     os.setxattr(f, "user.a", b"22")
     assert os.getxattr(f, "user.a") == b"22"
+    with pytest.raises(FileExistsError):
+        os.setxattr(f, "user.a", b"3", os.XATTR_CREATE)
+    with pytest.raises(OSError) as ei:
+        os.setxattr(f, "user.new", b"3", os.XATTR_REPLACE)
+    assert ei.value.errno == errno.ENODATA
+    res = json.loads(os.getxattr(f, "user.nvramfs.residency"))
+    assert set(res) >= {"pages", "dirty"}  # computed, not stored, not listed
     os.removexattr(f, "user.a")
     assert os.listxattr(f) == ["user.b"]
     with pytest.raises(OSError) as ei:
