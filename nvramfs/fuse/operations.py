@@ -197,6 +197,11 @@ class Operations(pyfuse3.Operations):
         self._fh: dict[int, OpenFile] = {}
         self._next_fh = 1
         self._reserved: dict[int, set[int]] = {}  # hole pages reserved, per inode
+        # Inode numbers the image freed: a generation per number, so the kernel can
+        # tell a reused number from the old inode; and the last attributes of a
+        # removed directory the kernel still knows (fstat of an open fd: nlink 0).
+        self._gens: dict[int, int] = {}
+        self._dead: dict[int, pyfuse3.EntryAttributes] = {}
 
     # ------------------------------------------------------------------ errors
 
@@ -250,7 +255,7 @@ class Operations(pyfuse3.Operations):
         if entry is None:
             entry = pyfuse3.EntryAttributes()
             entry.st_ino = ino
-            entry.generation = 0
+            entry.generation = self._gens.get(ino, 0)
             entry.entry_timeout = ATTR_TIMEOUT
             entry.attr_timeout = ATTR_TIMEOUT
             entry.st_blksize = PAGE_SIZE
@@ -276,6 +281,15 @@ class Operations(pyfuse3.Operations):
                     self._load(ino)
                 except Exception:
                     self._attrs.pop(ino, None)
+
+    def _freed(self, ino: int) -> None:
+        """The image freed `ino` (its number may come back for another inode)."""
+        self._gens[ino] = self._gens.get(ino, 0) + 1
+        entry = self._attrs.pop(ino, None)
+        self._meta_dirty.discard(ino)
+        if entry is not None and self._nlookup.get(ino):
+            entry.st_nlink = 0
+            self._dead[ino] = entry
 
     def flush_meta(self, ino: int) -> None:
         """Write size and times changed by writes into the image (one transaction)."""
@@ -321,8 +335,7 @@ class Operations(pyfuse3.Operations):
         """Free an orphan once neither the kernel nor an open file knows it."""
         if ino in self._orphans and not self._nlookup.get(ino) and not self._nopen.get(ino):
             self._orphans.discard(ino)
-            self._meta_dirty.discard(ino)
-            self._attrs.pop(ino, None)
+            self._freed(ino)
             self._paths.pop(ino, None)
             self.mm.evict_inode(ino)
             self._prune_reserved(ino)
@@ -389,6 +402,7 @@ class Operations(pyfuse3.Operations):
                 self._nlookup[ino] = left
                 continue
             self._nlookup.pop(ino, None)
+            self._dead.pop(ino, None)
             if ino in self._orphans:
                 self._maybe_reap(ino)
             elif not self._nopen.get(ino) and ino not in self._meta_dirty:
@@ -399,7 +413,13 @@ class Operations(pyfuse3.Operations):
         """Attributes of an inode, from the cache (the image only on a miss)."""
         if self._is_ctl(inode):
             return self.control.attr(inode)
-        return self._attr(inode)
+        entry = self._attrs.get(inode)
+        if entry is None:
+            dead = self._dead.get(inode)
+            if dead is not None:
+                return dead
+            entry = self._load(inode)
+        return entry
 
     @_handler
     async def setattr(
@@ -531,8 +551,7 @@ class Operations(pyfuse3.Operations):
             if entry is not None:
                 entry.st_nlink = 0
         else:
-            self._attrs.pop(ino, None)
-            self._meta_dirty.discard(ino)
+            self._freed(ino)
             self.mm.evict_inode(ino)
             self._unreserve_all(ino)
 
@@ -558,7 +577,7 @@ class Operations(pyfuse3.Operations):
         ino = self.img.lookup(parent_inode, name)
         self.img.rmdir(parent_inode, name)
         self._refresh(parent_inode)
-        self._attrs.pop(ino, None)
+        self._freed(ino)
 
     @_handler
     async def rename(
@@ -597,7 +616,7 @@ class Operations(pyfuse3.Operations):
                 self._refresh(victim)
                 self._name(parent_inode_old, name_old, victim)
             elif victim_is_dir:
-                self._attrs.pop(victim, None)  # an empty directory: freed, like rmdir
+                self._freed(victim)  # an empty directory: freed, like rmdir
             else:
                 self._after_unlink(victim, in_use)
 

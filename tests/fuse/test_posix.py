@@ -490,3 +490,19 @@ def test_atime_relatime_by_default_and_noatime(mounter):
     n.p("f").read_bytes()
     assert os.stat(n.p("f")).st_atime_ns == old
     assert "noatime" in next(ln for ln in open("/proc/mounts") if str(n.path) in ln)
+
+
+def test_removed_directory_still_open_stats_with_nlink_0(mnt, tmpfs_dir):
+    for root in (mnt.path, tmpfs_dir):
+        d = root / "gone"
+        d.mkdir()
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.rmdir(d)
+            st = os.fstat(fd)
+            assert stat.S_ISDIR(st.st_mode) and st.st_nlink == 0, root
+            assert os.listdir(fd) == []
+        finally:
+            os.close(fd)
+        d.mkdir()  # the name (and maybe the inode number) can be used again
+        assert os.stat(d).st_nlink == 2
