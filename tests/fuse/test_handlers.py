@@ -157,7 +157,7 @@ def test_reservations_make_enospc_happen_at_write(fs):
 
 
 @pytest.mark.xfail(
-    reason="image bug: Image._find_free does not wrap to blocks before the goal when the "
+    reason="image bug (nvramfs/image/alloc.py, _find_free): no wrap to blocks before the goal when the "
     "goal is in bitmap block 0, so after the device was filled once write_pages raises "
     "CorruptImage although fsck counts free blocks",
     strict=False,
