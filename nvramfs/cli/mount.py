@@ -26,7 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "-o", dest="options", action="append", metavar="OPTIONS", help="mount options, see below"
     )
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("--debug", action="store_true", help="debug logging (implies nothing else)")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="debug logging (to IMAGE.daemon.log, or stderr with -f)",
+    )
     # mount(8) helpers may pass these; they mean nothing here.
     p.add_argument("-n", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-s", action="store_true", help=argparse.SUPPRESS)

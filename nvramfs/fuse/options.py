@@ -27,15 +27,14 @@ OPTION_HELP = [
     ("dram=SIZE", "DRAM budget of the simulated pagecache, e.g. 64M, 1G (default 64M)"),
     ("policy=NAME", "migration policy: none, mq, 2q (default), clock"),
     ("log=PATH", "event log (default: IMAGE.events.jsonl beside the image)"),
-    (
-        "cache=direct|kernel",
-        "direct (default): every read/write reaches the simulation (direct_io; "
-        "MAP_SHARED mmap refused, MAP_PRIVATE works); kernel: the kernel page cache "
-        "sits in front, MAP_SHARED works, the simulation sees only the kernel's misses",
-    ),
+    ("cache=direct", "(default) every read and write reaches the simulation (direct_io);"),
+    ("", "mmap: MAP_PRIVATE works, MAP_SHARED is refused by the kernel (ENODEV)"),
+    ("cache=kernel", "the kernel page cache sits in front: fewer requests, MAP_SHARED works,"),
+    ("", "and the simulation sees only the kernel's misses"),
     ("sim=on|off", "off: serve straight from the image, no simulation (benchmark baseline)"),
     ("trace_faults", "log one `fault` event per page fault (many)"),
-    ("writeback=SECONDS", "write dirty frames back after this long (default: mm's)"),
+    ("writeback=SECONDS", "write dirty frames back after this long (default 5)"),
+    ("noatime, strictatime", "access times on read (default relatime)"),
 ]
 
 # VFS mount flags libfuse understands; passed on to the kernel mount.
