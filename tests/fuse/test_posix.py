@@ -7,6 +7,7 @@ import errno
 import json
 import mmap
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -506,3 +507,76 @@ def test_removed_directory_still_open_stats_with_nlink_0(mnt, tmpfs_dir):
             os.close(fd)
         d.mkdir()  # the name (and maybe the inode number) can be used again
         assert os.stat(d).st_nlink == 2
+
+
+def random_ops(root: Path, seed: int, n: int) -> list[str]:
+    """A random sequence of namespace and data calls; returns what each call did."""
+    rnd = random.Random(seed)
+    names = ["a", "b", "c", "d/x", "d/y", "e", "d/sub/z"]
+    out = []
+    fds: dict[str, int] = {}
+    for _ in range(n):
+        op = rnd.choice(["write", "write", "trunc", "mkdir", "rename", "unlink", "link",
+                         "rmdir", "open", "close", "pwrite_open", "symlink", "chmod"])  # fmt: skip
+        p = root / rnd.choice(names)
+        q = root / rnd.choice(names)
+        try:
+            if op == "write":
+                with open(p, "ab") as f:
+                    f.write(rnd.randbytes(rnd.choice([1, 100, 4096, 9000])))
+            elif op == "trunc":
+                os.truncate(p, rnd.choice([0, 1, 4095, 4097, 20000]))
+            elif op == "mkdir":
+                os.mkdir(p)
+            elif op == "rename":
+                os.rename(p, q)
+            elif op == "unlink":
+                os.unlink(p)
+            elif op == "link":
+                os.link(p, q)
+            elif op == "rmdir":
+                os.rmdir(p)
+            elif op == "open" and str(p) not in fds:
+                fds[str(p)] = os.open(p, os.O_RDWR)
+            elif op == "close" and fds:
+                os.close(fds.pop(rnd.choice(sorted(fds))))
+            elif op == "pwrite_open" and fds:
+                fd = fds[rnd.choice(sorted(fds))]
+                os.pwrite(fd, rnd.randbytes(3000), rnd.choice([0, 5000, 12000]))
+            elif op == "symlink":
+                os.symlink("target", p)
+            elif op == "chmod":
+                os.chmod(p, rnd.choice([0o600, 0o755, 0o4755]), follow_symlinks=False)
+            out.append(f"{op} ok")
+        except OSError as exc:
+            out.append(f"{op} {errno.errorcode[exc.errno]}")
+        except NotImplementedError:
+            out.append(f"{op} notimpl")
+    for fd in fds.values():
+        os.close(fd)
+    return out
+
+
+def tree_state(root: Path) -> dict:
+    state = {}
+    for p in sorted(root.rglob("*")):
+        st = os.lstat(p)
+        rel = str(p.relative_to(root))
+        if stat.S_ISLNK(st.st_mode):
+            state[rel] = ("l", os.readlink(p))
+        elif stat.S_ISDIR(st.st_mode):
+            state[rel] = ("d", st.st_nlink, oct(st.st_mode))
+        else:
+            state[rel] = ("f", st.st_nlink, oct(st.st_mode), p.read_bytes())
+    return state
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_operations_match_tmpfs(mnt, tmpfs_dir, seed):
+    a = mnt.p(f"r{seed}")
+    b = tmpfs_dir / f"r{seed}"
+    a.mkdir()
+    b.mkdir()
+    assert random_ops(a, seed, 300) == random_ops(b, seed, 300)
+    assert tree_state(a) == tree_state(b)
+    assert mnt.stats()["errors"] == 0
