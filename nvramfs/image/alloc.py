@@ -38,8 +38,6 @@ class Allocator:
         g0 = goal // F.BITS_PER_BITMAP_BLOCK
         for k in range(nbm + 1):
             i = (g0 + k) % nbm
-            if k == nbm and g0 == 0:
-                break
             blk = self._block(start + i)
             if self._txn is None or (start + i) not in self._txn.blocks:
                 why = F.check_tail(blk, start + i, kind, start + i)

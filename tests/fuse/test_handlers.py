@@ -156,12 +156,6 @@ def test_reservations_make_enospc_happen_at_write(fs):
     call(fs.release, fi.fh)
 
 
-@pytest.mark.xfail(
-    reason="image bug (nvramfs/image/alloc.py, _find_free): no wrap to blocks before the goal when the "
-    "goal is in bitmap block 0, so after the device was filled once write_pages raises "
-    "CorruptImage although fsck counts free blocks",
-    strict=False,
-)
 def test_space_freed_after_enospc_can_be_written_again(fs):
     fi, attr = call(fs.create, pyfuse3.ROOT_INODE, b"big", stat.S_IFREG | 0o644, os.O_RDWR, CTX)
     chunk = b"z" * (1 << 20)
