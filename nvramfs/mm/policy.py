@@ -92,6 +92,13 @@ class Policy:
         self._touch_frames(hits, young, frames)
         return np.zeros(len(state), dtype=np.float32)
 
+    def _eligible(
+        self, flags: np.ndarray, touched: np.ndarray, promotable: np.ndarray, score: np.ndarray
+    ) -> np.ndarray:
+        """Hysteresis: a page demoted recently needs twice the threshold to come back."""
+        need = np.where(flags & F_DEMOTED, 2 * self.threshold, self.threshold)
+        return touched & promotable & (score >= need)
+
     def _touch_frames(self, hits: np.ndarray, young: np.ndarray, frames: np.ndarray) -> None:
         used = (frames > 0) & ((hits > 0) | young)
         f = frames[used]
@@ -161,8 +168,7 @@ class MultiQueuePolicy(Policy):
         # A demoted page that stayed away `cooldown` ticks is an ordinary page again.
         flags = np.where(touched & (age >= self.cooldown), flags & ~F_DEMOTED, flags)
         state[:] = np.where(touched, _join(flags, epoch, score), state)
-        need = np.where(flags & F_DEMOTED, 2 * self.threshold, self.threshold)
-        cand = touched & promotable & (score >= need)
+        cand = self._eligible(flags, touched, promotable, score)
         return np.where(cand, score, 0).astype(np.float32)
 
     def end_tick(self) -> None:
@@ -221,8 +227,7 @@ class TwoQueuePolicy(Policy):
         score = np.where(touched, new_score, score)
         epoch = np.where(touched, self.tick, epoch)
         state[:] = np.where(touched, _join(flags, epoch, score), state)
-        need = np.where(flags & F_DEMOTED, 2 * self.threshold, self.threshold)
-        cand = touched & promotable & (score >= need)
+        cand = self._eligible(flags, touched, promotable, score)
         return np.where(cand, score.astype(np.float32) + hits / 65536.0, 0).astype(np.float32)
 
     def victims(self, frames: np.ndarray) -> np.ndarray:
@@ -282,8 +287,7 @@ class ClockPolicy(Policy):
         epoch = np.where(young, self.tick, epoch)
         flags = np.where(young & ~consecutive, flags & ~F_DEMOTED, flags)
         state[:] = np.where(young, _join(flags, epoch, score), state)
-        need = np.where(flags & F_DEMOTED, 2 * self.threshold, self.threshold)
-        cand = young & promotable & (score >= need)
+        cand = self._eligible(flags, young, promotable, score)
         return np.where(cand, score, 0).astype(np.float32)
 
     def victims(self, frames: np.ndarray) -> np.ndarray:
