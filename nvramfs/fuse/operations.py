@@ -63,6 +63,7 @@ RESIDENCY_XATTR = b"user.nvramfs.residency"
 CTL_NAME = b".nvramfs"
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+_NO_REPLACE = pyfuse3.RENAME_EXCHANGE | pyfuse3.RENAME_NOREPLACE
 _DAY_NS = 86_400 * 10**9
 
 
@@ -94,6 +95,18 @@ def _mm_bug_types() -> tuple[type[BaseException], ...]:
     except ImportError:  # the mm layer is not there yet
         return ()
     return (MMBug,)
+
+
+def _in_group(file_gid: int, gid: int, pid: int) -> bool:
+    """Is the caller (primary group `gid`, process `pid`) in the group `file_gid`?
+    Supplementary groups come from /proc (read only when the primary one differs);
+    a process that is gone counts as not in the group."""
+    if gid == file_gid:
+        return True
+    try:
+        return file_gid in pyfuse3.get_sup_groups(pid)
+    except (OSError, RuntimeError):
+        return False
 
 
 def _handler(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -133,9 +146,13 @@ def _quiet_handler(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class OpenFile:
-    """One open file handle: the inode, its cached attributes, and the control state."""
+    """One open file handle: the inode, its cached attributes, and the control state.
 
-    __slots__ = ("ino", "attr", "ctl", "writable", "uid")
+    pyfuse3's read/write/flush/release carry no request context and no flags, so
+    what they need of the OPEN (who opened it, O_SYNC, O_NOATIME) is kept here.
+    """
+
+    __slots__ = ("ino", "attr", "ctl", "writable", "uid", "gid", "pid", "sync", "noatime")
 
     def __init__(
         self,
@@ -144,12 +161,21 @@ class OpenFile:
         writable: bool,
         ctl: Any = None,
         uid: int = 0,
+        *,
+        gid: int = 0,
+        pid: int = 0,
+        sync: bool = False,
+        noatime: bool = False,
     ):
         self.ino = ino
         self.attr = attr
         self.writable = writable
         self.ctl = ctl
         self.uid = uid  # who opened it: pyfuse3's write() has no request context
+        self.gid = gid  # and in which group (setgid is kept for a writer in the file's group)
+        self.pid = pid
+        self.sync = sync  # O_SYNC/O_DSYNC on a direct_io file: every write is fsync'ed
+        self.noatime = noatime  # O_NOATIME: reads through it leave atime alone
 
 
 class Operations(pyfuse3.Operations):
@@ -197,6 +223,9 @@ class Operations(pyfuse3.Operations):
         self._fh: dict[int, OpenFile] = {}
         self._next_fh = 1
         self._reserved: dict[int, set[int]] = {}  # hole pages reserved, per inode
+        # Files truncated to zero since their last close: the next close writes them
+        # back (ext4's auto_da_alloc), so a rewrite lost in a crash is not empty.
+        self._alloc_on_close: set[int] = set()
         # Inode numbers the image freed: a generation per number, so the kernel can
         # tell a reused number from the old inode; and the last attributes of a
         # removed directory the kernel still knows (fstat of an open fd: nlink 0).
@@ -287,6 +316,7 @@ class Operations(pyfuse3.Operations):
         self._gens[ino] = self._gens.get(ino, 0) + 1
         entry = self._attrs.pop(ino, None)
         self._meta_dirty.discard(ino)
+        self._alloc_on_close.discard(ino)
         if entry is not None and self._nlookup.get(ino):
             entry.st_nlink = 0
             self._dead[ino] = entry
@@ -431,7 +461,13 @@ class Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         """chmod/chown/truncate/utimens. UTIME_NOW arrives as a time pyfuse3 filled in,
-        UTIME_OMIT as a field not flagged. Any change stamps ctime."""
+        UTIME_OMIT as a field not flagged. Any change stamps ctime.
+
+        A size goes through `_set_size`, the one truncate path. Privileges: the
+        kernel here (libfuse 3.14 without FUSE_CAP_HANDLE_KILLPRIV in effect) sends
+        the mode a chown or an unprivileged truncate leaves, in the same request;
+        when it does not (a kernel that leaves killpriv to the filesystem), the
+        same rule is applied here (`_drop_privs`)."""
         if self._is_ctl(inode):
             return self.control.attr(inode)  # `echo cmd > ctl` truncates first: accept
         self._check_writable()
@@ -439,28 +475,15 @@ class Operations(pyfuse3.Operations):
         now = time.time_ns()
         kw: dict[str, int] = {}
         if fields.update_size:
-            if stat.S_ISDIR(cur.st_mode):
-                raise FUSEError(errno.EISDIR)
-            if not stat.S_ISREG(cur.st_mode):
-                raise FUSEError(errno.EINVAL)
-            size = attr.st_size
-            if size < 0:
-                raise FUSEError(errno.EINVAL)
-            # The image must know the current size first, or a shrink from a size
-            # only this cache knows would look like no change and free nothing.
-            self.flush_meta(inode)
-            if size > cur.st_size:
-                # Grow: let the image refuse (EFBIG) before anything changes.
-                self.img.setattr(inode, size=size)
-                self.mm.truncate(inode, size)
-            else:
-                self.mm.truncate(inode, size)
-                self._unreserve_from(inode, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
-            kw["size"] = size
-            kw["mtime_ns"] = now
-            cur.st_size = size
+            kw.update(self._set_size(inode, cur, attr.st_size, now))
         if fields.update_mode:
             kw["mode"] = stat.S_IFMT(cur.st_mode) | stat.S_IMODE(attr.st_mode)
+        else:
+            chown = fields.update_uid or fields.update_gid
+            if chown or fields.update_size:
+                mode = self._drop_privs(cur, ctx.uid, ctx.gid, ctx.pid, chown=chown)
+                if mode != cur.st_mode:
+                    kw["mode"] = mode
         if fields.update_uid:
             kw["uid"] = attr.st_uid
         if fields.update_gid:
@@ -473,9 +496,86 @@ class Operations(pyfuse3.Operations):
         if inode in self._meta_dirty:
             kw.setdefault("size", cur.st_size)
             kw.setdefault("mtime_ns", cur.st_mtime_ns)
+            kw.setdefault("atime_ns", cur.st_atime_ns)
             self._meta_dirty.discard(inode)
         self.img.setattr(inode, **kw)
         return self._load(inode)
+
+    def _set_size(
+        self, ino: int, entry: pyfuse3.EntryAttributes, size: int, now: int
+    ) -> dict[str, int]:
+        """Give a regular file a new size in mm and in the reservations: the one
+        truncate path, for truncate(2), ftruncate(2) and open(O_TRUNC) alike.
+
+        mm drops every page past the end (dirty frames without writeback) and
+        zeroes the partial tail; reservations of dropped holes go back. Returns
+        the fields the caller writes in its one `img.setattr` (size, mtime,
+        ctime), where the image frees the blocks past the end. A truncate to
+        zero arms the writeback at the next close (`_alloc_on_close`).
+        """
+        if stat.S_ISDIR(entry.st_mode):
+            raise FUSEError(errno.EISDIR)
+        if not stat.S_ISREG(entry.st_mode):
+            raise FUSEError(errno.EINVAL)
+        if size < 0:
+            raise FUSEError(errno.EINVAL)
+        # The image must know the current size first, or a shrink from a size
+        # only this cache knows would look like no change and free nothing.
+        self.flush_meta(ino)
+        if size > entry.st_size:
+            # Grow: let the image refuse (EFBIG) before anything changes.
+            self.img.setattr(ino, size=size)
+            self.mm.truncate(ino, size)
+        else:
+            self.mm.truncate(ino, size)
+            self._unreserve_from(ino, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
+        entry.st_size = size
+        if size == 0:
+            self._alloc_on_close.add(ino)
+        return {"size": size, "mtime_ns": now, "ctime_ns": now}
+
+    def _truncate_on_open(
+        self, ino: int, entry: pyfuse3.EntryAttributes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        """open(O_TRUNC) of a regular file, with FUSE_CAP_ATOMIC_O_TRUNC (pyfuse3
+        leaves it on): the kernel sends no SETATTR; it drops its own cached pages,
+        sets its i_size to 0 and forgets its cached attributes, so the next stat
+        asks here. The truncation itself is ours, through `_set_size`, with the
+        new mtime and ctime and the privileges a truncate by this caller drops
+        (the kernel's killpriv for this SETATTR never reaches us), in one image
+        transaction. Linux truncates on O_RDONLY|O_TRUNC too."""
+        now = time.time_ns()
+        kw = self._set_size(ino, entry, 0, now)
+        mode = self._drop_privs(entry, ctx.uid, ctx.gid, ctx.pid)
+        if mode != entry.st_mode:
+            kw["mode"] = mode
+        self.img.setattr(ino, **kw)
+        self._load(ino)
+
+    @staticmethod
+    def _drop_privs(
+        entry: pyfuse3.EntryAttributes, uid: int, gid: int, pid: int, *, chown: bool = False
+    ) -> int:
+        """The mode left after a write, truncate or chown by (uid, gid), as the VFS's
+        setattr_should_drop_suidgid and chown_common decide: setuid always goes;
+        setgid goes when group-exec is set, or when the caller is neither in the
+        file's group nor privileged. A write or truncate by a privileged caller
+        (uid 0: CAP_FSETID) keeps both; a chown drops them from any non-directory,
+        root's too. Only regular files lose them on write/truncate."""
+        mode = entry.st_mode
+        if not mode & (stat.S_ISUID | stat.S_ISGID):
+            return mode
+        if chown:
+            if stat.S_ISDIR(mode):
+                return mode
+        elif uid == 0 or not stat.S_ISREG(mode):
+            return mode
+        mode &= ~stat.S_ISUID
+        if mode & stat.S_ISGID and (
+            mode & stat.S_IXGRP or (uid != 0 and not _in_group(entry.st_gid, gid, pid))
+        ):
+            mode &= ~stat.S_ISGID
+        return mode
 
     @_handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -607,6 +707,8 @@ class Operations(pyfuse3.Operations):
         in_use = victim is not None and self._in_use(victim)
         if victim is not None and not in_use and victim in self._reserved:
             self._prune_reserved(victim)
+        if victim is not None and not victim_is_dir and not flags & _NO_REPLACE:
+            self._write_back_before_replace(ino)
         self._rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, victim, in_use)
         self._refresh(parent_inode_old, parent_inode_new, ino)
         if self._paths.get(ino) is not None or ino in self._nlookup:
@@ -619,6 +721,15 @@ class Operations(pyfuse3.Operations):
                 self._freed(victim)  # an empty directory: freed, like rmdir
             else:
                 self._after_unlink(victim, in_use)
+
+    def _write_back_before_replace(self, ino: int) -> None:
+        """rename over an existing file (the atomic save: write a new file, rename it
+        over the old): the new file's data and size reach the image before the
+        name does, so a crash shows the old file or the whole new one, never an
+        empty one (ext4's auto_da_alloc forces the same writeback on rename)."""
+        if stat.S_ISREG(self._attr(ino).st_mode):
+            self.mm.fsync(ino)
+            self.flush_meta(ino)
 
     def _rename(
         self,
@@ -646,30 +757,62 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
 
+    def _open_file(
+        self, ino: int, entry: pyfuse3.EntryAttributes, flags: int, ctx: pyfuse3.RequestContext
+    ) -> OpenFile:
+        """The handle's state from the OPEN/CREATE flags (docs/POSIX.md has the table).
+
+        O_SYNC/O_DSYNC: under cache=kernel the kernel sends FSYNC after each
+        write itself; under direct_io it does not, so `write` does it. O_APPEND,
+        O_DIRECT, O_NONBLOCK, O_CLOEXEC are the kernel's business (it computes
+        the append offset from its i_size, which every reply keeps exact)."""
+        return OpenFile(
+            ino,
+            entry,
+            bool(flags & _WRITE_FLAGS),
+            uid=ctx.uid,
+            gid=ctx.gid,
+            pid=ctx.pid,
+            sync=self.direct_io and bool(flags & os.O_DSYNC),
+            noatime=bool(flags & os.O_NOATIME),
+        )
+
     @_handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        """Open a file; the handle is passed to read/write/flush/fsync/release."""
+        """Open a file; the handle is passed to read/write/flush/fsync/release.
+
+        The kernel strips O_CREAT, O_EXCL and O_NOCTTY, and never sends O_PATH.
+        O_TRUNC truncates a regular file (`_truncate_on_open`), also with
+        O_RDONLY as Linux does, and so needs a writable mount (EROFS)."""
         if self._is_ctl(inode):
             return self.control.open(inode, flags, self)
-        writable = bool(flags & _WRITE_FLAGS)
-        if writable:
+        trunc = bool(flags & os.O_TRUNC)
+        if trunc or flags & _WRITE_FLAGS:
             self._check_writable()
         entry = self._attr(inode)
         if stat.S_ISDIR(entry.st_mode):
             raise FUSEError(errno.EISDIR)
-        fh = self._new_fh(OpenFile(inode, entry, writable, uid=ctx.uid))
+        if trunc and stat.S_ISREG(entry.st_mode):
+            self._truncate_on_open(inode, entry, ctx)
+        fh = self._new_fh(self._open_file(inode, entry, flags, ctx))
         return self._file_info(fh)
 
     @_handler
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        """Create and open a regular file (+1 lookup)."""
+        """Create and open a regular file (+1 lookup); the flags are open's.
+
+        The kernel sends CREATE only when its LOOKUP of the name answered ENOENT,
+        holding the directory's lock, so the name is new. Were it not, the image's
+        EEXIST is the answer whatever the flags: the existing file is neither
+        opened nor truncated (O_TRUNC, when the kernel passes it, has nothing to
+        cut in a new file)."""
         self._check_new(parent_inode, name)
         uid, gid, mode = self._ctx_ids(parent_inode, ctx, mode)
         ino = self.img.create(parent_inode, name, mode, uid, gid, 0)
         entry = await self._new_entry(parent_inode, name, ino)
-        fh = self._new_fh(OpenFile(ino, entry, True, uid=ctx.uid))
+        fh = self._new_fh(self._open_file(ino, entry, flags, ctx))
         return self._file_info(fh), entry
 
     # read and write are the hot path: they carry _handler's try/except inline
@@ -690,9 +833,9 @@ class Operations(pyfuse3.Operations):
                 size = end - off
             at = entry.st_atime_ns
             if at <= entry.st_mtime_ns or at <= entry.st_ctime_ns or self.atime != "relatime":
-                self._touch_atime(of.ino, entry)
+                self._touch_atime(of, entry)
             elif time.time_ns() - at > _DAY_NS:
-                self._touch_atime(of.ino, entry)
+                self._touch_atime(of, entry)
             return self.mm.read(of.ino, off, size)
         except FUSEError:
             raise
@@ -713,35 +856,38 @@ class Operations(pyfuse3.Operations):
                 return 0
             entry = of.attr
             if entry.st_mode & 0o6000 and of.uid:
-                self._kill_suid(of.ino, entry)
+                self._kill_suid(of, entry)
             self.reserve(of.ino, off, n)
             self.mm.write(of.ino, off, buf)
             if off + n > entry.st_size:
                 entry.st_size = off + n
             entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
             self._meta_dirty.add(of.ino)
+            if of.sync:
+                self.mm.fsync(of.ino)
+                self.flush_meta(of.ino)
             return n
         except FUSEError:
             raise
         except Exception as exc:
             raise self.translate("write", exc) from None
 
-    def _touch_atime(self, ino: int, entry: pyfuse3.EntryAttributes) -> None:
-        """A read updates atime (in the cache; the image gets it with size and mtime)."""
-        if self.atime == "noatime" or self.readonly:
+    def _touch_atime(self, of: OpenFile, entry: pyfuse3.EntryAttributes) -> None:
+        """A read updates atime (in the cache; the image gets it with size and mtime),
+        unless the mount is noatime or the file was opened O_NOATIME."""
+        if self.atime == "noatime" or self.readonly or of.noatime:
             return
         entry.st_atime_ns = time.time_ns()
-        self._meta_dirty.add(ino)
+        self._meta_dirty.add(of.ino)
 
-    def _kill_suid(self, ino: int, entry: pyfuse3.EntryAttributes) -> None:
-        """A write by an unprivileged opener clears setuid, and setgid when group-exec
-        is set (as the VFS's file_remove_privs; FUSE direct_io writes leave it to us)."""
-        mode = entry.st_mode & ~stat.S_ISUID
-        if mode & stat.S_IXGRP:
-            mode &= ~stat.S_ISGID
+    def _kill_suid(self, of: OpenFile, entry: pyfuse3.EntryAttributes) -> None:
+        """A write by an unprivileged opener drops setuid/setgid as the VFS's
+        file_remove_privs would (`_drop_privs`): FUSE direct_io writes leave it to
+        us; under cache=kernel the kernel has sent the SETATTR already."""
+        mode = self._drop_privs(entry, of.uid, of.gid, of.pid)
         if mode != entry.st_mode:
-            self.img.setattr(ino, mode=mode)
-            self._load(ino)
+            self.img.setattr(of.ino, mode=mode)
+            self._load(of.ino)
 
     def reserve(self, ino: int, off: int, length: int) -> None:
         """Reserve image blocks for the holes a write fills: ENOSPC now, at write(),
@@ -800,7 +946,20 @@ class Operations(pyfuse3.Operations):
         times reach the image, so `ls -l` after a crash shows what was closed."""
         of = self._fh[fh]
         if of.ctl is None and of.writable:
+            self._write_back_after_truncate(of)
             self.flush_meta(of.ino)
+
+    def _write_back_after_truncate(self, of: OpenFile) -> None:
+        """ext4's auto_da_alloc at close: a file truncated to zero (O_TRUNC,
+        ftruncate) and written since is written back when a writable descriptor
+        closes, so a rewrite lost in a crash right after the program closed it
+        shows the new data, not an empty file. Closes of read-only descriptors
+        and of a file still empty only disarm it."""
+        ino = of.ino
+        if ino in self._alloc_on_close:
+            self._alloc_on_close.discard(ino)
+            if of.attr.st_size:
+                self.mm.fsync(ino)
 
     @_handler
     async def release(self, fh: int) -> None:
@@ -809,6 +968,8 @@ class Operations(pyfuse3.Operations):
         if of.ctl is not None:
             return
         ino = of.ino
+        if of.writable:
+            self._write_back_after_truncate(of)  # a handle closed without a FLUSH
         left = self._nopen.get(ino, 1) - 1
         if left > 0:
             self._nopen[ino] = left
@@ -820,7 +981,8 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def fsync(self, fh: int, datasync: bool) -> None:
         """Write the file's dirty frames back and its size/times into the image;
-        returns only when both are durable."""
+        returns only when both are durable. fdatasync (`datasync`) does the same:
+        stronger than asked, never weaker."""
         of = self._fh[fh]
         if of.ctl is not None:
             return
