@@ -949,14 +949,15 @@ class Operations(pyfuse3.Operations):
             self._write_back_after_truncate(of)
             self.flush_meta(of.ino)
 
-    def _write_back_after_truncate(self, of: OpenFile) -> None:
+    def _write_back_after_truncate(self, of: OpenFile, *, last: bool = False) -> None:
         """ext4's auto_da_alloc at close: a file truncated to zero (O_TRUNC,
         ftruncate) and written since is written back when a writable descriptor
         closes, so a rewrite lost in a crash right after the program closed it
-        shows the new data, not an empty file. Closes of read-only descriptors
-        and of a file still empty only disarm it."""
+        shows the new data, not an empty file. A close that finds the file still
+        empty leaves it armed (a shell closes the descriptor it opened before it
+        writes through the dup); the release of the handle disarms it (`last`)."""
         ino = of.ino
-        if ino in self._alloc_on_close:
+        if ino in self._alloc_on_close and (last or of.attr.st_size):
             self._alloc_on_close.discard(ino)
             if of.attr.st_size:
                 self.mm.fsync(ino)
@@ -969,7 +970,7 @@ class Operations(pyfuse3.Operations):
             return
         ino = of.ino
         if of.writable:
-            self._write_back_after_truncate(of)  # a handle closed without a FLUSH
+            self._write_back_after_truncate(of, last=True)
         left = self._nopen.get(ino, 1) - 1
         if left > 0:
             self._nopen[ino] = left
