@@ -208,3 +208,55 @@ def test_control_files(fs):
         assert ei.value.errno == errno.EINVAL
     with pytest.raises(pyfuse3.FUSEError):
         call(fs.open, st.st_ino, os.O_WRONLY, CTX)
+
+
+def test_create_on_an_existing_name_is_eexist_and_leaves_the_file(fs):
+    """CREATE comes only after LOOKUP said ENOENT; were the name there, the answer is
+    EEXIST whatever the flags, and the existing file is neither opened nor truncated."""
+    fi, attr = call(fs.create, pyfuse3.ROOT_INODE, b"f", stat.S_IFREG | 0o644, os.O_RDWR, CTX)
+    call(fs.write, fi.fh, 0, b"keep")
+    call(fs.release, fi.fh)
+    for flags in (os.O_RDWR | os.O_TRUNC, os.O_RDWR | os.O_EXCL | os.O_TRUNC, os.O_RDONLY):
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            call(fs.create, pyfuse3.ROOT_INODE, b"f", stat.S_IFREG | 0o644, flags, CTX)
+        assert ei.value.errno == errno.EEXIST
+    assert call(fs.getattr, attr.st_ino, CTX).st_size == 4
+    fi = call(fs.open, attr.st_ino, os.O_RDONLY, CTX)
+    assert bytes(call(fs.read, fi.fh, 0, 100)) == b"keep"
+    call(fs.release, fi.fh)
+
+
+def test_open_o_trunc_on_a_mount_turned_read_only_is_erofs(fs):
+    """After a fatal error the daemon is read-only while the kernel still thinks the
+    mount is writable: O_TRUNC (even with O_RDONLY) must refuse, not truncate."""
+    fi, attr = call(fs.create, pyfuse3.ROOT_INODE, b"f", stat.S_IFREG | 0o644, os.O_RDWR, CTX)
+    call(fs.write, fi.fh, 0, b"precious")
+    call(fs.release, fi.fh)
+    fs.readonly = True
+    for flags in (os.O_WRONLY | os.O_TRUNC, os.O_RDONLY | os.O_TRUNC):
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            call(fs.open, attr.st_ino, flags, CTX)
+        assert ei.value.errno == errno.EROFS
+    fi = call(fs.open, attr.st_ino, os.O_RDONLY, CTX)
+    assert bytes(call(fs.read, fi.fh, 0, 100)) == b"precious"
+    call(fs.release, fi.fh)
+
+
+def test_open_o_trunc_frees_blocks_and_reservations_through_the_truncate_path(fs):
+    """O_TRUNC takes setattr's path: dirty frames dropped, reservations of holes never
+    written back returned, blocks freed, and the image's size 0 at once."""
+    fi, attr = call(fs.create, pyfuse3.ROOT_INODE, b"f", stat.S_IFREG | 0o644, os.O_RDWR, CTX)
+    ino = attr.st_ino
+    free0 = fs.img.statfs().bfree
+    call(fs.write, fi.fh, 0, b"x" * (64 * 4096))
+    fs.mm.fsync(ino)
+    call(fs.write, fi.fh, 64 * 4096, b"y" * (32 * 4096))  # reserved, not written back
+    call(fs.release, fi.fh)
+    assert fs.mm.residency(ino)["dirty"] == 32
+    assert fs.img.statfs().bfree < free0 - 90
+    fi = call(fs.open, ino, os.O_WRONLY | os.O_TRUNC, CTX)
+    assert fs.mm.residency(ino)["dirty"] == 0
+    assert fs.img.getattr(ino).size == 0
+    assert fs.img.statfs().bfree == free0
+    assert ino not in fs._reserved
+    call(fs.release, fi.fh)
