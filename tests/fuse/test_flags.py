@@ -11,6 +11,7 @@ import fcntl
 import json
 import mmap
 import os
+import re
 import select
 import shutil
 import stat
@@ -350,3 +351,41 @@ def test_access_mknod_and_control_files(mnt):
         assert json.loads(os.read(fd, 1 << 20))
     finally:
         os.close(fd)
+
+
+def test_sync_and_syncfs_never_reach_the_daemon_ctl_sync_does(mounter):
+    """The kernel sends FUSE_SYNCFS only to virtiofs: sync(1) and syncfs(2) return 0
+    and leave nvramfs's dirty frames where they are. `sync` written to
+    .nvramfs/ctl (or fsync, or unmount) is how to write everything back."""
+    m = mounter(mounter.image(), "writeback=3600")
+    p = m.p("f")
+    p.write_bytes(os.urandom(40_000))
+    assert dirty_pages(p) == 10
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert libc.syncfs(fd) == 0
+    finally:
+        os.close(fd)
+    os.sync()
+    assert dirty_pages(p) == 10  # if a kernel ever sends SYNCFS here, update docs/POSIX.md
+    m.ctl("sync")
+    assert dirty_pages(p) == 0
+
+
+def test_posix_md_names_only_existing_tests():
+    """Every row of docs/POSIX.md's tables names a test function that exists."""
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "POSIX.md").read_text()
+    rows = [ln for ln in doc.splitlines() if ln.startswith("|") and not ln.startswith("| --")]
+    named = 0
+    for row in rows[1:]:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))]
+        if cells[0] in ("request", "what the program does", "crash when"):
+            continue  # a table's header
+        refs = re.findall(r"`(test_\w+)::(test_\w+)`", cells[-1])
+        assert refs, f"row names no test: {row}"
+        for module, func in refs:
+            src = (root / "tests" / "fuse" / f"{module}.py").read_text()
+            assert re.search(rf"^def {func}\(", src, re.M), f"{module}::{func} does not exist"
+            named += 1
+    assert named >= 40

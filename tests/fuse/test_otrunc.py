@@ -323,3 +323,30 @@ def public_dir():
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_crash_before_close_never_shows_the_old_data(mounter):
+    """Crash between the O_TRUNC and the close: the file is empty, or has its new size
+    with the new bytes or zeros (the once-a-second size update); never old bytes."""
+    img = mounter.image()
+    m = mounter(img, "writeback=3600")
+    old = b"O" * 30_000
+    m.p("f").write_bytes(old)
+    m.umount()
+    m = mounter(img, "writeback=3600")
+    new = b"N" * 20_000
+    fd = os.open(m.p("f"), os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, new)
+        time.sleep(1.5)  # let the size update run: the harder case
+        m.kill9()
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    m = mounter(img)
+    data = m.p("f").read_bytes()
+    assert len(data) in (0, len(new))
+    assert b"O" not in data
+    assert all(c in (0, ord("N")) for c in set(data))
