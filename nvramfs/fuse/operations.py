@@ -25,6 +25,9 @@ Gotchas, written down so nobody rediscovers them:
   live in the cache and reach the image at flush/fsync/release, on the
   once-a-second tick and at unmount; fsync makes them durable before it
   returns.
+- pyfuse3 leaves libfuse's FUSE_CAP_ATOMIC_O_TRUNC on: O_TRUNC comes inside
+  OPEN's flags, never as a SETATTR, so `open` truncates (`_truncate_on_open`,
+  through `_set_size` as setattr does). docs/POSIX.md lists every flag.
 - `cache=direct` opens files with `direct_io` (every read reaches the
   simulation; MAP_SHARED mmap is refused by the kernel, MAP_PRIVATE works);
   `cache=kernel` keeps the kernel page cache (`keep_cache`).

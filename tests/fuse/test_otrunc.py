@@ -61,7 +61,8 @@ def test_otrunc_of_dirty_file_leaves_nothing_of_the_old_data(mounter, cache):
         f.write(old[100 * 4096 :])  # ... half in dirty frames only
         f.seek(0)
         f.write(b"D" * 8192)  # and a dirty COW of on-image pages
-    assert dirty_pages(p) > 0
+    if m.stats()["sim"]:  # sim=off writes straight to the image
+        assert dirty_pages(p) > 0
     free_before = os.statvfs(m.path).f_bfree
     with open(p, "wb") as f:
         assert os.fstat(f.fileno()).st_size == 0
