@@ -962,7 +962,7 @@ class Operations(pyfuse3.Operations):
         ino = of.ino
         if ino in self._alloc_on_close and (last or of.attr.st_size):
             self._alloc_on_close.discard(ino)
-            if of.attr.st_size:
+            if of.attr.st_size and ino not in self._orphans:  # an orphan's data dies with it
                 self.mm.fsync(ino)
 
     @_handler
