@@ -195,6 +195,7 @@ def test_write_truncate_chown_drop_setuid_setgid_as_tmpfs_does(
         "chown-root-sgid-noexec": (0o2745, "chown-root"),
         "write-root": (0o6777, "append-root"),
         "truncate-root": (0o6777, "truncate-root"),
+        "chmod-sgid-nonmember": (0o644, "chmod-nobody"),
     }
     seen: dict[tuple[str, str], int] = {}
     for root in (m.path, tmpfs_dir):
@@ -216,6 +217,10 @@ def test_write_truncate_chown_drop_setuid_setgid_as_tmpfs_does(
                     f.write(b"more")
             elif what == "truncate-root":
                 os.truncate(p, 1)
+            elif what == "chmod-nobody":  # setgid asked by a non-member: the kernel drops it
+                os.chown(p, 65534, 0)
+                out = as_nobody(f"import os; os.chmod({str(p)!r}, 0o2755)")
+                assert out.returncode == 0, out.stderr
             seen[(where, name)] = stat.S_IMODE(os.stat(p).st_mode)
     for name in cases:
         assert seen[("nvramfs", name)] == seen[("tmpfs", name)], (name, seen)
