@@ -397,3 +397,27 @@ def test_posix_md_names_only_existing_tests():
             assert re.search(rf"^def {func}\(", src, re.M), f"{module}::{func} does not exist"
             named += 1
     assert named >= 40
+
+
+def test_system_xattrs_and_acls_are_refused(mnt):
+    """ACLs are off: the kernel hands ACL xattrs to the daemon, which stores no
+    system.* name (EOPNOTSUPP); an empty ACL is a removal of nothing (ENODATA)."""
+    p = mnt.p("f")
+    p.write_bytes(b"")
+    # user::rw- user:1234:rwx group::r-- mask::rwx other::r-- (a named user: not a mode)
+    entries = ((1, 6, -1), (2, 7, 1234), (4, 4, -1), (0x10, 7, -1), (0x20, 4, -1))
+    acl = struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, perm, ident & 0xFFFFFFFF) for tag, perm, ident in entries
+    )
+    for name, value, expect in (
+        ("system.posix_acl_access", acl, errno.EOPNOTSUPP),
+        ("system.nvramfs_test", b"x", errno.EOPNOTSUPP),
+        ("system.posix_acl_access", struct.pack("<I", 2), errno.ENODATA),
+    ):
+        with pytest.raises(OSError) as ei:
+            os.setxattr(p, name, value)
+        assert ei.value.errno == expect, name
+    assert os.listxattr(p) == []
+    with pytest.raises(OSError) as ei:
+        os.getxattr(p, "system.posix_acl_access")
+    assert ei.value.errno == errno.ENODATA
