@@ -227,7 +227,7 @@ def serve(
     # long as this process (also after kill -9, the kernel drops it).
     # mkfs --force and fsck's repairs take the same lock (nvramfs/image/lock.py).
     try:
-        lock_fd = lock_image(image)
+        _held = lock_image(image)  # an fd, open (and the lock held) until the daemon exits
     except ImageInUse:
         report("ERR", f"1 image {image} is in use (mounted elsewhere?)")
         return 1
@@ -389,9 +389,7 @@ def lost_dirty_report(img: Any) -> tuple[dict[str, Any], str]:
     when = time.strftime("%H:%M:%S", time.localtime(summ.time_ns / 1e9))
     if not summ.pages:
         return fields, f"no dirty pages were lost (dirty summary of {when})"
-    shown = ", ".join(
-        f"{f['path'] or 'inode ' + str(f['ino'])} ({f['pages']})" for f in files[:5]
-    )
+    shown = ", ".join(f"{f['path'] or 'inode ' + str(f['ino'])} ({f['pages']})" for f in files[:5])
     more = f", and {summ.files - 5} more files" if summ.files > 5 else ""
     return fields, (
         f"{summ.pages} dirty pages of {summ.files} file{'s' * (summ.files != 1)} were lost "
