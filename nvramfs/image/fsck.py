@@ -272,7 +272,7 @@ def _recovery_pending(rep: Report) -> bool:
 def _stage_recover(path: str) -> list[str]:
     """A writable open and a clean close: journal replay, orphans, both superblock copies."""
     try:
-        img = Image.open(path, _repair=True)
+        img = Image.open(path, _tool=True)
     except CorruptImage:
         return []
     done = [f"recovery: {r}" for r in img.recovery]
@@ -608,7 +608,7 @@ def _write_bitmap(raw: _Raw, start: int, nbm: int, kind: int, bits: np.ndarray) 
 def _stage4(path: str, findings: list[Finding], rep: Report) -> list[str]:
     """Blocks claimed twice: each later claimant gets its own copy (e2fsck's 1B-1D)."""
     done = []
-    img = Image.open(path, _repair=True)
+    img = Image.open(path, _tool=True)
     try:
         by_ino: dict[int, list[tuple[int, int]]] = {}
         for f in findings:
@@ -660,7 +660,7 @@ def _stage5(path: str, findings: list[Finding], rep: Report) -> list[str]:
     done = []
     lost_dirs = {f.ino: f.data for f in findings if f.data is not None and f.data[0] == "dir"}
     lost_files = {f.ino: f.data for f in findings if f.data is not None and f.data[0] == "file"}
-    img = Image.open(path, _repair=True)
+    img = Image.open(path, _tool=True)
     try:
         lf = _lost_found(img, done)
         if lost_dirs:

@@ -192,7 +192,7 @@ class Image(Allocator, ExtentMaps, Directories):
         self.root_ino = F.ROOT_INO
         self.path = ""
         self._lenient = False
-        self._repair = False
+        self._tool = False
         self.corrupt: str | None = None  # first damage seen: no more writes (errors=remount-ro)
         # What the last session still had dirty in DRAM when it ended uncleanly
         # (its last dirty summary); None: clean, or not known.
@@ -208,7 +208,7 @@ class Image(Allocator, ExtentMaps, Directories):
         readonly: bool = False,
         persist: Persist | None = None,
         _lenient: bool = False,
-        _repair: bool = False,
+        _tool: bool = False,
     ) -> Image:
         """Map the image and check what serving it needs, in O(1) of its size.
 
@@ -219,7 +219,7 @@ class Image(Allocator, ExtentMaps, Directories):
         """
         img = cls()
         img._lenient = _lenient  # fsck: let a damaged root through, fsck reports it
-        img._repair = _repair  # fsck's own writable open: not a mount (no mount count)
+        img._tool = _tool  # fsck or mkfs, not a mount: no mount count, a bad copy is repaired
         img.path = str(path)
         img.readonly = readonly
         try:
@@ -360,7 +360,7 @@ class Image(Allocator, ExtentMaps, Directories):
         if self.readonly:
             return
         bad_copy = bool(self.sb_problems)
-        if bad_copy and self.was_clean and not self.sb_torn and not self._repair:
+        if bad_copy and self.was_clean and not self.sb_torn and not self._tool:
             # A cleanly closed image has nothing to recover: a bad copy is damage,
             # and rewriting it quietly would hide it. fsck says what else is wrong.
             raise CorruptImage(
@@ -371,7 +371,7 @@ class Image(Allocator, ExtentMaps, Directories):
         self._reclaim_orphans()
         with self._transaction() as txn:
             self._sb["state"] = F.STATE_DIRTY
-            if not self._repair:
+            if not self._tool:
                 self._sb["mounts"] = int(self._sb["mounts"]) + 1
                 self._sb["mount_time_ns"] = _now()
             DirtySummary.empty().to_sb(self._sb)  # this session has nothing dirty yet

@@ -67,6 +67,11 @@ class MkfsResult:
     skipped: list[str]
     seconds: float
 
+    @property
+    def inodes(self) -> int:
+        """Inodes a file can use: every slot but the reserved slot 0 (as `info` and df -i)."""
+        return self.nr_inodes - 1
+
 
 def parse_size(text: str) -> int:
     """'16G', '512M', '4096', '1.5G' -> bytes (binary units)."""
@@ -320,7 +325,7 @@ def mkfs(
         if sc is not None:
             files = _populate(tmp, sc, progress)
         else:
-            Image.open(tmp).close()  # one journaled transaction: the journal is valid
+            Image.open(tmp, _tool=True).close()  # one journaled transaction: the journal is valid
         os.replace(tmp, path)
     except FsError as exc:
         raise NvramfsError(f"mkfs: {exc.strerror} while copying the tree") from None
@@ -345,7 +350,7 @@ def mkfs(
 
 def _populate(tmp: Path, sc: Scan, progress: Progress | None) -> int:
     persist = Persist()
-    img = Image.open(tmp, persist=persist)
+    img = Image.open(tmp, persist=persist, _tool=True)
     persist.bulk = True
     done = 0
 
