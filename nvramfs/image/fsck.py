@@ -376,14 +376,14 @@ def _stage2(path: str, findings: list[Finding], rep: Report) -> list[str]:
     done: list[str] = []
     clear = {f.ino for f in findings if f.kind == "clear"}
     with _Raw(path) as raw:
-        L = raw.L
         for f in findings:
             if f.kind == "csum" and f.ino not in clear:
                 raw.put_inode(f.ino, raw.inode(f.ino))
                 done.append(f"inode {f.ino}: checksum recomputed")
             elif f.kind == "slot":
-                raw.put_inode(f.ino, None)
-                done.append(f"inode {f.ino}: slot zeroed")
+                for ino in f.data:
+                    raw.put_inode(ino, None)
+                done.append(f"{f.where}: slot zeroed")
         for ino in sorted(clear):
             if ino == F.ROOT_INO:
                 raw.put_inode(ino, _new_root())
@@ -408,7 +408,6 @@ def _stage2(path: str, findings: list[Finding], rep: Report) -> list[str]:
             done.extend(_edit_dir(raw, d, drop.get(d, set()), retype.get(d, {})))
         if any(f.kind == "orphans" for f in findings):
             done.extend(_rebuild_orphans(raw, clear))
-        del L
     return done
 
 
@@ -850,10 +849,16 @@ class _Checker:
         used = table["mode"] != 0
         used[0] = False
         if table["mode"][0] != 0 or rows[0].any():
-            self.err("inode 0", "reserved slot is not zero", "slot", 0)
+            self.err("inode 0", "reserved slot is not zero", "slot", 0, [0])
         free_dirty = np.flatnonzero(~used & rows.any(axis=1))
-        for ino in free_dirty[free_dirty != 0].tolist():
-            self.err(f"inode {ino}", "free (mode 0) but not zeroed", "slot", ino)
+        for a, z, _ in _runs(free_dirty[free_dirty != 0]):
+            self.err(
+                _span(a, z, "inode"),
+                "free (mode 0) but not zeroed",
+                "slot",
+                a,
+                list(range(a, z + 1)),
+            )
         for ino in np.flatnonzero(used).tolist():
             rec = rows[ino]
             where = f"inode {ino} (inode table block {L.itable_start + ino // F.INODES_PER_BLOCK})"

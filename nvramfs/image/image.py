@@ -215,7 +215,10 @@ class Image(Allocator, ExtentMaps, Directories):
         Checks both superblock copies, the journal and the root inode before
         anything is written; then (writable) replays the journal, reclaims
         orphans and marks the image in use. Readonly opens replay into a
-        private copy-on-write mapping, so the file is never modified.
+        private copy-on-write mapping, so the file is never modified. A
+        writable open of a cleanly closed image with a bad superblock copy
+        refuses (damage, not a crash: run fsck). `_tool` (mkfs, fsck) is not
+        a mount: no mount count, and fsck may open what it repairs.
         """
         img = cls()
         img._lenient = _lenient  # fsck: let a damaged root through, fsck reports it

@@ -534,3 +534,24 @@ def test_lost_files_go_to_lost_and_found(tmp_path: Path, image: Path) -> None:
         lf = img.lookup(1, b"lost+found")
         assert img.getattr(lf).mode & 0o777 == 0o700
         assert image_files(img)[f"lost+found/#{f}"] == b"kept"
+
+
+def test_free_slots_and_file_types_are_repaired(tmp_path: Path, image: Path) -> None:
+    p = tmp_path / "s.img"
+    shutil.copy(image, p)
+    with Image.open(p, readonly=True) as img:
+        nr = img.L.nr_inodes
+    for ino in (nr - 3, nr - 2):  # two free slots with stray bytes
+        D.write(p, D.inode_offset(p, ino) + 40, b"junk")
+    etc = D.find(p, b"etc")
+    b = D.blocks_of(p, etc)[0]
+    data = p.read_bytes()[b * BS : (b + 1) * BS]
+    off = data.index(b"hostname") - F.DIRENT_HDR
+    D.write(p, b * BS + off + 11, bytes([F.DT_DIR]))  # a regular file's entry says directory
+    D.reseal(p, b)
+    rep = fsck(str(p))
+    assert (f"inodes {nr - 3}-{nr - 2} (2)", "free (mode 0) but not zeroed") in rep.errors
+    assert any("file type 4 does not match" in m for _, m in rep.errors)
+    rep = fsck(str(p), mode="y")
+    assert rep.exit_code == 1 and f"inodes {nr - 3}-{nr - 2} (2): slot zeroed" in rep.fixed
+    assert_clean(p)
