@@ -115,6 +115,7 @@ class Report:
     unexpected: bool = False  # preen met something it may not repair
     findings: list[Finding] = field(default_factory=list)
     rebuild: dict | None = None  # the bitmaps as the inodes say they should be
+    was_clean: bool = True  # the image was cleanly closed
 
     def error(
         self, where: str, what: str, kind: str = "", ino: int = 0, data: object = None
@@ -232,14 +233,14 @@ def _repair_locked(path: str, mode: str) -> Report:
         if mode == "p" and kinds - PREEN_KINDS:
             first.unexpected = True
             break
-        pending = _recovery_pending(cur)
+        pending = _recovery_pending(cur) or not cur.was_clean
         if not cur.findings and not pending:
             break
         if any("journal replayed" in n for n in cur.notes):
             fixed.extend(_stage1(path, [], cur))  # first: the checker saw the image replayed
             cur = check(path)
             continue
-        if not cur.findings:  # only recovery work: a writable open does it
+        if not cur.findings:  # only recovery work (or the clean mark): a writable open does it
             fixed.extend(_stage_recover(path))
             cur = check(path)
             break
@@ -786,6 +787,7 @@ class _Checker:
             self.err(f"inode {ino}", what, "clear", ino)
 
     def run(self) -> None:
+        self.rep.was_clean = self.img.was_clean
         self.check_superblock()
         self.check_inode_table()
         live = [i for i in np.flatnonzero(self.used).tolist() if i not in self.bad]
