@@ -227,6 +227,7 @@ def _repair_locked(path: str, mode: str) -> Report:
     if first.exit_code == EXIT_OPERATIONAL or first.findings and first.findings[0].kind == "":
         return first  # nothing recognisable, or both superblock copies gone: nothing to repair from
     fixed: list[str] = []
+    stopped: list[str] = []
     cur = first
     for _round in range(16):
         kinds = {f.kind for f in cur.findings}
@@ -245,7 +246,12 @@ def _repair_locked(path: str, mode: str) -> Report:
             cur = check(path)
             break
         stage = min(STAGE[k] for k in kinds)
-        done = _STAGES[stage](path, [f for f in cur.findings if STAGE[f.kind] == stage], cur)
+        try:
+            done = _STAGES[stage](path, [f for f in cur.findings if STAGE[f.kind] == stage], cur)
+        except (CorruptImage, OSError) as exc:  # FsError is an OSError
+            # Damage this stage did not expect: stop here, report what is left.
+            stopped.append(f"repair stopped at stage {stage}: {exc}")
+            break
         if not done:
             break  # nothing this stage could do: what is left stays uncorrected
         fixed.extend(done)
@@ -255,7 +261,7 @@ def _repair_locked(path: str, mode: str) -> Report:
         cur = check(path)
     first.fixed = fixed
     first.remaining = list(cur.errors)
-    first.notes = [n for n in cur.notes] if fixed else first.notes
+    first.notes = (list(cur.notes) if fixed else first.notes) + stopped
     first.stats = cur.stats or first.stats
     code = EXIT_CORRECTED if fixed else EXIT_CLEAN
     if cur.errors or first.unexpected:
@@ -429,7 +435,8 @@ def _dir_blocks(raw: _Raw, d: int) -> tuple[np.void, list[int]]:
     try:
         rec = raw.inode(d)
         ext = img._parse_ext(d, rec)
-        n = int(rec["size"]) // BS
+        # Past its mapped pages a directory has only holes, and a hole ends it.
+        n = min(int(rec["size"]) // BS, int(ext.len.sum()) + 1)
         blocks = ext.lookup(np.arange(n, dtype=np.int64)).tolist() if n else []
     finally:
         img.close()
