@@ -18,7 +18,11 @@
 
 After `kill -9` nothing of the end runs; the image layer's journal keeps the
 image consistent, and the next mount sees `was_clean == False`, says what
-recovery did (stderr and the `mount` event's `recovered`).
+recovery did (stderr and the `mount` event's `recovered`) and how many dirty
+pages of which files were lost, from the dirty summary the ticker keeps in the
+superblock (`Image.note_dirty`, at most once a second; the event's `lost_*`).
+The daemon holds the image's lock (nvramfs/image/lock.py) for its lifetime, so
+mkfs --force and fsck's repairs refuse the image meanwhile.
 
 The pipe protocol (child -> parent), one line each: `MSG text` (print it to
 stderr), then `OK pid log` or `ERR exit_code text`.
