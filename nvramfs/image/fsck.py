@@ -256,6 +256,9 @@ def _repair_locked(path: str, mode: str) -> Report:
             break  # nothing this stage could do: what is left stays uncorrected
         fixed.extend(done)
         cur = check(path)
+        # What a stage uncovers (a file lost once its directory entry went) is found too.
+        known = set(first.errors)
+        first.errors.extend(e for e in cur.errors if e not in known)
     if fixed and not cur.findings:
         fixed.extend(_stage_recover(path))  # orphans; marked clean, both copies rewritten
         cur = check(path)
