@@ -131,6 +131,12 @@ class MMMachine(RuleBasedStateMachine):
             mod.extend(bytes(size - len(mod)))
 
     @rule(ino=st.sampled_from(INOS))
+    def open_o_trunc(self, ino: int) -> None:
+        self.mm.truncate(ino, 0, reason=schema.REASON_O_TRUNC)
+        self.backing.set_size(ino, 0)
+        del self.model[ino][:]
+
+    @rule(ino=st.sampled_from(INOS))
     def fsync(self, ino: int) -> None:
         self.mm.fsync(ino)
         mod = self.model[ino]
