@@ -505,7 +505,12 @@ class Operations(pyfuse3.Operations):
         return self._load(inode)
 
     def _set_size(
-        self, ino: int, entry: pyfuse3.EntryAttributes, size: int, now: int
+        self,
+        ino: int,
+        entry: pyfuse3.EntryAttributes,
+        size: int,
+        now: int,
+        reason: str = schema.REASON_TRUNCATE,
     ) -> dict[str, int]:
         """Give a regular file a new size in mm and in the reservations: the one
         truncate path, for truncate(2), ftruncate(2) and open(O_TRUNC) alike.
@@ -514,7 +519,8 @@ class Operations(pyfuse3.Operations):
         zeroes the partial tail; reservations of dropped holes go back. Returns
         the fields the caller writes in its one `img.setattr` (size, mtime,
         ctime), where the image frees the blocks past the end. A truncate to
-        zero arms the writeback at the next close (`_alloc_on_close`).
+        zero arms the writeback at the next close (`_alloc_on_close`). `reason`
+        (`truncate`, `o_trunc`) names mm's `zero` and `drop` events.
         """
         if stat.S_ISDIR(entry.st_mode):
             raise FUSEError(errno.EISDIR)
@@ -528,9 +534,9 @@ class Operations(pyfuse3.Operations):
         if size > entry.st_size:
             # Grow: let the image refuse (EFBIG) before anything changes.
             self.img.setattr(ino, size=size)
-            self.mm.truncate(ino, size)
+            self.mm.truncate(ino, size, reason)
         else:
-            self.mm.truncate(ino, size)
+            self.mm.truncate(ino, size, reason)
             self._unreserve_from(ino, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
         entry.st_size = size
         if size == 0:
@@ -548,7 +554,7 @@ class Operations(pyfuse3.Operations):
         (the kernel's killpriv for this SETATTR never reaches us), in one image
         transaction. Linux truncates on O_RDONLY|O_TRUNC too."""
         now = time.time_ns()
-        kw = self._set_size(ino, entry, 0, now)
+        kw = self._set_size(ino, entry, 0, now, schema.REASON_O_TRUNC)
         mode = self._drop_privs(entry, ctx.uid, ctx.gid, ctx.pid)
         if mode != entry.st_mode:
             kw["mode"] = mode
@@ -795,8 +801,11 @@ class Operations(pyfuse3.Operations):
         entry = self._attr(inode)
         if stat.S_ISDIR(entry.st_mode):
             raise FUSEError(errno.EISDIR)
-        if trunc and stat.S_ISREG(entry.st_mode):
-            self._truncate_on_open(inode, entry, ctx)
+        if stat.S_ISREG(entry.st_mode):
+            if trunc:
+                self._truncate_on_open(inode, entry, ctx)  # mm learns size 0 there
+            else:
+                self.mm.set_size(inode, entry.st_size)  # mapped accesses fault against it
         fh = self._new_fh(self._open_file(inode, entry, flags, ctx))
         return self._file_info(fh)
 
@@ -814,6 +823,7 @@ class Operations(pyfuse3.Operations):
         self._check_new(parent_inode, name)
         uid, gid, mode = self._ctx_ids(parent_inode, ctx, mode)
         ino = self.img.create(parent_inode, name, mode, uid, gid, 0)
+        self.mm.set_size(ino, 0)
         entry = await self._new_entry(parent_inode, name, ino)
         fh = self._new_fh(self._open_file(ino, entry, flags, ctx))
         return self._file_info(fh), entry
