@@ -1,12 +1,12 @@
 """How the device model hears what mm moved, without mm knowing of it.
 
-Two taps, both outside mm:
+Two taps:
 
 - the **counters** mm already keeps (page accesses, faults by kind,
-  promotions, demotions, COW): `Meter.account(counters)` prices what changed
-  since the last call. The event writer handed to mm is wrapped
-  (`Meter.events`) so that every `counters` event is accounted first and
-  carries `modelled_ns`;
+  promotions, demotions, COW): a MemoryManager built with `device=meter`
+  calls `Meter.account(counters)` each time it reads its counters (every
+  tick's `counters` event, `stats()`, unmount), which prices what changed
+  since the last call and answers `modelled_ns`;
 - the **backing**: every `write_pages` call is one writeback batch, and its
   answer names the blocks programmed (`Meter.backing`), which is what NOR's
   erase accounting needs. `free_blocks` tells the model of blocks the image
@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from ..events import schema
 from .model import DeviceModel
 
 # The counters a price is computed from (docs/COSTS.md, "From counters").
@@ -74,30 +73,15 @@ class Meter:
     def modelled_ns(self) -> dict[str, int]:
         return {k: round(v) for k, v in self.model.modelled_ns.items()}
 
+    def wear(self, seconds: float) -> dict[str, Any]:
+        """The `wear` event for a session of `seconds`."""
+        return wear_event(self.model, seconds)
+
     def free_blocks(self, blocks: Sequence[int] | np.ndarray) -> None:
         self.model.free(np.asarray(blocks, dtype=np.int64))
 
-    def events(self, writer: Any) -> MeteredEvents:
-        return MeteredEvents(writer, self)
-
     def backing(self, backing: Any) -> MeteredBacking:
         return MeteredBacking(backing, self)
-
-
-class MeteredEvents:
-    """An event writer that accounts every `counters` event and adds `modelled_ns` to it."""
-
-    def __init__(self, inner: Any, meter: Meter) -> None:
-        self._inner = inner
-        self._meter = meter
-
-    def emit(self, ev: str, **fields: Any) -> Any:
-        if ev == schema.COUNTERS:
-            fields["modelled_ns"] = self._meter.account(fields)
-        return self._inner.emit(ev, **fields)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 class MeteredBacking:
@@ -106,11 +90,39 @@ class MeteredBacking:
     def __init__(self, inner: Any, meter: Meter) -> None:
         self._inner = inner
         self._meter = meter
+        # The read path's calls go straight to the backing.
+        self.bmap = inner.bmap
+        self.block_view = inner.block_view
 
-    def write_pages(self, ino: int, indices: np.ndarray, pages: Sequence[Any]) -> np.ndarray:
-        blocks = self._inner.write_pages(ino, indices, pages)
+    def write_pages(
+        self, ino: int, indices: np.ndarray, pages: Sequence[Any], **kw: Any
+    ) -> np.ndarray:
+        blocks = self._inner.write_pages(ino, indices, pages, **kw)
         self._meter.model.writeback(np.asarray(blocks, dtype=np.int64))
         return blocks
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+WEAR_BINS = 1024
+
+
+def wear_bins(per_sector: np.ndarray, nbins: int = WEAR_BINS) -> tuple[list[int], int]:
+    """Per-sector counts summed into at most `nbins` bins; returns (bins, sectors per bin)."""
+    n = len(per_sector)
+    per_bin = max(1, -(-n // nbins))
+    padded = np.zeros(-(-n // per_bin) * per_bin, dtype=np.int64)
+    padded[:n] = per_sector
+    return padded.reshape(-1, per_bin).sum(axis=1).tolist(), per_bin
+
+
+def wear_event(model: DeviceModel, seconds: float) -> dict[str, Any]:
+    """The `wear` event's fields (docs/EVENTS.md): the model's summary and binned wear."""
+    out = model.summary(seconds)
+    out["seconds"] = seconds
+    out["sector_pages"] = model.sector_pages
+    out["nr_sectors"] = model.nr_sectors
+    out["erase_bins"], out["sectors_per_bin"] = wear_bins(model.sector_erases)
+    out["program_bins"], _ = wear_bins(model.sector_programs)
+    return out
