@@ -26,13 +26,13 @@ needs none of this (`_hbacked is None`).
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from nvramfs.image import format as F
 from nvramfs.image.errors import CorruptImage, FsError, HostFull
+from nvramfs.image.hostspace import fully_allocated
 
 BS = F.BLOCK_SIZE
 HOST_UNIT = 16  # blocks: the grain at which host backing is tracked (64 KiB)
@@ -236,14 +236,8 @@ class Allocator:
         if p.fd is None:
             return
         L = self.L
-        st = os.fstat(p.fd)
-        if st.st_blocks * 512 >= L.nr_blocks * BS:
-            try:
-                whole = os.lseek(p.fd, 0, os.SEEK_HOLE) >= L.nr_blocks * BS
-            except OSError:
-                whole = False
-            if whole:
-                return
+        if fully_allocated(p.fd, L.nr_blocks * BS):
+            return
         try:
             p.allocate(0, L.itable_start * BS)
             for b in sorted(set(homes)):
