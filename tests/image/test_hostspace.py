@@ -16,7 +16,7 @@ import os
 import random
 import subprocess
 import sys
-import uuid
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -266,19 +266,21 @@ def test_sparse_image_backs_only_its_metadata(fast_dir: Path) -> None:
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path):
-    """A real tmpfs of 8 MiB (always unmounted), or skip when we may not mount one."""
-    d = tmp_path / f"tmpfs-{uuid.uuid4().hex[:8]}"
-    d.mkdir()
+def small_tmpfs():
+    """A real tmpfs of 8 MiB (always unmounted), or skip when we may not mount one.
+    Outside the test's tmp_path: the mount fixtures take mounts there as leftovers."""
+    d = Path(tempfile.mkdtemp(prefix="nvramfs-hostfs-"))
     out = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(d)], capture_output=True
     )
     if out.returncode != 0:
+        d.rmdir()
         pytest.skip(f"cannot mount a tmpfs: {out.stderr.decode().strip()}")
     try:
         yield d
     finally:
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
+        d.rmdir()
 
 
 CHILD = """
