@@ -170,25 +170,33 @@ def _plan(nr_bytes: int, inodes_needed: int) -> F.Layout:
 
 
 def format_image(
-    path: Path, lay: F.Layout, uid: int = 0, gid: int = 0, *, preallocate: bool = False
+    path: Path,
+    lay: F.Layout,
+    uid: int = 0,
+    gid: int = 0,
+    *,
+    preallocate: bool = False,
+    name: Path | None = None,
 ) -> None:
     """Write an empty filesystem of layout `lay` into the (sparse) file `path`.
 
     What the daemon stores into without allocating first (superblocks,
     journal, bitmaps, the root's inode-table block) is allocated on the host
     here, so a mount on a host that filled up later cannot die storing there.
+    `name` is what error messages call the image (mkfs builds a temporary file).
     """
+    name = name or path
     with open(path, "r+b") as f:
         f.truncate(lay.nr_blocks * BS)
         if preallocate:
-            _preallocate(f.fileno(), lay.nr_blocks * BS, path)
+            _preallocate(f.fileno(), lay.nr_blocks * BS, name)
         else:
             fixed = (lay.itable_start + 1) * BS
             try:
                 os.posix_fallocate(f.fileno(), 0, fixed)
             except OSError as exc:
                 raise NvramfsError(
-                    f"{path}: the host filesystem has no room for the image's metadata "
+                    f"{name}: the host filesystem has no room for the image's metadata "
                     f"({_hsize(fixed)}): {exc.strerror}"
                 ) from None
         now = time.time_ns()
@@ -326,6 +334,7 @@ def mkfs(
             st0.st_uid if st0 else os.getuid(),
             st0.st_gid if st0 else os.getgid(),
             preallocate=preallocate,
+            name=path,
         )
         files = 0
         if sc is not None:

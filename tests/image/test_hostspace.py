@@ -338,3 +338,28 @@ def test_mkfs_on_a_host_too_small(small_tmpfs: Path) -> None:
     with pytest.raises(NvramfsError, match="cannot preallocate"):
         mkfs(path, size=64 << 20, preallocate=True)
     assert list(small_tmpfs.iterdir()) == []
+
+
+def test_mkfs_cli_preallocate_and_warning(small_tmpfs: Path) -> None:
+    """`mkfs --preallocate` allocates the whole file (no warning then); one that does
+    not fit is one line and exit 1; a sparse image bigger than the host warns once."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "nvramfs", "mkfs", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+
+    ok = run(str(small_tmpfs / "p.img"), "--size", "4M", "--preallocate", "-q")
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    st = os.stat(small_tmpfs / "p.img")
+    assert st.st_blocks * 512 >= st.st_size == 4 << 20
+    big = run(str(small_tmpfs / "big.img"), "--size", "64M", "--preallocate")
+    assert big.returncode == 1
+    assert big.stderr.count("\n") == 1 and "cannot preallocate" in big.stderr, big.stderr
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["p.img"]
+    sparse = run(str(small_tmpfs / "s.img"), "--size", "64M", "-q")
+    assert sparse.returncode == 0
+    assert sparse.stderr.count("\n") == 1 and "can grow by" in sparse.stderr, sparse.stderr
