@@ -108,3 +108,31 @@ def test_full_host_is_enospc_not_a_dead_daemon(
     assert m2.p("a").read_bytes() == a
     assert m2.p("b").read_bytes() == chunk * (done // len(chunk))
     m2.umount()
+
+
+def test_crash_on_a_full_host_then_mount_there(
+    small_tmpfs: Path, mounter: Mounter, tmp_path: Path
+) -> None:
+    """kill -9 after filling the host: the next mount, on the still full host,
+    recovers, serves every fsync'ed byte, refuses new data with ENOSPC, and
+    unmounts clean."""
+    image = small_tmpfs / "k.img"
+    nvramfs("mkfs", image, "--size", "64M", check=True)
+    log = tmp_path / "k.events.jsonl"
+    m = mounter(image, f"log={log},dram=4M")
+    chunk = os.urandom(64 * 1024)
+    done, err = fill(m.p("b"), chunk, limit=200)
+    assert err == errno.ENOSPC and done >= 4 * MIB
+    m.kill9()
+
+    m2 = mounter(image, f"log={log},dram=4M")
+    assert "not cleanly unmounted" in m2.stderr
+    assert m2.p("b").read_bytes() == chunk * (done // len(chunk))
+    with pytest.raises(OSError) as e:
+        m2.p("c").write_bytes(os.urandom(4 * MIB))
+    assert e.value.errno == errno.ENOSPC
+    assert pid_alive(m2.pid)
+    m2.umount()
+    subprocess.run(["mount", "-o", "remount,size=96M", str(small_tmpfs)], check=True)
+    res = nvramfs("fsck", image)
+    assert res.returncode == 0, res.stdout + res.stderr
