@@ -159,11 +159,16 @@ class Allocator:
                     raise HostFull(f"no room to back {want} block(s) of {self.path}")
         args = (L.bbitmap_start, L.bbitmap_blocks, L.nr_blocks, L.data_start, want, goal)
         runs = self._find_free(*args, backed)
+        if sum(n for _, n in runs) < want and backed is not None:
+            # The pool counted more than the bitmap has (never expected): count
+            # again; the host's answer stands, the image is not damaged.
+            self._pool_free = self._pool_recount()
+            if self._pool_free < want + held:
+                self._host_grow(want + held - self._pool_free, HOST_CHUNK, goal)
+            runs = self._find_free(*args, backed)
+            if sum(n for _, n in runs) < want and sum(n for _, n in self._find_free(*args)) >= want:
+                raise HostFull(f"no room to back {want} block(s) of {self.path}")
         if sum(n for _, n in runs) < want:
-            if backed is not None and sum(n for _, n in self._find_free(*args)) >= want:
-                raise CorruptImage(
-                    f"host space pool: counts {self._pool_free} backed free blocks, found fewer"
-                )
             raise CorruptImage(
                 f"block bitmap: superblock counts {free} free blocks, bitmap has fewer"
             )
@@ -262,6 +267,19 @@ class Allocator:
             self._host_grow(need - self._pool_free, HOST_CHUNK, self._bhint)
         if self._pool_free < need:
             raise HostFull(f"no room to back {nblocks} more block(s) of {self.path}")
+
+    def _pool_recount(self) -> int:
+        """Free blocks in backed units, counted from the bitmap as this moment sees it."""
+        L = self.L
+        n = 0
+        for i in range(L.bbitmap_blocks):
+            blk = self._block(L.bbitmap_start + i)
+            bits = np.unpackbits(np.frombuffer(blk[: F.PAYLOAD], np.uint8), bitorder="little")
+            free = HOST_UNIT - bits.reshape(-1, HOST_UNIT).sum(axis=1, dtype=np.int64)
+            u0 = i * UNITS_PER_BITMAP_BLOCK
+            free = free[: max(0, min(UNITS_PER_BITMAP_BLOCK, len(self._hbacked) - u0))]
+            n += int(free[self._hbacked[u0 : u0 + len(free)]].sum())
+        return n
 
     def _host_count(self, s: int, n: int) -> int:
         """How many of blocks [s, s+n) lie in backed units."""
