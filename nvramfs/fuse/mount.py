@@ -30,6 +30,7 @@ stderr), then `OK pid log` or `ERR exit_code text`.
 
 from __future__ import annotations
 
+import faulthandler
 import inspect
 import logging
 import os
@@ -177,6 +178,9 @@ def _detach(event_log: str, debug: bool) -> None:
         out = null
     os.dup2(out, 1)
     os.dup2(out, 2)
+    # A fatal signal (SIGBUS from a store into an unbacked page, SIGSEGV) leaves
+    # its traceback in the daemon log instead of a silent death.
+    faulthandler.enable()
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -255,6 +259,14 @@ def serve(
     except OSError as exc:
         report("ERR", f"1 image {image}: {exc.strerror or exc}")
         return 1
+
+    if not opts.readonly:
+        from nvramfs.image.hostspace import growth_warning
+
+        warning = growth_warning(image)
+        if warning:
+            report("MSG", f"warning: {warning}")
+            log.warning("%s", warning)
 
     recovered = not img.was_clean
     lost: dict[str, Any] = {}

@@ -74,6 +74,14 @@ def _fs_error_type() -> type[BaseException] | None:
     return FsError
 
 
+def _host_full_type() -> type[BaseException] | None:
+    try:
+        from nvramfs.image import HostFull
+    except ImportError:
+        return None
+    return HostFull
+
+
 def _fatal_types() -> tuple[type[BaseException], ...]:
     """Exceptions after which nothing may be written: a broken mm invariant (BUG),
     or an image structure that cannot be trusted (the image latches it too)."""
@@ -182,6 +190,7 @@ class Operations(pyfuse3.Operations):
         self.atime = atime
         self.errors = 0
         self._fs_error = _fs_error_type()
+        self._host_full = _host_full_type()
         self._fatal = _fatal_types()
         self._root = int(img.root_ino)
         if self._root != pyfuse3.ROOT_INODE:
@@ -209,6 +218,12 @@ class Operations(pyfuse3.Operations):
         """Turn an exception from a lower layer into the FUSEError to answer with."""
         if isinstance(exc, FUSEError):
             return exc
+        if self._host_full is not None and isinstance(exc, self._host_full):
+            # The host filesystem under the image is full: ENOSPC for the caller,
+            # nothing was stored, the daemon carries on. Said once per refusal.
+            log.warning("%s: %s", what, exc.strerror)
+            self.emit(schema.ERROR, what=f"{what}: {exc.strerror}", fatal=False)
+            return FUSEError(errno.ENOSPC)
         if self._fs_error is not None and isinstance(exc, self._fs_error):
             return FUSEError(getattr(exc, "errno", None) or errno.EIO)
         if type(exc) is OSError and exc.errno in (errno.ENOMEM, errno.ENOSPC, errno.EFBIG):
