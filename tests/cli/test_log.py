@@ -705,9 +705,9 @@ def test_every_action_on_an_empty_missing_or_unreadable_log(action, tmp_path, ca
     assert err.splitlines()[-1] == f"nvramfs: {junk}: no readable events"
 
 
-def test_follow_on_a_missing_log_is_one_line(tmp_path: Path, capsys) -> None:
-    code, _, err = nv(capsys, "log", tmp_path / "nope.jsonl", "follow")
-    assert code == 1 and err == f"nvramfs: {tmp_path / 'nope.jsonl'}: no such event log\n"
+def test_follow_in_a_missing_directory_is_one_line(tmp_path: Path, capsys) -> None:
+    code, _, err = nv(capsys, "log", tmp_path / "no" / "nope.jsonl", "follow")
+    assert code == 1 and len(err.splitlines()) == 1 and "no such event log" in err
 
 
 def test_cli_runs_as_a_program(log: Path) -> None:
