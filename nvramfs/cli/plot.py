@@ -448,29 +448,41 @@ def _short(text: str, n: int = 28) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1) :]
 
 
+def hit_intervals(view: View) -> list[tuple[float, float, float]]:
+    """(from, to, percent): the hit ratio of each interval between two counters snapshots
+    of a session (the one definition, `analysis.hit_ratio`); an interval with no page
+    access has no ratio and is left out (a gap in the plot, not the next value)."""
+    from nvramfs.events.analysis import hit_ratio
+
+    out = []
+    for s in view.sessions:
+        prev = None
+        off = view.offset[s.number]
+        for c in s.counters:
+            if prev is not None:
+                h = hit_ratio(c, prev)
+                if h is not None:
+                    out.append(
+                        (off + float(prev.get("t", 0.0)), off + float(c.get("t", 0.0)), 100.0 * h)
+                    )
+            prev = c
+    return out
+
+
 def _residency(
     plt: Any, view: View, path: Path, dpi: int, spans: list[tuple[str, float, float]]
 ) -> Path:
     import polars as pl
 
-    from nvramfs.events.analysis import hit_ratio
-
     ts, used, dirty, budget = [], [], [], []
-    hit: list[tuple[float, float, float]] = []  # (from, to, percent) of each interval
     for s in view.sessions:
-        prev = None
         off = view.offset[s.number]
         for c in s.counters:
-            t = off + float(c.get("t", 0.0))
-            ts.append(t)
+            ts.append(off + float(c.get("t", 0.0)))
             used.append(c.get("frames_used", 0) or 0)
             dirty.append(c.get("dirty", 0) or 0)
             budget.append(c.get("dram_pages", 0) or 0)
-            if prev is not None:
-                h = hit_ratio(c, prev)
-                if h is not None:
-                    hit.append((off + float(prev.get("t", 0.0)), t, 100.0 * h))
-            prev = c
+    hit = hit_intervals(view)
     duration = max(view.duration, 1.0)
     width = max(1.0, duration / MAX_COLS)
     nb = max(1, math.ceil(duration / width))
