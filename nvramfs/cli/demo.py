@@ -351,7 +351,7 @@ def counters_delta(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[s
     def mig(c: dict[str, Any], d: str) -> int:
         return sum(int(x) for x in ((c.get("migrations") or {}).get(d) or {}).values())
 
-    from nvramfs.events.analysis import hit_ratio
+    from nvramfs.events.numbers import hit_ratio
 
     acc = tot(b, "accesses") - tot(a, "accesses")
     return {

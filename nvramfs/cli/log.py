@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from nvramfs.errors import NvramfsError, UsageError
 from nvramfs.events import schema
+from nvramfs.events.numbers import hit_ratio
 from nvramfs.events.reader import ReadReport, check_log, load_events, read_events
 from nvramfs.events.records import (
     PAGE_SIZE,
@@ -53,15 +54,6 @@ __all__ = [
     "summarize",
     "pick_sessions",
 ]
-
-
-def hit_ratio(
-    counters: dict[str, Any] | None, before: dict[str, Any] | None = None
-) -> float | None:
-    """The engine's one hit ratio (imported late: polars is not needed to print a line)."""
-    from nvramfs.events.analysis import hit_ratio as _hit_ratio
-
-    return _hit_ratio(counters, before)
 
 
 def summarize(
