@@ -138,7 +138,7 @@ def format_summary(s: dict[str, Any], *, timeline: bool = True, top: bool = True
     n_sess = s["sessions"]
     nums = s.get("session_numbers") or []
     which = ""
-    if nums and (len(nums) == 1 and nums[0] != 1 or len(nums) > 1 and nums[0] != 1):
+    if nums and nums[0] != 1:
         which = f" (session{'s' if len(nums) > 1 else ''} {nums[0]}" + (
             f"-{nums[-1]})" if len(nums) > 1 else ")"
         )
