@@ -156,26 +156,26 @@ def generate(path: Path, n_events: int, seed: int = 1) -> int:
     return written
 
 
-def run_child(args: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one child process."""
-    import resource
-
-    # ru_maxrss of RUSAGE_CHILDREN is the largest child so far: run each in a fresh helper.
+def run_child(args: list[str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system, all threads) and peak RSS (bytes) of one
+    child process. CPU seconds matter on a shared machine, where wall time is mostly
+    waiting for a core."""
+    # RUSAGE_CHILDREN's ru_maxrss is the largest child so far: each run gets a fresh helper.
     code = (
         "import resource,subprocess,sys,time;"
         "t=time.perf_counter();"
         "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
         "d=time.perf_counter()-t;"
-        "print(r.returncode,d,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print(r.returncode,d,u.ru_utime+u.ru_stime,u.ru_maxrss)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
     )
-    rc, secs, rss_kib = out.stdout.split()
+    rc, secs, cpu, rss_kib = out.stdout.split()
     if rc != "0":
         raise SystemExit(f"{' '.join(args)}: exit {rc}")
-    del resource
-    return float(secs), int(rss_kib) * 1024
+    return float(secs), float(cpu), int(rss_kib) * 1024
 
 
 BASELINE = (
@@ -218,17 +218,24 @@ def main() -> int:
     finally:
         os.chdir(cwd)
     secs = statistics.median(r[0] for r in runs)
-    rss = max(r[1] for r in runs)
+    cpu = statistics.median(r[1] for r in runs)
+    rss = max(r[2] for r in runs)
     rate = n_events / secs
-    print(f"{'':<28} {'seconds':>8} {'events/s':>12} {'peak RSS':>10}")
-    print(f"{'log summary (polars)':<28} {secs:>8.2f} {rate:>12,.0f} {rss / 2**20:>6.0f} MiB"
-          f"   (median of {len(runs)})")  # fmt: skip
+    print(f"{'':<28} {'wall s':>8} {'events/s':>12} {'CPU s':>8} {'events/CPU s':>13} "
+          f"{'peak RSS':>9}")  # fmt: skip
+    print(f"{'log summary (polars)':<28} {secs:>8.2f} {rate:>12,.0f} {cpu:>8.2f} "
+          f"{n_events / cpu:>13,.0f} {rss / 2**20:>5.0f} MiB   (median of {len(runs)})")  # fmt: skip
     if base is not None:
         brate = n_events / base[0]
         print(f"{'baseline: dict reader only':<28} {base[0]:>8.2f} {brate:>12,.0f} "
-              f"{base[1] / 2**20:>6.0f} MiB")  # fmt: skip
-        print(f"ratio        summary is {rate / brate:.1f}x the baseline's events/s, "
-              f"{rss / base[1]:.2f}x its peak RSS")  # fmt: skip
+              f"{base[1]:>8.2f} {n_events / base[1]:>13,.0f} {base[2] / 2**20:>5.0f} MiB")  # fmt: skip
+        print(f"ratio        summary/baseline: {rate / brate:.2f}x events per wall second, "
+              f"{base[1] / cpu:.2f}x events per CPU second, {rss / base[2]:.1f}x peak RSS")  # fmt: skip
+    try:
+        load = os.getloadavg()[0]
+        print(f"machine      {os.cpu_count()} cores, load average {load:.1f} during the run")
+    except OSError:
+        pass
     ok_rate = rate >= GOAL_RATE
     ok_rss = rss <= GOAL_RSS_MIB * 2**20
     print(f"goal         >= {GOAL_RATE:,} events/s: {'met' if ok_rate else 'NOT met'}; "

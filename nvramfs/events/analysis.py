@@ -189,9 +189,11 @@ class Sessions:
         )
         # The generation of the inode an event names: its own, or the last path event's.
         is_path = pl.col("ev") == schema.PATH
-        df = df.with_columns(
-            pl.when(is_path).then(pl.col("gen")).forward_fill().over("session", "ino").alias("_ff")
-        )
+        if (df["ev"] == schema.PATH).any():  # most chunks have none: skip the window
+            ff = pl.when(is_path).then(pl.col("gen")).forward_fill().over("session", "ino")
+        else:
+            ff = pl.lit(None, dtype=pl.Int64)
+        df = df.with_columns(ff.alias("_ff"))
         if self._gens:
             carry = pl.DataFrame(
                 {
