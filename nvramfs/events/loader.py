@@ -47,6 +47,10 @@ FIELDS: dict[str, pl.DataType | type[pl.DataType]] = {
     "recovered": pl.Boolean,
     "wall": pl.Float64,
     "mountpoint": pl.String,
+    "lost_dirty_pages": pl.Int64,
+    "lost_dirty_files": pl.Int64,
+    "lost_dirty": pl.String,  # JSON text: a list of {ino, pages, path}
+    "lost_dirty_as_of": pl.Float64,
     # file and page
     "ino": pl.Int64,
     "gen": pl.Int64,
