@@ -568,14 +568,26 @@ def hottest_pages(
     score = {"reads": pl.col("reads"), "writes": pl.col("writes")}.get(
         by, pl.col("reads") + pl.col("writes")
     )
+    named = pl.DataFrame(
+        [(*k, v) for k, v in names.items()],
+        schema={**{c: agg.schema[c] for c in _IDENT}, "path": pl.String},
+        orient="row",
+    )
+    agg = (
+        agg.join(named, on=_IDENT, how="left", nulls_equal=True)
+        .with_columns(
+            pl.col("path").fill_null(pl.format("<ino {}>", pl.col("ino"))), score.alias("_s")
+        )
+        .sort(["_s", "path", "pages"], descending=[True, False, False])
+    )
     if n > 0:
-        agg = agg.with_columns(score.alias("_s")).top_k(n, by="_s").drop("_s")
+        agg = agg.head(n)
     rows = []
-    for *key, index, r, w in agg.rows():
+    for path, ino, index, r, w in agg.select("path", "ino", "pages", "reads", "writes").rows():
         rows.append(
             {
-                "path": _name(names, tuple(key)),
-                "ino": key[1],
+                "path": path,
+                "ino": ino,
                 "index": int(index),
                 "offset": int(index) * PAGE_SIZE,
                 "accesses": int(r + w),
