@@ -79,6 +79,14 @@ FIELDS: dict[str, pl.DataType | type[pl.DataType]] = {
     "dirty": pl.Int64,
     "struct_page_bytes_used": pl.Int64,
     "struct_page_bytes_avoided": pl.Int64,
+    # drop, zero, xip_write (issue 10's events)
+    "first": pl.Int64,
+    "pfns": pl.List(pl.Int64),
+    "xip_unmapped": pl.Int64,
+    "home": pl.String,
+    "pfn": pl.Int64,
+    "offset": pl.Int64,
+    "length": pl.Int64,
     # fault
     "kind": pl.String,
     "write": pl.Boolean,
