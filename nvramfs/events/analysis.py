@@ -70,7 +70,7 @@ class SessionInfo:
         return self.offset + self.duration
 
 
-_DICT_COLS = ("faults", "accesses", "migrations", "writebacks")
+_DICT_COLS = ("faults", "accesses", "migrations", "writebacks", "modelled_ns")
 _ROW_COLS = (
     "seq",
     "t",
@@ -86,6 +86,8 @@ _ROW_COLS = (
     "recovered",
     "wall",
     "mountpoint",
+    "kernel",
+    "medium",
     "clean",
     "frames_used",
     "dirty",

@@ -47,6 +47,8 @@ FIELDS: dict[str, pl.DataType | type[pl.DataType]] = {
     "recovered": pl.Boolean,
     "wall": pl.Float64,
     "mountpoint": pl.String,
+    "kernel": pl.String,
+    "medium": pl.String,
     "lost_dirty_pages": pl.Int64,
     "lost_dirty_files": pl.Int64,
     "lost_dirty": pl.String,  # JSON text: a list of {ino, pages, path}
@@ -75,6 +77,7 @@ FIELDS: dict[str, pl.DataType | type[pl.DataType]] = {
     "accesses": pl.String,
     "migrations": pl.String,
     "writebacks": pl.String,
+    "modelled_ns": pl.String,  # JSON text (counters, wear): nanoseconds by kind
     "frames_used": pl.Int64,
     "dirty": pl.Int64,
     "struct_page_bytes_used": pl.Int64,

@@ -195,9 +195,16 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
         from nvramfs.fuse.nosim import NoSim
 
         return NoSim(img)
+    from nvramfs.device import DeviceModel, load_medium
+    from nvramfs.device.meter import Meter
     from nvramfs.mm import MemoryManager
 
-    kw: dict[str, Any] = {"events": events}
+    # The device model prices what mm moves on the medium (docs/COSTS.md):
+    # blocks in use at the mount hold programmed data, the rest are erased.
+    meter = Meter(
+        DeviceModel(load_medium(opts.medium), img.nr_blocks, programmed=img.used_blocks())
+    )
+    kw: dict[str, Any] = {"events": events, "device": meter}
     params = inspect.signature(MemoryManager).parameters
     if opts.policy is not None:
         kw["policy"] = opts.policy
@@ -210,7 +217,7 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
             if name in params:
                 kw[name] = opts.writeback
                 break
-    return MemoryManager(img, opts.dram_pages, **kw)
+    return MemoryManager(meter.backing(img), opts.dram_pages, **kw)
 
 
 def serve(
@@ -317,6 +324,7 @@ def serve(
         kernel=str(getattr(getattr(mm, "machine", None), "kernel", opts.kernel)),
         cache=opts.cache,
         sim=opts.sim,
+        medium=opts.medium if opts.sim else None,
         recovered=recovered,
         wall=time.time(),
         mountpoint=mountpoint,
@@ -446,6 +454,13 @@ def _finish(ops: Any, mm: Any, events: Any, img: Any, *, unmount: bool) -> None:
     fatal = int(getattr(ops, "fatal_errors", 0) or 0)
     if fatal or getattr(img, "corrupt", None):
         clean = False
+    meter = getattr(mm, "device", None)
+    if meter is not None:
+        try:
+            t = float(getattr(events, "_clock", time.monotonic)() - getattr(events, "t0", 0.0))
+            events.emit(schema.WEAR, **meter.wear(t))
+        except Exception:
+            log.exception("cannot log the device model's wear")
     try:
         events.emit(schema.UNMOUNT, clean=clean, **({"fatal_errors": fatal} if fatal else {}))
         events.close()
