@@ -551,6 +551,18 @@ class Image(Allocator, ExtentMaps, Directories):
             self._attrs[ino] = a
         return a
 
+    def inode_generation(self, ino: int) -> int:
+        """The inode's generation (`igen`): with the number and the image uuid, a file's
+        identity across mounts (a freed number comes back with another generation)."""
+        return int(self._inode(ino)["igen"])
+
+    @property
+    def uuid(self) -> str:
+        """The image's uuid (mkfs chose it), as 8-4-4-4-12 hex."""
+        import uuid as uuid_
+
+        return str(uuid_.UUID(bytes=bytes(self._sb["uuid"].tobytes())))
+
     def bmap(self, ino: int, first: int, count: int) -> np.ndarray:
         """NVRAM block of each page [first, first+count) of `ino`; 0 = hole."""
         e = self._ext(ino)
