@@ -205,7 +205,45 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
             if name in params:
                 kw[name] = opts.writeback
                 break
-    return MemoryManager(img, opts.dram_pages, **kw)
+    if opts.trace is None:
+        return MemoryManager(img, opts.dram_pages, **kw)
+    # Recording: mm runs on the recorder's backing proxy and clock, and the FUSE
+    # layer calls the recording proxy instead of mm (docs/TRACE.md).
+    from nvramfs.trace.record import Recorder
+
+    config = trace_config(img, opts, params)
+    t0 = getattr(events, "t0", None)
+    if isinstance(t0, float):
+        config["events_t0_ns"] = round(t0 * 1e9)  # the event log's time 0 (same clock)
+    rec = Recorder(opts.trace, img, config, size_of=lambda ino: img.getattr(ino).size)
+    mm = MemoryManager(rec.backing, opts.dram_pages, clock=rec.clock, **kw)
+    return rec.wrap(mm)
+
+
+def trace_config(img: Any, opts: MountOptions, params: Any) -> dict[str, Any]:
+    """The trace header's configuration: what a replay needs to run the same mm."""
+
+    def default(name: str, fallback: Any) -> Any:
+        p = params.get(name)
+        return fallback if p is None or p.default is inspect.Parameter.empty else p.default
+
+    sb = getattr(img, "superblock", {}) or {}
+    config = {
+        "dram_pages": opts.dram_pages,
+        "policy": opts.policy or default("policy", "2q"),
+        "writeback_seconds": float(opts.writeback or default("writeback_seconds", 5.0)),
+        "tick_seconds": TICK_SECONDS,
+        "cache": opts.cache,
+        "pte_special": bool(default("pte_special", True)),
+        "image": getattr(img, "path", None),
+        "uuid": sb.get("uuid"),
+        "nr_blocks": int(img.nr_blocks),
+        "block_size": PAGE_SIZE,
+        "readonly": opts.readonly,
+    }
+    if "kernel" in params:
+        config["kernel"] = default("kernel", None)
+    return config
 
 
 def serve(
@@ -288,6 +326,9 @@ def serve(
         img, mm, events, cache=opts.cache, readonly=opts.readonly, control=control, atime=opts.atime
     )
     control.ops = ops
+    recorder = getattr(mm, "recorder", None)
+    if recorder is not None:
+        recorder.path_of = ops._paths.get  # each file's path at first touch
     try:
         pyfuse3.init(ops, mountpoint, opts.fuse_options(image))
     except RuntimeError as exc:

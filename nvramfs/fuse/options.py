@@ -34,6 +34,7 @@ OPTION_HELP = [
     ("sim=on|off", "off: serve straight from the image, no simulation (benchmark baseline)"),
     ("trace_faults", "log one `fault` event per page fault (many)"),
     ("writeback=SECONDS", "write dirty frames back after this long (default 5)"),
+    ("trace=DIR", "record every MemoryManager call into DIR (a new directory; docs/TRACE.md)"),
     ("noatime, strictatime", "access times on read (default relatime)"),
 ]
 
@@ -89,6 +90,7 @@ class MountOptions:
     sim: bool = True
     trace_faults: bool = False
     writeback: float | None = None
+    trace: str | None = None
     vfs_flags: list[str] = field(default_factory=list)
 
     @property
@@ -155,6 +157,8 @@ def _apply(opts: MountOptions, word: str) -> None:
         if not value:
             raise UsageError("option 'log' needs a path")
         opts.log = value
+    elif key == "trace" and eq:
+        opts.trace = os.path.abspath(value)
     elif key == "cache" and eq:
         if value not in ("direct", "kernel"):
             raise UsageError(f"cache={value}: use cache=direct or cache=kernel")

@@ -696,7 +696,7 @@ class MemoryManager:
         per_ino: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         cands: list[tuple[np.ndarray, int, np.ndarray]] = []
         nr_frames, base = self._nr_frames, self._base
-        for chunk in sorted(touched, key=lambda c: (id(c.owner), c.no)):
+        for chunk in sorted(touched, key=lambda c: (c.owner.name, c.no)):  # deterministic (replay)
             reads = chunk.reads_np.astype(np.int64)
             writes = chunk.writes_np.astype(np.int64)
             hits = reads + writes

@@ -1,0 +1,366 @@
+"""Recording: a proxy in front of MemoryManager (and of its Backing) that logs every call.
+
+The mount builds `Recorder(directory, backing, config)`, hands `recorder.backing`
+and `recorder.clock` to MemoryManager, and `recorder.wrap(mm)` to the FUSE layer,
+which then calls the proxy exactly as it called mm. Each call appends one row
+to column buffers (a few array appends) and goes on to mm; parts are written
+by a worker thread.
+
+mm's clock is the recorder's: the CLOCK_MONOTONIC reading taken when the call
+came in, the same for the whole call. A replay sets the same clock from the
+recorded `t`, so every time-based decision (dirty expiry) is the same.
+
+The Backing proxy numbers every `bmap` and `write_pages` call and compares the
+image's answers with the block maps recorded so far (shadow.py); differences
+become `map` records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from nvramfs.mm.flags import PAGE_SHIFT, PAGE_SIZE
+
+from .format import OP, Buffer, PartWriter, encode_pairs, encode_runs, write_header
+from .shadow import ExtentShadow
+
+log = logging.getLogger(__name__)
+
+# A part is written once this many records are buffered, or at the first tick
+# after PART_SECONDS: a crash loses at most that much.
+# NVRAMFS_TRACE_PART_SECONDS changes the second figure (tests cut traces short).
+PART_ROWS = 1 << 20
+PART_SECONDS = float(os.environ.get("NVRAMFS_TRACE_PART_SECONDS", "10") or 10)
+
+_READ, _WRITE = OP["read"], OP["write"]
+
+# MemoryManager attributes the proxy hands through without recording: they
+# report and do not change the simulation.
+PASS_THROUGH = frozenset(
+    {
+        "stats",
+        "residency",
+        "machine",
+        "policy",
+        "dram_pages",
+        "pte_special",
+        "stats_",
+        "backing",
+        "events",
+        "clock",
+        "nr_nvram_pages",
+        "writeback_seconds",
+        "address_space",
+        "events_t0",
+        "trace_faults",
+        "max_promote_per_tick",
+    }
+)
+
+
+class RecordingBacking:
+    """The image as mm sees it, with each answer checked against the shadow block maps."""
+
+    def __init__(self, rec: Recorder, backing: Any) -> None:
+        self._rec = rec
+        self._b = backing
+        self.block_view = backing.block_view
+        self.seq = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._b, name)
+
+    def bmap(self, ino: int, first: int, count: int) -> np.ndarray:
+        live = np.asarray(self._b.bmap(ino, first, count), dtype=np.int64)
+        self.seq = seq = self.seq + 1
+        shadow = self._rec.shadow
+        known = shadow.bmap(ino, first, count)
+        if not np.array_equal(known, live):
+            diff = np.flatnonzero(known != live)
+            self._rec.map_record(seq, ino, encode_pairs(diff + first, live[diff]), writeback=False)
+            shadow.set_range(ino, first, count, live)
+        return live
+
+    def write_pages(self, ino: int, indices: np.ndarray, pages: Sequence[Any]) -> np.ndarray:
+        blocks = self._b.write_pages(ino, indices, pages)
+        live = np.asarray(blocks, dtype=np.int64)
+        self.seq = seq = self.seq + 1
+        shadow = self._rec.shadow
+        idx = np.asarray(indices, dtype=np.int64)
+        if not np.array_equal(shadow.get(ino, idx), live):
+            self._rec.map_record(seq, ino, encode_pairs(idx, live), writeback=True)
+            shadow.set_pages(ino, idx, live)
+        return blocks
+
+
+class Recorder:
+    """One trace being recorded: the buffers, the shadow block maps, the writer thread."""
+
+    def __init__(
+        self,
+        directory: str,
+        backing: Any,
+        config: dict[str, Any],
+        *,
+        part_rows: int = PART_ROWS,
+        part_seconds: float = PART_SECONDS,
+        path_of: Callable[[int], str | None] | None = None,
+        size_of: Callable[[int], int] | None = None,
+        now_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.directory = directory
+        self.now = now_ns
+        self.now_ns = now_ns()
+        write_header(directory, self.now_ns, config)
+        self.config = config
+        self.shadow = ExtentShadow()
+        self.backing = RecordingBacking(self, backing)
+        self._image = backing
+        self.path_of = path_of
+        self.size_of = size_of
+        self.part_rows = part_rows
+        self.part_ns = int(part_seconds * 1e9)
+        self._last_part_ns = self.now_ns
+        self._buf = Buffer()
+        self._bind()
+        self._seen: set[int] = set()
+        self._writer = PartWriter(directory)
+        self.records = 0
+        self.closed = False
+
+    def _bind(self) -> None:
+        c = self._buf.cols
+        self._t, self._op, self._ino = c["t"].append, c["op"].append, c["ino"].append
+        self._page, self._np, self._pgoff = c["page"].append, c["npages"].append, c["pgoff"].append
+        self._nbytes, self._arg = c["nbytes"].append, c["arg"].append
+        self._seq, self._flags = c["seq"].append, c["flags"].append
+
+    def clock(self) -> float:
+        """mm's clock: the time the current call came in (seconds)."""
+        return self.now_ns * 1e-9
+
+    # -- rows ----------------------------------------------------------------
+
+    def row(
+        self,
+        op: int,
+        ino: int = 0,
+        page: int = 0,
+        npages: int = 0,
+        pgoff: int = 0,
+        nbytes: int = 0,
+        arg: int = 0,
+        seq: int = 0,
+        flags: int = 0,
+        text: str | None = None,
+        runs: list[int] | None = None,
+    ) -> None:
+        i = len(self._buf)
+        self._t(self.now_ns)
+        self._op(op)
+        self._ino(ino)
+        self._page(page)
+        self._np(npages)
+        self._pgoff(pgoff)
+        self._nbytes(nbytes)
+        self._arg(arg)
+        self._seq(seq)
+        self._flags(flags)
+        if text is not None:
+            self._buf.text[i] = text
+        if runs is not None:
+            self._buf.runs[i] = runs
+
+    def map_record(self, seq: int, ino: int, runs: list[int], *, writeback: bool) -> None:
+        self.row(OP["map"], ino, seq=seq, flags=1 if writeback else 0, runs=runs)
+
+    def call(self, op: str, ino: int = 0, *, touch: bool = True, **kw: Any) -> None:
+        """A MemoryManager call is about to run: stamp the clock, write its row."""
+        self.now_ns = self.now()
+        if len(self._buf) >= self.part_rows:
+            self.flush()
+        if touch and ino and ino not in self._seen:
+            self.first_touch(ino)
+        self.row(OP[op], ino, **kw)
+        self.records += 1
+
+    def first_touch(self, ino: int) -> None:
+        """The file's path and extent map, the first time mm hears of it."""
+        self._seen.add(ino)
+        size = 0
+        if self.size_of is not None:
+            try:
+                size = int(self.size_of(ino))
+            except Exception:  # noqa: BLE001 - a freed inode: no extents to record
+                size = 0
+        npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
+        runs: list[int] = []
+        self.shadow.forget(ino)
+        if npages:
+            blocks = np.asarray(self._image.bmap(ino, 0, npages), dtype=np.int64)
+            runs = encode_runs(0, blocks)
+            self.shadow.set_range(ino, 0, npages, blocks)
+        path = self.path_of(ino) if self.path_of is not None else None
+        self.row(OP["file"], ino, 0, npages, arg=size, text=path, runs=runs)
+
+    def flush(self) -> None:
+        """Hand the buffered records to the writer thread (a call boundary)."""
+        buf, self._buf = self._buf, Buffer()
+        self._bind()
+        self._last_part_ns = self.now_ns
+        self._writer.submit(buf)
+
+    def maybe_flush(self) -> None:
+        if self.now_ns - self._last_part_ns >= self.part_ns:
+            self.flush()
+
+    def close(self) -> None:
+        """Write the last part and wait for the writer."""
+        if self.closed:
+            return
+        self.closed = True
+        self.flush()
+        self._writer.close()
+        if self._writer.error is not None:
+            raise OSError(
+                f"trace {self.directory}: a part could not be written: {self._writer.error}"
+            )
+
+    def wrap(self, mm: Any) -> RecordingMM:
+        return RecordingMM(self, mm)
+
+
+class RecordingMM:
+    """MemoryManager as the FUSE layer sees it: each state-changing call recorded, then run."""
+
+    def __init__(self, rec: Recorder, mm: Any) -> None:
+        self._rec = rec
+        self._mm = mm
+        self._warned: set[str] = set()
+        self._mm_read = mm.read
+        self._mm_write = mm.write
+
+    @property
+    def recorder(self) -> Recorder:
+        return self._rec
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._mm, name)
+        if callable(value) and name not in PASS_THROUGH and name not in self._warned:
+            # A call this recorder does not know: the replay will not see it.
+            self._warned.add(name)
+            log.warning("trace: MemoryManager.%s is not recorded (replay may diverge)", name)
+        return value
+
+    def read(self, ino: int, offset: int, length: int) -> Any:
+        rec = self._rec
+        rec.now_ns = rec.now()
+        if ino not in rec._seen:
+            rec.first_touch(ino)
+        elif len(rec._buf) >= rec.part_rows:
+            rec.flush()
+        page = offset >> PAGE_SHIFT
+        end = offset + length
+        rec.row(
+            _READ,
+            ino,
+            page,
+            ((end + 4095) >> PAGE_SHIFT) - page if length > 0 else 0,
+            offset & 4095,
+            length,
+        )
+        return self._mm_read(ino, offset, length)
+
+    def write(self, ino: int, offset: int, data: Any) -> None:
+        rec = self._rec
+        rec.now_ns = rec.now()
+        if ino not in rec._seen:
+            rec.first_touch(ino)
+        elif len(rec._buf) >= rec.part_rows:
+            rec.flush()
+        length = len(memoryview(data).cast("B")) if not isinstance(data, bytes) else len(data)
+        page = offset >> PAGE_SHIFT
+        end = offset + length
+        rec.row(
+            _WRITE,
+            ino,
+            page,
+            ((end + 4095) >> PAGE_SHIFT) - page if length > 0 else 0,
+            offset & 4095,
+            length,
+        )
+        return self._mm_write(ino, offset, data)
+
+    def truncate(self, ino: int, new_size: int) -> None:
+        mm = self._mm
+        rec = self._rec
+        rec.call("truncate", ino, arg=new_size, flags=int(tail_holds_data(mm, ino, new_size)))
+        out = mm.truncate(ino, new_size)
+        rec.shadow.drop_from(ino, (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT)
+        return out
+
+    def fsync(self, ino: int) -> int:
+        self._rec.call("fsync", ino, touch=False)
+        return self._mm.fsync(ino)
+
+    def evict_inode(self, ino: int) -> None:
+        rec = self._rec
+        rec.call("evict_inode", ino, touch=False)  # an evicted file needs no extents
+        rec._seen.discard(ino)
+        out = self._mm.evict_inode(ino)
+        rec.shadow.forget(ino)
+        return out
+
+    def tick(self) -> None:
+        rec = self._rec
+        rec.call("tick")
+        out = self._mm.tick()
+        rec.maybe_flush()
+        return out
+
+    def sync_all(self, reason: str = "sync") -> int:
+        self._rec.call("sync_all", text=reason)
+        return self._mm.sync_all(reason)
+
+    def demote_all(self, reason: str = "ctl") -> int:
+        self._rec.call("demote_all", text=reason)
+        return self._mm.demote_all(reason)
+
+    def set_policy(self, name: str) -> None:
+        self._rec.call("set_policy", text=name)
+        return self._mm.set_policy(name)
+
+    def promote(self, ino: int, index: int, reason: str = "ctl") -> bool:
+        self._rec.call("promote", ino, page=index, text=reason)
+        return self._mm.promote(ino, index, reason)
+
+    def close(self) -> None:
+        rec = self._rec
+        if getattr(self._mm, "_closed", False):
+            return self._mm.close()
+        rec.call("close")
+        try:
+            return self._mm.close()
+        finally:
+            rec.close()
+
+
+def tail_holds_data(mm: Any, ino: int, new_size: int) -> bool:
+    """Whether truncate's partial last page holds nonzero bytes past the new size (mm's
+    one decision that looks at data). Looks exactly as MemoryManager.truncate does, so
+    that the replay, doing the same, makes the same backing calls."""
+    tail = new_size & (PAGE_SIZE - 1)
+    if not tail or new_size < 0:
+        return False
+    peek = getattr(mm, "_peek", None)
+    if peek is None:
+        return False
+    mapping = mm.address_space(ino)
+    cur = peek(mapping, new_size >> PAGE_SHIFT)
+    return cur is not None and any(cur[tail:])

@@ -1,0 +1,362 @@
+"""Replay: the recorded calls into a fresh MemoryManager, on a virtual clock, with no image.
+
+    result = replay("run.trace")                              # the recorded configuration
+    result = replay("run.trace", {"dram_pages": 4096, "policy": "clock"})
+    result.counters        # mm.stats() at the end (the `counters` object of EVENTS.md)
+    result.summary         # what `nvramfs log summary --json` says of the replay's own log
+
+Each record goes to the MemoryManager method of the same name (format.OPS),
+at its place in the stream, with mm's clock set to the record's time: ticks
+run where the mount ran them, dirty expiry sees the same ages. Runs of
+one-page reads go through mm's batch path (`mm.batch.load_pages`). With the
+recorded configuration the replay reproduces the live counters exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nvramfs.errors import UsageError
+from nvramfs.events import schema
+
+from .format import OP, OPS, Header, TraceError, cut_parts, iter_parts, read_header
+from .shadow import TraceBacking
+
+log = logging.getLogger(__name__)
+
+# Configuration keys a replay takes (header `config` names); the rest of the
+# header describes the recording only.
+REPLAY_KEYS = ("dram_pages", "policy", "writeback_seconds", "pte_special", "max_promote_per_tick")
+
+
+@dataclass
+class ReplayResult:
+    """What one replay did: the final counters, the summary of its log, and its cost."""
+
+    trace: str
+    config: dict[str, Any]
+    counters: dict[str, Any]
+    summary: dict[str, Any] | None
+    records: int
+    accesses: int
+    seconds: float
+    parts: int
+    complete: bool
+    warnings: list[str] = field(default_factory=list)
+    log: str | None = None
+
+
+class VirtualClock:
+    """mm's clock in a replay: the time of the record being replayed (seconds)."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, t0: float) -> None:
+        self.now = t0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def replay_config(header: Header, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The recorded configuration with `overrides` applied, checked (UsageError, exit 2)."""
+    from nvramfs.mm.policy import POLICIES
+
+    rec = header.config
+    cfg = {k: rec[k] for k in REPLAY_KEYS if k in rec}
+    for k, v in (overrides or {}).items():
+        if k not in REPLAY_KEYS:
+            raise UsageError(f"replay option {k}: unknown (one of: {', '.join(REPLAY_KEYS)})")
+        if v is not None:
+            cfg[k] = v
+    dram = cfg.get("dram_pages")
+    if not isinstance(dram, int) or dram < 1:
+        raise UsageError(f"dram: the budget must hold at least one 4 KiB frame (got {dram})")
+    policy = cfg.get("policy") or "2q"
+    if policy not in POLICIES:
+        raise UsageError(f"policy={policy}: unknown (one of: {', '.join(POLICIES)})")
+    cfg["policy"] = policy
+    wb = cfg.get("writeback_seconds", 5.0)
+    if not isinstance(wb, int | float) or not wb > 0:
+        raise UsageError(f"writeback={wb}: must be more than 0 seconds")
+    return cfg
+
+
+class Replayer:
+    """One replay in progress: the mm, its backing, the clock, the event log."""
+
+    def __init__(
+        self, header: Header, config: dict[str, Any], events: Any, clock: VirtualClock
+    ) -> None:
+        from nvramfs.mm import MemoryManager
+
+        rec = header.config
+        nr_blocks = int(rec.get("nr_blocks") or 1 << 20)
+        exact = all(config.get(k) == rec.get(k) for k in REPLAY_KEYS if k in rec)
+        self.exact = exact
+        self.backing = TraceBacking(nr_blocks, exact=exact)
+        self.clock = clock
+        self.events = events
+        kw: dict[str, Any] = {
+            "events": events,
+            "pte_special": bool(config.get("pte_special", True)),
+            "nr_nvram_pages": nr_blocks,
+            "writeback_seconds": float(config.get("writeback_seconds", 5.0)),
+            "clock": self.clock,
+        }
+        if config.get("max_promote_per_tick"):
+            kw["max_promote_per_tick"] = int(config["max_promote_per_tick"])
+        self.mm = MemoryManager(self.backing, int(config["dram_pages"]), config["policy"], **kw)
+        self.records = 0
+        self.closed = False
+        self._ones = b"\x01" * (1 << 20)
+        self._paths: dict[int, str] = {}
+
+    # -- records ----------------------------------------------------------------
+
+    def run_part(self, part: Any) -> None:
+        """Every record of one part, in order."""
+        c = part.cols
+        ops = c["op"]
+        n = len(ops)
+        self.records += n
+        backing = self.backing
+        maps = ops == OP["map"]
+        if self.exact:
+            # `map` records wait for the backing call of their number.
+            for i in np.flatnonzero(maps).tolist():
+                runs = part.runs.get(i) or []
+                backing.expect(int(c["seq"][i]), int(c["ino"][i]), runs, bool(c["flags"][i] & 1))
+        else:
+            maps[:] = False  # applied at their place in the stream (_op_map)
+        # Runs of one-page reads are fed to mm's batch path.
+        single = (ops == OP["read"]) & (c["npages"] == 1)
+        other = np.flatnonzero(~single & ~maps)
+        t, ino, page = c["t"], c["ino"], c["page"]
+        pos = 0
+        for j in [*other.tolist(), n]:
+            if j > pos:
+                self._reads(t[pos:j], ino[pos:j], page[pos:j], single[pos:j])
+            if j < n:
+                self._one(part, j)
+            pos = j + 1
+
+    def _reads(self, t: np.ndarray, ino: np.ndarray, page: np.ndarray, single: np.ndarray) -> None:
+        from nvramfs.mm.batch import load_pages
+
+        sel = np.flatnonzero(single)
+        if not len(sel):
+            return
+        ino, page = ino[sel], page[sel]
+        cut = np.flatnonzero(ino[1:] != ino[:-1]) + 1
+        bounds = [0, *cut.tolist(), len(sel)]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            self.clock.now = int(t[sel[b - 1]]) * 1e-9
+            load_pages(self.mm, int(ino[a]), page[a:b])
+
+    def _one(self, part: Any, i: int) -> None:
+        c = part.cols
+        op = OPS[int(c["op"][i])]
+        self.clock.now = int(c["t"][i]) * 1e-9
+        handler = getattr(self, "_op_" + op, None)
+        if handler is None:
+            raise TraceError(f"{part.path}: record {op!r} cannot be replayed")
+        handler(part, i, int(c["ino"][i]))
+
+    def _offset(self, c: dict[str, np.ndarray], i: int) -> int:
+        return (int(c["page"][i]) << 12) + int(c["pgoff"][i])
+
+    def _op_file(self, part: Any, i: int, ino: int) -> None:
+        self.backing.shadow.set_file(ino, int(part.cols["npages"][i]), part.runs.get(i) or [])
+        path = part.text.get(i)
+        if path is not None and self._paths.get(ino) != path:
+            self._paths[ino] = path
+            self.events.emit(schema.PATH, ino=ino, path=path)
+
+    def _op_map(self, part: Any, i: int, ino: int) -> None:
+        c = part.cols
+        self.backing.expect(int(c["seq"][i]), ino, part.runs.get(i) or [], bool(c["flags"][i] & 1))
+
+    def _op_read(self, part: Any, i: int, ino: int) -> None:
+        self.mm.read(ino, self._offset(part.cols, i), int(part.cols["nbytes"][i]))
+
+    def _op_write(self, part: Any, i: int, ino: int) -> None:
+        n = int(part.cols["nbytes"][i])
+        if n > len(self._ones):
+            self._ones = b"\x01" * n
+        self.mm.write(ino, self._offset(part.cols, i), memoryview(self._ones)[:n])
+
+    def _op_truncate(self, part: Any, i: int, ino: int) -> None:
+        size = int(part.cols["arg"][i])
+        self._pin_tail(ino, size, bool(part.cols["flags"][i] & 1))
+        self.mm.truncate(ino, size)
+        self.backing.shadow.drop_from(ino, (size + 4095) >> 12)
+
+    def _pin_tail(self, ino: int, size: int, nonzero: bool) -> None:
+        """Give the page truncate looks at the contents it had live (record.tail_holds_data)."""
+        mm = self.mm
+        tail = size & 4095
+        peek = getattr(mm, "_peek", None)
+        if not tail or peek is None:
+            return
+        mapping = mm.address_space(ino)
+        index = size >> 12
+        self.backing.last_block = 0
+        cur = peek(mapping, index)
+        if cur is None:
+            return
+        frame = mapping.pages.get(index)
+        if frame is not None:
+            data = mm.machine.data[frame]
+            data[tail:] = 0
+            if nonzero:
+                data[tail] = 1
+        elif self.backing.last_block:
+            self.backing.pin_tail(self.backing.last_block, tail, nonzero)
+
+    def _op_fsync(self, part: Any, i: int, ino: int) -> None:
+        self.mm.fsync(ino)
+
+    def _op_evict_inode(self, part: Any, i: int, ino: int) -> None:
+        self.mm.evict_inode(ino)
+        self.backing.shadow.forget(ino)
+
+    def _op_tick(self, part: Any, i: int, ino: int) -> None:
+        self.mm.tick()
+
+    def _op_sync_all(self, part: Any, i: int, ino: int) -> None:
+        self.mm.sync_all(part.text.get(i) or schema.REASON_SYNC)
+
+    def _op_demote_all(self, part: Any, i: int, ino: int) -> None:
+        self.mm.demote_all(part.text.get(i) or schema.REASON_CTL)
+
+    def _op_set_policy(self, part: Any, i: int, ino: int) -> None:
+        self.mm.set_policy(part.text.get(i))
+
+    def _op_promote(self, part: Any, i: int, ino: int) -> None:
+        self.mm.promote(ino, int(part.cols["page"][i]), part.text.get(i) or schema.REASON_CTL)
+
+    def _op_close(self, part: Any, i: int, ino: int) -> None:
+        self.mm.close()
+        self.closed = True
+
+    def finish(self) -> None:
+        """A trace cut short (no `close`): the last counters, no writeback (the live run
+        never wrote those pages back either)."""
+        if not self.closed:
+            self.events.emit(schema.COUNTERS, **self.mm.stats_.snapshot(self.mm.machine))
+            self.events.flush()
+
+
+def replay(
+    trace: str,
+    config: dict[str, Any] | None = None,
+    *,
+    log: str | None = None,
+    summary: bool = True,
+) -> ReplayResult:
+    """Replay `trace` (a directory) under its recorded configuration with `config` applied.
+
+    `log` keeps the replay's event log there (else it lives in a temporary file for
+    the summary and is removed). TraceError for a trace that cannot be read (exit 1),
+    UsageError for a configuration that makes no sense (exit 2)."""
+    from nvramfs.events.writer import EventWriter, NullEventWriter
+
+    header = read_header(trace)
+    cfg = replay_config(header, config)
+    notes: list[str] = []
+    if header.config.get("cache") == "kernel":
+        notes.append(
+            f"{trace}: recorded on a cache=kernel mount: the trace holds only the kernel's "
+            "page cache misses"
+        )
+    cut = cut_parts(trace)
+    tmpdir = None
+    if log is None and summary:
+        tmpdir = tempfile.mkdtemp(prefix="nvramfs-replay-")
+        log_path: str | None = os.path.join(tmpdir, "replay.events.jsonl")
+    else:
+        log_path = log
+    # The events' times are the replay's virtual times (the recorded ones).
+    ev_t0 = header.config.get("events_t0_ns")
+    clock = VirtualClock((ev_t0 if isinstance(ev_t0, int) else header.t0_ns) * 1e-9)
+    if log_path is not None:
+        if log is not None and os.path.exists(log_path):
+            os.unlink(log_path)
+        events: Any = EventWriter(log_path, clock=clock)
+    else:
+        events = NullEventWriter()
+    start = time.perf_counter()
+    try:
+        clock.now = header.t0_ns * 1e-9  # mm starts when the recording started
+        r = Replayer(header, cfg, events, clock)
+        _emit_mount(events, trace, header, cfg)
+        parts = 0
+        for part in iter_parts(trace):
+            r.run_part(part)
+            parts += 1
+        if cut or not r.closed:
+            notes.append(f"{trace}: the recording was cut short; replayed {parts} complete part(s)")
+        r.finish()
+        events.emit(schema.UNMOUNT, clean=r.closed)
+        events.flush()
+        seconds = time.perf_counter() - start
+        counters = r.mm.stats()
+        acc = counters["accesses"]
+        result = ReplayResult(
+            trace=trace,
+            config=cfg,
+            counters=counters,
+            summary=None,
+            records=r.records,
+            accesses=int(acc["read"]) + int(acc["write"]),
+            seconds=seconds,
+            parts=parts,
+            complete=r.closed and not cut,
+            warnings=notes,
+            log=log,
+        )
+        events.close()
+        if summary and log_path is not None:
+            result.summary = summarize_log(log_path)
+        return result
+    finally:
+        if tmpdir is not None:
+            for name in os.listdir(tmpdir):
+                os.unlink(os.path.join(tmpdir, name))
+            os.rmdir(tmpdir)
+
+
+def _emit_mount(events: Any, trace: str, header: Header, cfg: dict[str, Any]) -> None:
+    rec = header.config
+    events.emit(
+        schema.MOUNT,
+        image=rec.get("image"),
+        dram_pages=cfg["dram_pages"],
+        page_size=4096,
+        policy=cfg["policy"],
+        pte_special=bool(cfg.get("pte_special", True)),
+        cache=rec.get("cache"),
+        sim=True,
+        recovered=False,
+        wall=time.time(),
+        mountpoint=None,
+        replay=os.path.abspath(trace),
+    )
+
+
+def summarize_log(path: str) -> dict[str, Any]:
+    """The `log summary --json` object of an event log (the same functions)."""
+    from nvramfs.cli import log as logcli
+    from nvramfs.events.reader import load_events
+
+    events, report = load_events(path)
+    sessions = logcli.split_sessions(events)
+    return logcli.summarize(sessions, report, log=path)
