@@ -214,7 +214,7 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
     config = trace_config(img, opts, params)
     t0 = getattr(events, "t0", None)
     if isinstance(t0, float):
-        config["events_t0_ns"] = round(t0 * 1e9)  # the event log's time 0 (same clock)
+        config["events_t0_us"] = round(t0 * 1e6)  # the event log's time 0 (same clock)
     rec = Recorder(opts.trace, img, config, size_of=lambda ino: img.getattr(ino).size)
     mm = MemoryManager(rec.backing, opts.dram_pages, clock=rec.clock, **kw)
     return rec.wrap(mm)

@@ -1,6 +1,6 @@
 """The on-disk trace: a directory of Parquet parts and a JSON header (docs/TRACE.md).
 
-    TRACE/header.json          {"format": "nvramfs-trace", "version": 1, "t0_ns", "config": {...}}
+    TRACE/header.json          {"format": "nvramfs-trace", "version": 1, "t0_us", "config": {...}}
     TRACE/part-000000.parquet  records, in stream order; each part is written to a
     TRACE/part-000001.parquet  temporary name and renamed when complete, so a crash
     ...                        loses at most the part being written
@@ -61,7 +61,7 @@ OP = {name: code for code, name in enumerate(OPS)}
 
 # (name, numpy dtype, array.array typecode) of the fixed-width columns.
 COLUMNS = (
-    ("t", np.int64, "q"),  # CLOCK_MONOTONIC ns (DELTA_BINARY_PACKED on disk)
+    ("t_us", np.int64, "q"),  # CLOCK_MONOTONIC, microseconds (DELTA_BINARY_PACKED on disk)
     ("op", np.int8, "b"),
     ("ino", np.int64, "q"),
     ("page", np.int64, "q"),  # first page index
@@ -92,25 +92,80 @@ def arrow_schema() -> Any:
     return pa.schema(fields, metadata={b"nvramfs-trace-version": str(VERSION).encode()})
 
 
+# Columns most records leave at 0: buffered sparsely (row -> value).
+SPARSE = ("arg", "seq", "flags")
+# A buffered record is five int64s: time, op code, inode, byte offset (page and
+# pgoff of a read/write; page << 12 of others), length in bytes. One
+# `array.extend` per record on the request path; `npages` is computed when a
+# part is built (from pgoff and nbytes; a file's from its size).
+FIELDS = 5
+
+
 class Buffer:
-    """Columns of records not yet written (appends only; no numpy on the request path)."""
+    """Records not yet written: five int64s each in one array, plus the sparse columns
+    (`arg`, `seq`, `flags`, `text`, `runs`) of the few records that use them."""
 
     def __init__(self) -> None:
-        self.cols = {name: array.array(code) for name, _, code in COLUMNS}
-        self.text: dict[int, str] = {}
-        self.runs: dict[int, list[int]] = {}
+        self.data = array.array("q")
+        self.sparse: dict[str, dict[int, Any]] = {name: {} for name in (*SPARSE, "text", "runs")}
 
     def __len__(self) -> int:
-        return len(self.cols["t"])
+        return len(self.data) // FIELDS
+
+    def add(self, t_us: int, op: int, ino: int, offset: int, nbytes: int) -> int:
+        """Append one record; returns its row."""
+        i = len(self.data) // FIELDS
+        self.data.extend((t_us, op, ino, offset, nbytes))
+        return i
+
+    def take(self) -> Buffer:
+        """Move the records out into a new Buffer; this one is empty again (the same
+        array, so a bound `extend` stays valid)."""
+        out = Buffer()
+        out.data = array.array("q", self.data)
+        del self.data[:]
+        for name, d in self.sparse.items():
+            out.sparse[name] = dict(d)
+            d.clear()
+        return out
+
+    def columns(self) -> dict[str, np.ndarray]:
+        a = np.frombuffer(self.data, dtype=np.int64).reshape(-1, FIELDS)
+        op = a[:, 1].astype(np.int8)
+        off, nbytes = a[:, 3], a[:, 4].copy()
+        rw = (op == OP["read"]) | (op == OP["write"])
+        npages = np.where(rw & (nbytes > 0), ((off & 4095) + nbytes + 4095) >> 12, 0)
+        cols = {
+            "t_us": a[:, 0].copy(),
+            "op": op,
+            "ino": a[:, 2].copy(),
+            "page": off >> 12,
+            "npages": npages.astype(np.int32),
+            "pgoff": (off & 4095).astype(np.int16),
+            "nbytes": nbytes,
+        }
+        n = len(a)
+        for name, dt, _ in COLUMNS:
+            if name in SPARSE:
+                col = np.zeros(n, dtype=dt)
+                d = self.sparse[name]
+                if d:
+                    col[np.fromiter(d.keys(), np.int64, len(d))] = list(d.values())
+                cols[name] = col
+        files = self.sparse["arg"]
+        for i in np.flatnonzero(op == OP["file"]).tolist():
+            cols["npages"][i] = (files.get(i, 0) + 4095) >> 12
+        return cols
 
     def table(self) -> Any:
         """The buffered records as one Arrow table (the worker thread builds it)."""
         import pyarrow as pa
 
         n = len(self)
+        cols = self.columns()
         arrays = []
         for name, dt, _ in COLUMNS:
-            col = np.frombuffer(self.cols[name], dtype=dt) if n else np.zeros(0, dtype=dt)
+            col = cols[name]
             if name == "op":
                 arrays.append(
                     pa.DictionaryArray.from_arrays(
@@ -119,23 +174,20 @@ class Buffer:
                 )
             else:
                 arrays.append(pa.array(col.astype(dt, copy=False)))
-        text: list[str | None] = [None] * n
-        for i, s in self.text.items():
-            text[i] = s
-        runs: list[list[int] | None] = [None] * n
-        for i, r in self.runs.items():
-            runs[i] = r
-        arrays.append(pa.array(text, type=pa.string()))
-        arrays.append(pa.array(runs, type=pa.list_(pa.int64())))
+        for name, typ in (("text", pa.string()), ("runs", pa.list_(pa.int64()))):
+            values: list[Any] = [None] * n
+            for i, v in self.sparse[name].items():
+                values[i] = v
+            arrays.append(pa.array(values, type=typ))
         return pa.Table.from_arrays(arrays, schema=arrow_schema())
 
 
-def write_header(directory: str, t0_ns: int, config: dict[str, Any]) -> None:
+def write_header(directory: str, t0_us: int, config: dict[str, Any]) -> None:
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):
         if PART_RE.match(name) or name == HEADER or name.endswith(".tmp"):
             raise NvramfsError(f"trace {directory}: already holds a trace (give a new directory)")
-    head = {"format": FORMAT, "version": VERSION, "t0_ns": t0_ns, "config": config}
+    head = {"format": FORMAT, "version": VERSION, "t0_us": t0_us, "config": config}
     tmp = os.path.join(directory, HEADER + ".tmp")
     with open(tmp, "w") as f:
         json.dump(head, f, indent=1, sort_keys=True)
@@ -155,7 +207,7 @@ def write_part(directory: str, number: int, table: Any) -> str:
         compression="zstd",
         compression_level=6,
         use_dictionary=["op", "text"],
-        column_encoding={"t": "DELTA_BINARY_PACKED", "seq": "DELTA_BINARY_PACKED"},
+        column_encoding={"t_us": "DELTA_BINARY_PACKED", "seq": "DELTA_BINARY_PACKED"},
         row_group_size=1 << 20,
     )
     os.rename(tmp, name)
@@ -205,7 +257,7 @@ class PartWriter:
 class Header:
     path: str
     version: int
-    t0_ns: int
+    t0_us: int
     config: dict[str, Any]
 
 
@@ -233,9 +285,9 @@ def read_header(directory: str) -> Header:
             f"{path}: trace version {version} is newer than this nvramfs reads ({VERSION})"
         )
     config = head.get("config")
-    if not isinstance(config, dict) or not isinstance(head.get("t0_ns"), int):
+    if not isinstance(config, dict) or not isinstance(head.get("t0_us"), int):
         raise TraceError(f"{path}: header lacks the configuration")
-    return Header(directory, version, int(head["t0_ns"]), config)
+    return Header(directory, version, int(head["t0_us"]), config)
 
 
 def part_files(directory: str) -> list[str]:
@@ -269,7 +321,7 @@ class Part:
     runs: dict[int, list[int]]
 
     def __len__(self) -> int:
-        return len(self.cols["t"])
+        return len(self.cols["t_us"])
 
 
 def read_part(path: str) -> Part:

@@ -6,8 +6,8 @@ which then calls the proxy exactly as it called mm. Each call appends one row
 to column buffers (a few array appends) and goes on to mm; parts are written
 by a worker thread.
 
-mm's clock is the recorder's: the CLOCK_MONOTONIC reading taken when the call
-came in, the same for the whole call. A replay sets the same clock from the
+mm's clock is the recorder's: the CLOCK_MONOTONIC reading (in microseconds, the
+trace's resolution) taken when the call came in, the same for the whole call. A replay sets the same clock from the
 recorded `t`, so every time-based decision (dirty expiry) is the same.
 
 The Backing proxy numbers every `bmap` and `write_pages` call and compares the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 
 from nvramfs.mm.flags import PAGE_SHIFT, PAGE_SIZE
 
-from .format import OP, Buffer, PartWriter, encode_pairs, encode_runs, write_header
+from .format import FIELDS, OP, Buffer, PartWriter, encode_pairs, encode_runs, write_header
 from .shadow import ExtentShadow
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,9 @@ class Recorder:
         now_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.directory = directory
-        self.now = now_ns
-        self.now_ns = now_ns()
-        write_header(directory, self.now_ns, config)
+        self.now_ns = now_ns
+        self.now_us = now_ns() // 1000
+        write_header(directory, self.now_us, config)
         self.config = config
         self.shadow = ExtentShadow()
         self.backing = RecordingBacking(self, backing)
@@ -125,25 +126,19 @@ class Recorder:
         self.path_of = path_of
         self.size_of = size_of
         self.part_rows = part_rows
-        self.part_ns = int(part_seconds * 1e9)
-        self._last_part_ns = self.now_ns
+        self.part_us = int(part_seconds * 1e6)
+        self._last_part_us = self.now_us
         self._buf = Buffer()
-        self._bind()
+        self._data = self._buf.data
+        self._sparse = self._buf.sparse
         self._seen: set[int] = set()
         self._writer = PartWriter(directory)
         self.records = 0
         self.closed = False
 
-    def _bind(self) -> None:
-        c = self._buf.cols
-        self._t, self._op, self._ino = c["t"].append, c["op"].append, c["ino"].append
-        self._page, self._np, self._pgoff = c["page"].append, c["npages"].append, c["pgoff"].append
-        self._nbytes, self._arg = c["nbytes"].append, c["arg"].append
-        self._seq, self._flags = c["seq"].append, c["flags"].append
-
     def clock(self) -> float:
         """mm's clock: the time the current call came in (seconds)."""
-        return self.now_ns * 1e-9
+        return self.now_us * 1e-6
 
     # -- rows ----------------------------------------------------------------
 
@@ -152,38 +147,32 @@ class Recorder:
         op: int,
         ino: int = 0,
         page: int = 0,
-        npages: int = 0,
-        pgoff: int = 0,
         nbytes: int = 0,
+        *,
+        offset: int | None = None,
         arg: int = 0,
         seq: int = 0,
         flags: int = 0,
         text: str | None = None,
         runs: list[int] | None = None,
     ) -> None:
-        i = len(self._buf)
-        self._t(self.now_ns)
-        self._op(op)
-        self._ino(ino)
-        self._page(page)
-        self._np(npages)
-        self._pgoff(pgoff)
-        self._nbytes(nbytes)
-        self._arg(arg)
-        self._seq(seq)
-        self._flags(flags)
+        i = self._buf.add(
+            self.now_us, op, ino, (page << PAGE_SHIFT) if offset is None else offset, nbytes
+        )
+        sp = self._sparse
+        for name, v in (("arg", arg), ("seq", seq), ("flags", flags), ("runs", runs)):
+            if v:
+                sp[name][i] = v
         if text is not None:
-            self._buf.text[i] = text
-        if runs is not None:
-            self._buf.runs[i] = runs
+            sp["text"][i] = text
 
     def map_record(self, seq: int, ino: int, runs: list[int], *, writeback: bool) -> None:
         self.row(OP["map"], ino, seq=seq, flags=1 if writeback else 0, runs=runs)
 
     def call(self, op: str, ino: int = 0, *, touch: bool = True, **kw: Any) -> None:
         """A MemoryManager call is about to run: stamp the clock, write its row."""
-        self.now_ns = self.now()
-        if len(self._buf) >= self.part_rows:
+        self.now_us = self.now_ns() // 1000
+        if len(self._data) >= self.part_rows * FIELDS:
             self.flush()
         if touch and ino and ino not in self._seen:
             self.first_touch(ino)
@@ -207,17 +196,16 @@ class Recorder:
             runs = encode_runs(0, blocks)
             self.shadow.set_range(ino, 0, npages, blocks)
         path = self.path_of(ino) if self.path_of is not None else None
-        self.row(OP["file"], ino, 0, npages, arg=size, text=path, runs=runs)
+        self.row(OP["file"], ino, arg=size, text=path, runs=runs)
 
     def flush(self) -> None:
         """Hand the buffered records to the writer thread (a call boundary)."""
-        buf, self._buf = self._buf, Buffer()
-        self._bind()
-        self._last_part_ns = self.now_ns
+        buf = self._buf.take()
+        self._last_part_us = self.now_us
         self._writer.submit(buf)
 
     def maybe_flush(self) -> None:
-        if self.now_ns - self._last_part_ns >= self.part_ns:
+        if self.now_us - self._last_part_us >= self.part_us:
             self.flush()
 
     def close(self) -> None:
@@ -245,6 +233,13 @@ class RecordingMM:
         self._warned: set[str] = set()
         self._mm_read = mm.read
         self._mm_write = mm.write
+        self._now_ns = rec.now_ns
+        self._seen = rec._seen
+        self._data = rec._data
+        # array.frombytes(struct.pack(...)): a third of array.extend(tuple)'s cost.
+        self._put = rec._data.frombytes
+        self._pack = struct.Struct("=5q").pack
+        self._max = rec.part_rows * FIELDS
 
     @property
     def recorder(self) -> Recorder:
@@ -259,42 +254,25 @@ class RecordingMM:
         return value
 
     def read(self, ino: int, offset: int, length: int) -> Any:
-        rec = self._rec
-        rec.now_ns = rec.now()
-        if ino not in rec._seen:
-            rec.first_touch(ino)
-        elif len(rec._buf) >= rec.part_rows:
-            rec.flush()
-        page = offset >> PAGE_SHIFT
-        end = offset + length
-        rec.row(
-            _READ,
-            ino,
-            page,
-            ((end + 4095) >> PAGE_SHIFT) - page if length > 0 else 0,
-            offset & 4095,
-            length,
-        )
+        # The request path: a clock reading and one append of five int64s.
+        now = self._now_ns() // 1000
+        self._rec.now_us = now
+        if ino not in self._seen:
+            self._rec.first_touch(ino)
+        elif len(self._data) >= self._max:
+            self._rec.flush()
+        self._put(self._pack(now, _READ, ino, offset, length))
         return self._mm_read(ino, offset, length)
 
     def write(self, ino: int, offset: int, data: Any) -> None:
-        rec = self._rec
-        rec.now_ns = rec.now()
-        if ino not in rec._seen:
-            rec.first_touch(ino)
-        elif len(rec._buf) >= rec.part_rows:
-            rec.flush()
-        length = len(memoryview(data).cast("B")) if not isinstance(data, bytes) else len(data)
-        page = offset >> PAGE_SHIFT
-        end = offset + length
-        rec.row(
-            _WRITE,
-            ino,
-            page,
-            ((end + 4095) >> PAGE_SHIFT) - page if length > 0 else 0,
-            offset & 4095,
-            length,
-        )
+        now = self._now_ns() // 1000
+        self._rec.now_us = now
+        if ino not in self._seen:
+            self._rec.first_touch(ino)
+        elif len(self._data) >= self._max:
+            self._rec.flush()
+        length = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+        self._put(self._pack(now, _WRITE, ino, offset, length))
         return self._mm_write(ino, offset, data)
 
     def truncate(self, ino: int, new_size: int) -> None:

@@ -139,7 +139,7 @@ class Replayer:
         # Runs of one-page reads are fed to mm's batch path.
         single = (ops == OP["read"]) & (c["npages"] == 1)
         other = np.flatnonzero(~single & ~maps)
-        t, ino, page = c["t"], c["ino"], c["page"]
+        t, ino, page = c["t_us"], c["ino"], c["page"]
         pos = 0
         for j in [*other.tolist(), n]:
             if j > pos:
@@ -158,13 +158,13 @@ class Replayer:
         cut = np.flatnonzero(ino[1:] != ino[:-1]) + 1
         bounds = [0, *cut.tolist(), len(sel)]
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            self.clock.now = int(t[sel[b - 1]]) * 1e-9
+            self.clock.now = int(t[sel[b - 1]]) * 1e-6
             load_pages(self.mm, int(ino[a]), page[a:b])
 
     def _one(self, part: Any, i: int) -> None:
         c = part.cols
         op = OPS[int(c["op"][i])]
-        self.clock.now = int(c["t"][i]) * 1e-9
+        self.clock.now = int(c["t_us"][i]) * 1e-6
         handler = getattr(self, "_op_" + op, None)
         if handler is None:
             raise TraceError(f"{part.path}: record {op!r} cannot be replayed")
@@ -285,8 +285,8 @@ def replay(
     else:
         log_path = log
     # The events' times are the replay's virtual times (the recorded ones).
-    ev_t0 = header.config.get("events_t0_ns")
-    clock = VirtualClock((ev_t0 if isinstance(ev_t0, int) else header.t0_ns) * 1e-9)
+    ev_t0 = header.config.get("events_t0_us")
+    clock = VirtualClock((ev_t0 if isinstance(ev_t0, int) else header.t0_us) * 1e-6)
     if log_path is not None:
         if log is not None and os.path.exists(log_path):
             os.unlink(log_path)
@@ -295,7 +295,7 @@ def replay(
         events = NullEventWriter()
     start = time.perf_counter()
     try:
-        clock.now = header.t0_ns * 1e-9  # mm starts when the recording started
+        clock.now = header.t0_us * 1e-6  # mm starts when the recording started
         r = Replayer(header, cfg, events, clock)
         _emit_mount(events, trace, header, cfg)
         parts = 0

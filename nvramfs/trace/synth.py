@@ -38,19 +38,19 @@ def read_trace(
     dram_pages: int = 16384,
     policy: str = "2q",
     ino: int = 2,
-    gap_ns: int = 50_000,
+    gap_us: int = 50,
     tick_every: int = 20_000,
     part_rows: int = 1 << 20,
     seed: int = 1,
 ) -> None:
     """Write a read-only trace of one file (`npages` pages) read page by page."""
     rng = np.random.default_rng(seed)
-    t0 = 1_000_000_000_000
+    t0 = 1_000_000_000
     config = {
         "dram_pages": dram_pages,
         "policy": policy,
         "writeback_seconds": 5.0,
-        "tick_seconds": gap_ns * tick_every / 1e9,
+        "tick_seconds": gap_us * tick_every / 1e6,
         "cache": "direct",
         "pte_special": True,
         "nr_blocks": npages + 16,
@@ -60,47 +60,33 @@ def read_trace(
     write_header(directory, t0, config)
     n = len(pages)
     # Request arrival times: jittered gaps, as a recorded fio run has.
-    t = t0 + np.cumsum(rng.integers(gap_ns // 2, gap_ns * 3 // 2, n, dtype=np.int64))
+    t = t0 + np.cumsum(rng.integers(gap_us // 2, gap_us * 3 // 2 + 1, n, dtype=np.int64))
     part = 0
     buf = Buffer()
-    c = buf.cols
-    c["t"].append(t0)
-    c["op"].append(OP["file"])
-    for name in ("ino", "page", "npages", "pgoff", "nbytes", "arg", "seq", "flags"):
-        c[name].append({"ino": ino, "npages": npages, "arg": npages * PAGE}.get(name, 0))
-    buf.text[0] = "/synthetic"
-    buf.runs[0] = encode_runs(0, np.arange(1, npages + 1, dtype=np.int64))
+    buf.add(t0, OP["file"], ino, 0, 0)
+    buf.sparse["arg"][0] = npages * PAGE
+    buf.sparse["text"][0] = "/synthetic"
+    buf.sparse["runs"][0] = encode_runs(0, np.arange(1, npages + 1, dtype=np.int64))
     for start in range(0, n, tick_every):
         end = min(n, start + tick_every)
-        _extend(buf, t[start:end], OP["read"], ino, pages[start:end], 1, 0, PAGE)
-        _extend(buf, t[end - 1 : end] + gap_ns // 4, OP["tick"], 0, np.zeros(1, np.int64), 0, 0, 0)
+        _extend(buf, t[start:end], OP["read"], ino, pages[start:end], 0, PAGE)
+        _extend(buf, t[end - 1 : end] + 1, OP["tick"], 0, np.zeros(1, np.int64), 0, 0)
         if len(buf) >= part_rows:
             write_part(directory, part, buf.table())
             part += 1
             buf = Buffer()
-    _extend(buf, np.array([int(t[-1]) + gap_ns]), OP["close"], 0, np.zeros(1, np.int64), 0, 0, 0)
+    _extend(buf, np.array([int(t[-1]) + gap_us]), OP["close"], 0, np.zeros(1, np.int64), 0, 0)
     write_part(directory, part, buf.table())
 
 
 def _extend(
-    buf: Buffer,
-    t: np.ndarray,
-    op: int,
-    ino: int,
-    page: np.ndarray,
-    npages: int,
-    pgoff: int,
-    nbytes: int,
+    buf: Buffer, t: np.ndarray, op: int, ino: int, page: np.ndarray, pgoff: int, nbytes: int
 ) -> None:
     n = len(t)
-    c = buf.cols
-    c["t"].frombytes(np.asarray(t, dtype=np.int64).tobytes())
-    c["op"].frombytes(np.full(n, op, dtype=np.int8).tobytes())
-    c["ino"].frombytes(np.full(n, ino, dtype=np.int64).tobytes())
-    c["page"].frombytes(np.asarray(page, dtype=np.int64).tobytes())
-    c["npages"].frombytes(np.full(n, npages, dtype=np.int32).tobytes())
-    c["pgoff"].frombytes(np.full(n, pgoff, dtype=np.int16).tobytes())
-    c["nbytes"].frombytes(np.full(n, nbytes, dtype=np.int64).tobytes())
-    for name in ("arg", "seq"):
-        c[name].frombytes(np.zeros(n, dtype=np.int64).tobytes())
-    c["flags"].frombytes(np.zeros(n, dtype=np.int8).tobytes())
+    rows = np.empty((n, 5), dtype=np.int64)
+    rows[:, 0] = t
+    rows[:, 1] = op
+    rows[:, 2] = ino
+    rows[:, 3] = (np.asarray(page, dtype=np.int64) << 12) + pgoff
+    rows[:, 4] = nbytes
+    buf.data.frombytes(rows.tobytes())

@@ -21,12 +21,12 @@ from nvramfs.trace import Recorder, replay
 PAGE = 4096
 
 
-class NsClock:
+class UsClock:
     def __init__(self) -> None:
-        self.ns = 5_000_000_000
+        self.us = 5_000_000
 
     def __call__(self) -> int:
-        return self.ns
+        return self.us
 
 
 def _events(path: Path, kinds=("migrate", "cow", "writeback", "counters", "access")) -> list:
@@ -59,7 +59,7 @@ def record_random(
         holes = set(rng.integers(0, n, 4).tolist())
         backing.create(ino, data, holes=holes)
         sizes[ino] = n * PAGE
-    clock = NsClock()
+    clock = UsClock()
     trace = tmp_path / f"t{seed}.trace"
     config = {
         "dram_pages": dram,
@@ -76,7 +76,7 @@ def record_random(
         part_rows=part_rows,
         path_of=lambda ino: f"/f{ino}",
         size_of=lambda ino: sizes.get(ino, 0),
-        now_ns=clock,
+        now_ns=lambda: clock.us * 1000,
     )
     live_log = tmp_path / f"live{seed}.jsonl"
     events = EventWriter(live_log, clock=rec.clock)
@@ -92,7 +92,7 @@ def record_random(
         )
     )
     for _ in range(steps):
-        clock.ns += int(rng.integers(1, 40_000_000))
+        clock.us += int(rng.integers(1, 40_000))
         ino = int(rng.choice([2, 3, 4, 5]))
         size = sizes.get(ino, 0)
         r = rng.random()
@@ -128,7 +128,7 @@ def record_random(
             mm.evict_inode(ino)
             backing.remove(ino)
             sizes.pop(ino, None)
-    clock.ns += 1_000_000
+    clock.us += 1_000
     mm.close()
     events.close()
     return trace, mm.stats(), live_log
