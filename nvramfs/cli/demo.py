@@ -49,6 +49,7 @@ from nvramfs.events.reader import ReadReport, load_events, parse_line
 DEFAULT_DRAM = "8M"  # the zipf hot set of the default image is a little bigger: it fills
 QUICK_DRAM = "2M"  # the quick phases warm fewer pages; a smaller budget still fills
 LOG_NAME = "demo.events.jsonl"
+TRACE_NAME = "demo.trace"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -526,7 +527,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def mount(
-    image: Path, mnt: Path, dram: str, policy: str | None, log: Path
+    image: Path, mnt: Path, dram: str, policy: str | None, log: Path, trace: Path | None = None
 ) -> tuple[int | None, bool]:
     """`nvramfs mount` (returns once the mount is ready): the daemon's pid, and whether
     Ctrl-C was pressed meanwhile.
@@ -536,6 +537,8 @@ def mount(
     take down.
     """
     opts = f"dram={dram},log={log}" + (f",policy={policy}" if policy else "")
+    if trace is not None:
+        opts += f",trace={trace}"  # every MemoryManager call, for `nvramfs replay`
     interrupted: list[int] = []
     old = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
     try:
@@ -602,9 +605,11 @@ def main(args: argparse.Namespace) -> int:
     outdir = outdir.resolve()
     log = outdir / LOG_NAME
     plots = outdir / "plots"
+    trace = outdir / TRACE_NAME
     for stale in (log, outdir / "summary.json"):
         stale.unlink(missing_ok=True)
     shutil.rmtree(plots, ignore_errors=True)
+    shutil.rmtree(trace, ignore_errors=True)
 
     own_mnt = args.mountpoint is None
     mnt = Path(tempfile.mkdtemp(prefix="nvramfs-demo-")) if own_mnt else Path(args.mountpoint)
@@ -617,7 +622,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"nvramfs demo: mounting {image} on {mnt} (DRAM {dram}"
           f"{', policy ' + args.policy if args.policy else ''})", flush=True)  # fmt: skip
     try:
-        pid, interrupted = mount(image, mnt, dram, args.policy, log)
+        pid, interrupted = mount(image, mnt, dram, args.policy, log, trace)
         if interrupted:
             raise KeyboardInterrupt
         phases = plan_phases(mnt, args.quick)
@@ -677,6 +682,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"still mounted at {mnt}: nvramfs umount {mnt} ends it")
     print(f"same numbers nvramfs log {log} summary")
     print(f"summary      {outdir / 'summary.json'}")
+    if (trace / "header.json").exists():
+        print(f"trace        {trace} (nvramfs replay {trace} -o dram=...,policy=...)")
     if plot_paths:
         print("plots        " + "\n             ".join(str(p) for p in plot_paths))
     elif plot_note:

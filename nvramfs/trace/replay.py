@@ -116,6 +116,7 @@ class Replayer:
         self.mm = MemoryManager(self.backing, int(config["dram_pages"]), config["policy"], **kw)
         self.records = 0
         self.closed = False
+        self.batch = True
         self._ones = b"\x01" * (1 << 20)
         self._paths: dict[int, str] = {}
 
@@ -138,6 +139,8 @@ class Replayer:
             maps[:] = False  # applied at their place in the stream (_op_map)
         # Runs of one-page reads are fed to mm's batch path.
         single = (ops == OP["read"]) & (c["npages"] == 1)
+        if not self.batch:
+            single[:] = False
         other = np.flatnonzero(~single & ~maps)
         t, ino, page = c["t_us"], c["ino"], c["page"]
         pos = 0
@@ -261,11 +264,13 @@ def replay(
     *,
     log: str | None = None,
     summary: bool = True,
+    batch: bool = True,
 ) -> ReplayResult:
     """Replay `trace` (a directory) under its recorded configuration with `config` applied.
 
     `log` keeps the replay's event log there (else it lives in a temporary file for
-    the summary and is removed). TraceError for a trace that cannot be read (exit 1),
+    the summary and is removed). `batch=False` hands every record to mm on its own
+    (the benchmark's baseline; the result is the same). TraceError for a trace that cannot be read (exit 1),
     UsageError for a configuration that makes no sense (exit 2)."""
     from nvramfs.events.writer import EventWriter, NullEventWriter
 
@@ -297,6 +302,7 @@ def replay(
     try:
         clock.now = header.t0_us * 1e-6  # mm starts when the recording started
         r = Replayer(header, cfg, events, clock)
+        r.batch = batch
         _emit_mount(events, trace, header, cfg)
         parts = 0
         for part in iter_parts(trace):

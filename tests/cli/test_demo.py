@@ -166,6 +166,14 @@ def test_quick_demo_end_to_end(demo_dirs) -> None:
     for p in plots:
         _png_ok(p)
         assert str(p) in text
+    # The demo records a trace; replayed, it gives the live counters (docs/TRACE.md).
+    trace = out / "demo.trace"
+    assert f"trace        {trace}" in text
+    rep = nvramfs("replay", trace, "--json")
+    assert rep.returncode == 0, rep.stderr
+    replayed = json.loads(rep.stdout)
+    for key in ("faults", "accesses", "migrations", "cow", "writebacks", "peak"):
+        assert replayed[key] == summary[key], key
 
 
 @pytest.mark.fuse
