@@ -130,13 +130,12 @@ class Replayer:
         self.records += n
         backing = self.backing
         maps = ops == OP["map"]
+        map_rows = np.flatnonzero(maps)
         if self.exact:
             # `map` records wait for the backing call of their number.
-            for i in np.flatnonzero(maps).tolist():
+            for i in map_rows.tolist():
                 runs = part.runs.get(i) or []
                 backing.expect(int(c["seq"][i]), int(c["ino"][i]), runs, bool(c["flags"][i] & 1))
-        else:
-            maps[:] = False  # applied at their place in the stream (_op_map)
         # Runs of one-page reads are fed to mm's batch path.
         single = (ops == OP["read"]) & (c["npages"] == 1)
         if not self.batch:
@@ -144,12 +143,27 @@ class Replayer:
         other = np.flatnonzero(~single & ~maps)
         t, ino, page = c["t_us"], c["ino"], c["page"]
         pos = 0
+        free = not self.exact and len(map_rows) > 0
         for j in [*other.tolist(), n]:
             if j > pos:
+                if free:
+                    self._maps(part, map_rows, pos, j)
                 self._reads(t[pos:j], ino[pos:j], page[pos:j], single[pos:j])
             if j < n:
+                if free:
+                    # The image changes found during a call happened before it.
+                    k = j + 1
+                    while k < n and maps[k]:
+                        k += 1
+                    self._maps(part, map_rows, j + 1, k)
                 self._one(part, j)
             pos = j + 1
+
+    def _maps(self, part: Any, rows: np.ndarray, lo: int, hi: int) -> None:
+        """Replaying another configuration: apply the `map` records in rows [lo, hi)."""
+        a, b = np.searchsorted(rows, [lo, hi])
+        for i in rows[a:b].tolist():
+            self._op_map(part, i, int(part.cols["ino"][i]))
 
     def _reads(self, t: np.ndarray, ino: np.ndarray, page: np.ndarray, single: np.ndarray) -> None:
         from nvramfs.mm.batch import load_pages

@@ -118,3 +118,26 @@ def test_a_trace_cut_by_kill_replays_its_complete_parts(
     assert rep["replay"]["complete"] is False
     assert rep["replay"]["parts"] == len(parts)
     assert rep["accesses"]["read"] > 0
+
+
+def test_mount_refuses_a_trace_directory_that_holds_a_trace(mounter, tmp_path: Path) -> None:
+    image = mounter.image("64M")
+    trace = tmp_path / "old.trace"
+    m = mounter(image, f"trace={trace}")
+    m.umount()
+    assert (trace / "header.json").exists()
+    mnt = tmp_path / "again"
+    mnt.mkdir()
+    out = nvramfs("mount", str(image), str(mnt), "-o", f"trace={trace}")
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(trace) in lines[0] and "already holds a trace" in lines[0]
+    with open("/proc/mounts") as f:
+        assert str(mnt) not in f.read()
+
+
+def test_trace_option_is_an_absolute_path() -> None:
+    from nvramfs.fuse.options import parse_options
+
+    assert parse_options(["trace=rel.trace"]).trace == os.path.abspath("rel.trace")
+    assert parse_options(["dram=8M"]).trace is None
