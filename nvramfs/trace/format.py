@@ -59,6 +59,18 @@ OPS = (
 )
 OP = {name: code for code, name in enumerate(OPS)}
 
+# Plain call records: the method's arguments, in order, and the column each is
+# kept in (`ino`, `page`, `arg`: integers; `text`: a string). A MemoryManager call
+# listed here (and in OPS) is recorded and replayed with no code of its own:
+# the recording proxy wraps it, the replay calls the method of the same name.
+CALLS: dict[str, tuple[str, ...]] = {
+    "fsync": ("ino",),
+    "sync_all": ("text",),
+    "demote_all": ("text",),
+    "set_policy": ("text",),
+    "promote": ("ino", "page", "text"),
+}
+
 # (name, numpy dtype, array.array typecode) of the fixed-width columns.
 COLUMNS = (
     ("t_us", np.int64, "q"),  # CLOCK_MONOTONIC, microseconds (DELTA_BINARY_PACKED on disk)

@@ -17,6 +17,7 @@ become `map` records.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import struct
@@ -28,7 +29,7 @@ import numpy as np
 
 from nvramfs.mm.flags import PAGE_SHIFT, PAGE_SIZE
 
-from .format import FIELDS, OP, Buffer, PartWriter, encode_pairs, encode_runs, write_header
+from .format import CALLS, FIELDS, OP, Buffer, PartWriter, encode_pairs, encode_runs, write_header
 from .shadow import ExtentShadow
 
 log = logging.getLogger(__name__)
@@ -247,11 +248,37 @@ class RecordingMM:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._mm, name)
+        if name in CALLS and callable(value):
+            wrapper = self._plain_call(name, value)
+            self.__dict__[name] = wrapper  # found directly from now on
+            return wrapper
         if callable(value) and name not in PASS_THROUGH and name not in self._warned:
             # A call this recorder does not know: the replay will not see it.
             self._warned.add(name)
             log.warning("trace: MemoryManager.%s is not recorded (replay may diverge)", name)
         return value
+
+    def _plain_call(self, name: str, method: Any) -> Any:
+        """A recording wrapper of a CALLS method: its arguments into their columns."""
+        sig = inspect.signature(method)
+        fields = CALLS[name]
+        rec = self._rec
+
+        def call(*args: Any, **kw: Any) -> Any:
+            bound = sig.bind(*args, **kw)
+            bound.apply_defaults()
+            values = dict(zip(fields, bound.args, strict=False))
+            rec.call(
+                name,
+                int(values.get("ino") or 0),
+                page=int(values.get("page") or 0),
+                arg=int(values.get("arg") or 0),
+                text=None if values.get("text") is None else str(values["text"]),
+            )
+            return method(*args, **kw)
+
+        call.__name__ = name
+        return call
 
     def read(self, ino: int, offset: int, length: int) -> Any:
         # The request path: a clock reading and one append of five int64s.
@@ -283,10 +310,6 @@ class RecordingMM:
         rec.shadow.drop_from(ino, (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT)
         return out
 
-    def fsync(self, ino: int) -> int:
-        self._rec.call("fsync", ino, touch=False)
-        return self._mm.fsync(ino)
-
     def evict_inode(self, ino: int) -> None:
         rec = self._rec
         rec.call("evict_inode", ino, touch=False)  # an evicted file needs no extents
@@ -301,22 +324,6 @@ class RecordingMM:
         out = self._mm.tick()
         rec.maybe_flush()
         return out
-
-    def sync_all(self, reason: str = "sync") -> int:
-        self._rec.call("sync_all", text=reason)
-        return self._mm.sync_all(reason)
-
-    def demote_all(self, reason: str = "ctl") -> int:
-        self._rec.call("demote_all", text=reason)
-        return self._mm.demote_all(reason)
-
-    def set_policy(self, name: str) -> None:
-        self._rec.call("set_policy", text=name)
-        return self._mm.set_policy(name)
-
-    def promote(self, ino: int, index: int, reason: str = "ctl") -> bool:
-        self._rec.call("promote", ino, page=index, text=reason)
-        return self._mm.promote(ino, index, reason)
 
     def close(self) -> None:
         rec = self._rec

@@ -26,7 +26,7 @@ import numpy as np
 from nvramfs.errors import UsageError
 from nvramfs.events import schema
 
-from .format import OP, OPS, Header, TraceError, cut_parts, iter_parts, read_header
+from .format import CALLS, OP, OPS, Header, TraceError, cut_parts, iter_parts, read_header
 from .shadow import TraceBacking
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,20 @@ class Replayer:
         op = OPS[int(c["op"][i])]
         self.clock.now = int(c["t_us"][i]) * 1e-6
         handler = getattr(self, "_op_" + op, None)
-        if handler is None:
+        if handler is not None:
+            handler(part, i, int(c["ino"][i]))
+        elif op in CALLS:
+            self._plain(part, i, op)
+        else:
             raise TraceError(f"{part.path}: record {op!r} cannot be replayed")
-        handler(part, i, int(c["ino"][i]))
+
+    def _plain(self, part: Any, i: int, op: str) -> None:
+        """A CALLS record: the method of the same name, its arguments from their columns."""
+        method = getattr(self.mm, op, None)
+        if method is None:
+            raise TraceError(f"{part.path}: record {op!r}: this MemoryManager has no {op}()")
+        args = [part.text.get(i) if f == "text" else int(part.cols[f][i]) for f in CALLS[op]]
+        method(*args)
 
     def _offset(self, c: dict[str, np.ndarray], i: int) -> int:
         return (int(c["page"][i]) << 12) + int(c["pgoff"][i])
@@ -238,27 +249,12 @@ class Replayer:
         elif self.backing.last_block:
             self.backing.pin_tail(self.backing.last_block, tail, nonzero)
 
-    def _op_fsync(self, part: Any, i: int, ino: int) -> None:
-        self.mm.fsync(ino)
-
     def _op_evict_inode(self, part: Any, i: int, ino: int) -> None:
         self.mm.evict_inode(ino)
         self.backing.shadow.forget(ino)
 
     def _op_tick(self, part: Any, i: int, ino: int) -> None:
         self.mm.tick()
-
-    def _op_sync_all(self, part: Any, i: int, ino: int) -> None:
-        self.mm.sync_all(part.text.get(i) or schema.REASON_SYNC)
-
-    def _op_demote_all(self, part: Any, i: int, ino: int) -> None:
-        self.mm.demote_all(part.text.get(i) or schema.REASON_CTL)
-
-    def _op_set_policy(self, part: Any, i: int, ino: int) -> None:
-        self.mm.set_policy(part.text.get(i))
-
-    def _op_promote(self, part: Any, i: int, ino: int) -> None:
-        self.mm.promote(ino, int(part.cols["page"][i]), part.text.get(i) or schema.REASON_CTL)
 
     def _op_close(self, part: Any, i: int, ino: int) -> None:
         self.mm.close()
