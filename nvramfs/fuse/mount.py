@@ -105,6 +105,8 @@ def mount(
 
         if opts.policy not in POLICIES:
             raise UsageError(f"policy={opts.policy}: unknown (one of: {', '.join(POLICIES)})")
+    if opts.trace is not None and not opts.sim:
+        raise UsageError("trace= records the simulation's calls: it needs sim=on")
     if foreground:
         return serve(image, mountpoint, opts, report=_print_report, debug=debug)
 

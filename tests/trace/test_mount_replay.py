@@ -141,3 +141,13 @@ def test_trace_option_is_an_absolute_path() -> None:
 
     assert parse_options(["trace=rel.trace"]).trace == os.path.abspath("rel.trace")
     assert parse_options(["dram=8M"]).trace is None
+
+
+def test_trace_without_the_simulation_is_a_usage_error(tmp_path: Path) -> None:
+    image = tmp_path / "i.img"
+    assert nvramfs("mkfs", str(image), "--size", "16M").returncode == 0
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    out = nvramfs("mount", str(image), str(mnt), "-o", f"sim=off,trace={tmp_path / 't'}")
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "sim=on" in out.stderr
