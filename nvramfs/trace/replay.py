@@ -33,7 +33,14 @@ log = logging.getLogger(__name__)
 
 # Configuration keys a replay takes (header `config` names); the rest of the
 # header describes the recording only.
-REPLAY_KEYS = ("dram_pages", "policy", "writeback_seconds", "pte_special", "max_promote_per_tick")
+REPLAY_KEYS = (
+    "dram_pages",
+    "policy",
+    "writeback_seconds",
+    "pte_special",
+    "max_promote_per_tick",
+    "static",  # the profile of policy static (docs/POLICIES.md)
+)
 
 
 @dataclass
@@ -67,7 +74,7 @@ class VirtualClock:
 
 def replay_config(header: Header, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The recorded configuration with `overrides` applied, checked (UsageError, exit 2)."""
-    from nvramfs.mm.policy import POLICIES
+    from nvramfs.mm.policy import OFFLINE, POLICIES
 
     rec = header.config
     cfg = {k: rec[k] for k in REPLAY_KEYS if k in rec}
@@ -79,9 +86,13 @@ def replay_config(header: Header, overrides: dict[str, Any] | None = None) -> di
     dram = cfg.get("dram_pages")
     if not isinstance(dram, int) or dram < 1:
         raise UsageError(f"dram: the budget must hold at least one 4 KiB frame (got {dram})")
+    if (overrides or {}).get("static") and not (overrides or {}).get("policy"):
+        cfg["policy"] = "static"
     policy = cfg.get("policy") or "2q"
-    if policy not in POLICIES:
-        raise UsageError(f"policy={policy}: unknown (one of: {', '.join(POLICIES)})")
+    if policy not in POLICIES and policy not in OFFLINE:
+        raise UsageError(f"policy={policy}: unknown (one of: {', '.join([*POLICIES, *OFFLINE])})")
+    if policy == "static" and not cfg.get("static"):
+        raise UsageError("policy static needs a profile: -o static=PROFILE")
     cfg["policy"] = policy
     wb = cfg.get("writeback_seconds", 5.0)
     if not isinstance(wb, int | float) or not wb > 0:
@@ -93,7 +104,12 @@ class Replayer:
     """One replay in progress: the mm, its backing, the clock, the event log."""
 
     def __init__(
-        self, header: Header, config: dict[str, Any], events: Any, clock: VirtualClock
+        self,
+        header: Header,
+        config: dict[str, Any],
+        events: Any,
+        clock: VirtualClock,
+        policy: Any = None,
     ) -> None:
         from nvramfs.mm import MemoryManager
 
@@ -113,7 +129,13 @@ class Replayer:
         }
         if config.get("max_promote_per_tick"):
             kw["max_promote_per_tick"] = int(config["max_promote_per_tick"])
-        self.mm = MemoryManager(self.backing, int(config["dram_pages"]), config["policy"], **kw)
+        self.mm = MemoryManager(
+            self.backing, int(config["dram_pages"]), policy or config["policy"], **kw
+        )
+        # lru, opt, opt-nox, static: a ctl `policy` command recorded live is not replayed
+        # (it would switch away from the policy asked for).
+        self.skip_set_policy = config["policy"] in ("lru", "opt", "opt-nox", "static")
+        self.skipped: list[str] = []
         self.records = 0
         self.closed = False
         self.batch = True
@@ -192,6 +214,9 @@ class Replayer:
 
     def _plain(self, part: Any, i: int, op: str) -> None:
         """A CALLS record: the method of the same name, its arguments from their columns."""
+        if op == "set_policy" and self.skip_set_policy:
+            self.skipped.append(str(part.text.get(i)))
+            return
         method = getattr(self.mm, op, None)
         if method is None:
             raise TraceError(f"{part.path}: record {op!r}: this MemoryManager has no {op}()")
@@ -204,6 +229,9 @@ class Replayer:
     def _op_file(self, part: Any, i: int, ino: int) -> None:
         self.backing.shadow.set_file(ino, int(part.cols["npages"][i]), part.runs.get(i) or [])
         path = part.text.get(i)
+        bind = getattr(self.mm.policy, "bind", None)
+        if bind is not None and path is not None:
+            bind(ino, path)  # static: the profile names paths
         if path is not None and self._paths.get(ino) != path:
             self._paths[ino] = path
             self.events.emit(schema.PATH, ino=ino, path=path)
@@ -311,7 +339,9 @@ def replay(
     start = time.perf_counter()
     try:
         clock.now = header.t0_us * 1e-6  # mm starts when the recording started
-        r = Replayer(header, cfg, events, clock)
+        from .policies import replay_policy
+
+        r = Replayer(header, cfg, events, clock, replay_policy(trace, cfg))
         r.batch = batch
         _emit_mount(events, trace, header, cfg)
         parts = 0
@@ -320,6 +350,11 @@ def replay(
             parts += 1
         if cut or not r.closed:
             notes.append(f"{trace}: the recording was cut short; replayed {parts} complete part(s)")
+        if r.skipped:
+            notes.append(
+                f"{trace}: {len(r.skipped)} recorded ctl `policy` command(s) not replayed "
+                f"under policy {cfg['policy']}"
+            )
         r.finish()
         events.emit(schema.UNMOUNT, clean=r.closed)
         events.flush()
