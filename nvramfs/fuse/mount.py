@@ -213,7 +213,7 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
     # layer calls the recording proxy instead of mm (docs/TRACE.md).
     from nvramfs.trace.record import Recorder
 
-    config = trace_config(img, opts, params)
+    config = trace_config(img, opts, params, kw)
     t0 = getattr(events, "t0", None)
     if isinstance(t0, float):
         config["events_t0_us"] = round(t0 * 1e6)  # the event log's time 0 (same clock)
@@ -222,8 +222,9 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
     return rec.wrap(mm)
 
 
-def trace_config(img: Any, opts: MountOptions, params: Any) -> dict[str, Any]:
-    """The trace header's configuration: what a replay needs to run the same mm."""
+def trace_config(img: Any, opts: MountOptions, params: Any, kw: dict[str, Any]) -> dict[str, Any]:
+    """The trace header's configuration: what a replay needs to run the same mm
+    (`mm`: every MemoryManager setting, as passed or defaulted), and what the mount was."""
 
     def default(name: str, fallback: Any) -> Any:
         p = params.get(name)
@@ -244,7 +245,16 @@ def trace_config(img: Any, opts: MountOptions, params: Any) -> dict[str, Any]:
         "readonly": opts.readonly,
     }
     if "kernel" in params:
-        config["kernel"] = default("kernel", None)
+        config["kernel"] = kw.get("kernel", default("kernel", None))
+    settings: dict[str, Any] = {}
+    for name, p in params.items():
+        if name in ("backing", "dram_pages", "events", "clock", "nr_nvram_pages"):
+            continue
+        value = kw.get(name, p.default)
+        if value is inspect.Parameter.empty or not isinstance(value, int | float | str | None):
+            continue
+        settings[name] = value
+    config["mm"] = settings
     return config
 
 

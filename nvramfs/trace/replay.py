@@ -65,15 +65,35 @@ class VirtualClock:
         return self.now
 
 
+def recorded_config(header: Header) -> dict[str, Any]:
+    """The MemoryManager settings of the recording: `dram_pages` and every keyword
+    setting the header's `mm` holds (older headers: the named keys)."""
+    rec = header.config
+    cfg: dict[str, Any] = {"dram_pages": rec.get("dram_pages")}
+    mm = rec.get("mm")
+    if isinstance(mm, dict):
+        cfg.update(mm)
+    else:
+        cfg.update({k: rec[k] for k in REPLAY_KEYS if k in rec and k != "dram_pages"})
+    return cfg
+
+
 def replay_config(header: Header, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The recorded configuration with `overrides` applied, checked (UsageError, exit 2)."""
+    """The recorded configuration with `overrides` applied, checked (UsageError, exit 2).
+    Any MemoryManager keyword setting can be overridden (a library caller's sweep);
+    the CLI offers dram, policy and writeback."""
+    import inspect
+
+    from nvramfs.mm import MemoryManager
     from nvramfs.mm.policy import POLICIES
 
-    rec = header.config
-    cfg = {k: rec[k] for k in REPLAY_KEYS if k in rec}
+    cfg = recorded_config(header)
+    known = set(inspect.signature(MemoryManager).parameters) - {
+        "backing", "events", "clock", "nr_nvram_pages"
+    }  # fmt: skip
     for k, v in (overrides or {}).items():
-        if k not in REPLAY_KEYS:
-            raise UsageError(f"replay option {k}: unknown (one of: {', '.join(REPLAY_KEYS)})")
+        if k not in known:
+            raise UsageError(f"replay option {k}: unknown (one of: {', '.join(sorted(known))})")
         if v is not None:
             cfg[k] = v
     dram = cfg.get("dram_pages")
@@ -95,25 +115,25 @@ class Replayer:
     def __init__(
         self, header: Header, config: dict[str, Any], events: Any, clock: VirtualClock
     ) -> None:
+        import inspect
+
         from nvramfs.mm import MemoryManager
 
         rec = header.config
         nr_blocks = int(rec.get("nr_blocks") or 1 << 20)
-        exact = all(config.get(k) == rec.get(k) for k in REPLAY_KEYS if k in rec)
+        recorded = recorded_config(header)
+        exact = all(config.get(k) == v for k, v in recorded.items())
         self.exact = exact
         self.backing = TraceBacking(nr_blocks, exact=exact)
         self.clock = clock
         self.events = events
-        kw: dict[str, Any] = {
-            "events": events,
-            "pte_special": bool(config.get("pte_special", True)),
-            "nr_nvram_pages": nr_blocks,
-            "writeback_seconds": float(config.get("writeback_seconds", 5.0)),
-            "clock": self.clock,
-        }
-        if config.get("max_promote_per_tick"):
-            kw["max_promote_per_tick"] = int(config["max_promote_per_tick"])
-        self.mm = MemoryManager(self.backing, int(config["dram_pages"]), config["policy"], **kw)
+        params = inspect.signature(MemoryManager).parameters
+        kw: dict[str, Any] = {k: v for k, v in config.items() if k in params and k != "dram_pages"}
+        kw.update(events=events, nr_nvram_pages=nr_blocks, clock=clock)
+        try:
+            self.mm = MemoryManager(self.backing, int(config["dram_pages"]), **kw)
+        except (ValueError, KeyError) as exc:
+            raise UsageError(f"replay configuration: {exc}") from None
         self.records = 0
         self.closed = False
         self.batch = True
