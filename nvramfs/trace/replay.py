@@ -14,6 +14,7 @@ recorded configuration the replay reproduces the live counters exactly.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -275,6 +276,12 @@ class Replayer:
 
     def _op_tick(self, part: Any, i: int, ino: int) -> None:
         self.mm.tick()
+
+    def _op_setattr(self, part: Any, i: int, ino: int) -> None:
+        name, value = json.loads(part.text.get(i) or "[]")
+        if not hasattr(self.mm, name):
+            raise TraceError(f"{part.path}: record setattr: this MemoryManager has no {name}")
+        setattr(self.mm, name, value)
 
     def _op_close(self, part: Any, i: int, ino: int) -> None:
         self.mm.close()

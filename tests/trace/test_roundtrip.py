@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from nvramfs.events.writer import EventWriter
@@ -122,8 +123,13 @@ def record_random(
             mm.demote_all("ctl")
         elif r < 0.98:
             mm.sync_all("sync")
-        elif r < 0.99:
+        elif r < 0.985:
             mm.set_policy(str(rng.choice(["clock", "2q", "mq"])))
+        elif r < 0.99:
+            if rng.random() < 0.5:
+                mm.max_promote_per_tick = int(rng.integers(1, 64))  # recorded as setattr
+            elif size:
+                mm.promote(ino, int(rng.integers(0, (size + PAGE - 1) // PAGE)))
         elif ino == 5:
             mm.evict_inode(ino)
             backing.remove(ino)
@@ -143,6 +149,8 @@ def test_replay_reproduces_counters_and_events(tmp_path: Path, seed: int) -> Non
     assert res.complete
     assert res.counters == live
     assert _events(out) == _events(live_log)
+    ops = set(pl.read_parquet(str(trace / "*.parquet"))["op"].to_list())
+    assert {"setattr", "promote", "map", "file", "truncate", "evict_inode"} <= ops
     assert res.summary is not None
     assert res.summary["faults"] == live["faults"]
 
