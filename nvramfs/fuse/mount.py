@@ -110,6 +110,8 @@ def mount(
             raise UsageError(f"policy={opts.policy}: unknown (one of: {', '.join(POLICIES)})")
     if opts.trace is not None and not opts.sim:
         raise UsageError("trace= records the simulation's calls: it needs sim=on")
+    if opts.trace is not None and os.path.commonpath([opts.trace, mountpoint]) == mountpoint:
+        raise UsageError(f"trace={opts.trace}: inside the mount it records (put it elsewhere)")
     if foreground:
         return serve(image, mountpoint, opts, report=_print_report, debug=debug)
 
