@@ -2,13 +2,14 @@
 
 The mount builds `Recorder(directory, backing, config)`, hands `recorder.backing`
 and `recorder.clock` to MemoryManager, and `recorder.wrap(mm)` to the FUSE layer,
-which then calls the proxy exactly as it called mm. Each call appends one row
-to column buffers (a few array appends) and goes on to mm; parts are written
-by a worker thread.
+which then calls the proxy exactly as it called mm. Each call appends one
+record (five int64s; format.Buffer) and goes on to mm; parts are written by a
+worker thread.
 
-mm's clock is the recorder's: the CLOCK_MONOTONIC reading (in microseconds, the
-trace's resolution) taken when the call came in, the same for the whole call. A replay sets the same clock from the
-recorded `t`, so every time-based decision (dirty expiry) is the same.
+mm's clock is the recorder's: the CLOCK_MONOTONIC reading (in microseconds,
+the trace's resolution) taken when the call came in, the same for the whole
+call. A replay sets the same clock from the recorded `t_us`, so every
+time-based decision (dirty expiry) is the same.
 
 The Backing proxy numbers every `bmap` and `write_pages` call and compares the
 image's answers with the block maps recorded so far (shadow.py); differences
@@ -49,7 +50,7 @@ PASS_THROUGH = frozenset(
     {
         "stats", "residency", "residency_map", "machine", "policy", "dram_pages",
         "pte_special", "kernel", "stats_", "backing", "events", "clock", "nr_nvram_pages",
-        "writeback_seconds", "address_space", "events_t0", "trace_faults",
+        "writeback_seconds", "events_t0", "trace_faults",
         "max_promote_per_tick", "over_dirty_limit", "over_background_thresh", "nr_dirty",
         "dirty_counts", "bug",
     }
