@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from nvramfs.errors import UsageError
+from nvramfs.errors import NvramfsError, UsageError
 from nvramfs.events import schema
+from nvramfs.mm.bug import MMBug
 
 from .format import CALLS, OP, OPS, Header, TraceError, cut_parts, iter_parts, read_header
 from .shadow import TraceBacking
@@ -52,6 +53,7 @@ class ReplayResult:
     complete: bool
     warnings: list[str] = field(default_factory=list)
     log: str | None = None
+    errors: int = 0
 
 
 class VirtualClock:
@@ -138,6 +140,7 @@ class Replayer:
         self.records = 0
         self.closed = False
         self.batch = True
+        self.errors = 0  # calls that failed with an errno, as they would have live
         self._ones = b"\x01" * (1 << 20)
         self._paths: dict[int, str] = {}
 
@@ -204,12 +207,21 @@ class Replayer:
         op = OPS[int(c["op"][i])]
         self.clock.now = int(c["t_us"][i]) * 1e-6
         handler = getattr(self, "_op_" + op, None)
-        if handler is not None:
-            handler(part, i, int(c["ino"][i]))
-        elif op in CALLS:
-            self._plain(part, i, op)
-        else:
+        if handler is None and op not in CALLS:
             raise TraceError(f"{part.path}: record {op!r} cannot be replayed")
+        try:
+            if handler is not None:
+                handler(part, i, int(c["ino"][i]))
+            else:
+                self._plain(part, i, op)
+        except OSError as exc:
+            # The live mount answered the request with this errno and went on (e.g.
+            # ENOMEM from a budget of a few frames): so does the replay.
+            self.errors += 1
+            if self.errors == 1:
+                log.info("replay: %s at record %d of %s: %s", op, i, part.path, exc)
+        except MMBug as exc:
+            raise NvramfsError(f"{part.path}: record {i} ({op}): mm BUG: {exc}") from None
 
     def _plain(self, part: Any, i: int, op: str) -> None:
         """A CALLS record: the method of the same name, its arguments from their columns."""
@@ -365,6 +377,7 @@ def replay(
             complete=r.closed and not cut,
             warnings=notes,
             log=log,
+            errors=r.errors,
         )
         events.close()
         if summary and log_path is not None:
