@@ -92,6 +92,7 @@ def main(args: argparse.Namespace) -> int:
         "records": result.records,
         "parts": result.parts,
         "complete": result.complete,
+        "errors": result.errors,
         "seconds": round(result.seconds, 3),
         "accesses_per_s": round(result.accesses / result.seconds) if result.seconds else None,
     }

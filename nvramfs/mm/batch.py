@@ -14,7 +14,9 @@ of loads are accounted at once (young bit, the interval's read counters,
 through `mm.read`, in order. Counting is commutative (saturating sums), so the
 order of hits and faults within a window changes nothing.
 
-tests/trace/test_batch.py holds this equal to the loop above.
+The backing sees exactly the calls of the loop above, in the same order (only
+faults call it): a trace replay keys the image's changes by backing call
+number. tests/trace/test_batch.py holds this equal to the loop above.
 """
 
 from __future__ import annotations

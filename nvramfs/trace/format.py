@@ -56,6 +56,11 @@ OPS = (
     "set_policy",  # MemoryManager.set_policy: text=name
     "close",  # MemoryManager.close
     "promote",  # MemoryManager.promote: ino, page, text=reason
+    "set_size",  # MemoryManager.set_size: ino, arg=size (the file size mm faults against)
+    "balance_dirty_pages",  # MemoryManager.balance_dirty_pages: ino (after a write)
+    "writeback_batch",  # MemoryManager.writeback_batch: text=reason (a flusher batch)
+    "set_dram_budget",  # MemoryManager.set_dram_budget: arg=frames
+    "setattr",  # a MemoryManager setting assigned: text=JSON [name, value]
 )
 OP = {name: code for code, name in enumerate(OPS)}
 
@@ -69,6 +74,10 @@ CALLS: dict[str, tuple[str, ...]] = {
     "demote_all": ("text",),
     "set_policy": ("text",),
     "promote": ("ino", "page", "text"),
+    "set_size": ("ino", "arg"),
+    "balance_dirty_pages": ("ino",),
+    "writeback_batch": ("text",),
+    "set_dram_budget": ("arg",),
 }
 
 # (name, numpy dtype, array.array typecode) of the fixed-width columns.

@@ -2,13 +2,14 @@
 
 The mount builds `Recorder(directory, backing, config)`, hands `recorder.backing`
 and `recorder.clock` to MemoryManager, and `recorder.wrap(mm)` to the FUSE layer,
-which then calls the proxy exactly as it called mm. Each call appends one row
-to column buffers (a few array appends) and goes on to mm; parts are written
-by a worker thread.
+which then calls the proxy exactly as it called mm. Each call appends one
+record (five int64s; format.Buffer) and goes on to mm; parts are written by a
+worker thread.
 
-mm's clock is the recorder's: the CLOCK_MONOTONIC reading (in microseconds, the
-trace's resolution) taken when the call came in, the same for the whole call. A replay sets the same clock from the
-recorded `t`, so every time-based decision (dirty expiry) is the same.
+mm's clock is the recorder's: the CLOCK_MONOTONIC reading (in microseconds,
+the trace's resolution) taken when the call came in, the same for the whole
+call. A replay sets the same clock from the recorded `t_us`, so every
+time-based decision (dirty expiry) is the same.
 
 The Backing proxy numbers every `bmap` and `write_pages` call and compares the
 image's answers with the block maps recorded so far (shadow.py); differences
@@ -18,6 +19,7 @@ become `map` records.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import struct
@@ -46,24 +48,13 @@ _READ, _WRITE = OP["read"], OP["write"]
 # report and do not change the simulation.
 PASS_THROUGH = frozenset(
     {
-        "stats",
-        "residency",
-        "machine",
-        "policy",
-        "dram_pages",
-        "pte_special",
-        "stats_",
-        "backing",
-        "events",
-        "clock",
-        "nr_nvram_pages",
-        "writeback_seconds",
-        "address_space",
-        "events_t0",
-        "trace_faults",
-        "max_promote_per_tick",
+        "stats", "residency", "residency_map", "machine", "policy", "dram_pages",
+        "pte_special", "kernel", "stats_", "backing", "events", "clock", "nr_nvram_pages",
+        "writeback_seconds", "events_t0", "trace_faults",
+        "max_promote_per_tick", "over_dirty_limit", "over_background_thresh", "nr_dirty",
+        "dirty_counts", "bug",
     }
-)
+)  # fmt: skip
 
 
 class RecordingBacking:
@@ -245,6 +236,15 @@ class RecordingMM:
     @property
     def recorder(self) -> Recorder:
         return self._rec
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """The proxy's own fields start with `_`; anything else is a MemoryManager
+        setting (e.g. ctl promote-cap): recorded, then assigned on mm."""
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        self._rec.call("setattr", text=json.dumps([name, value]))
+        setattr(self._mm, name, value)
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._mm, name)

@@ -14,6 +14,7 @@ recorded configuration the replay reproduces the live counters exactly.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -23,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from nvramfs.errors import UsageError
+from nvramfs.errors import NvramfsError, UsageError
 from nvramfs.events import schema
+from nvramfs.mm.bug import MMBug
 
 from .format import CALLS, OP, OPS, Header, TraceError, cut_parts, iter_parts, read_header
 from .shadow import TraceBacking
@@ -58,6 +60,7 @@ class ReplayResult:
     complete: bool
     warnings: list[str] = field(default_factory=list)
     log: str | None = None
+    errors: int = 0
 
 
 class VirtualClock:
@@ -72,15 +75,36 @@ class VirtualClock:
         return self.now
 
 
+def recorded_config(header: Header) -> dict[str, Any]:
+    """The MemoryManager settings of the recording: `dram_pages` and every keyword
+    setting the header's `mm` holds (older headers: the named keys)."""
+    rec = header.config
+    cfg: dict[str, Any] = {"dram_pages": rec.get("dram_pages")}
+    mm = rec.get("mm")
+    if isinstance(mm, dict):
+        cfg.update(mm)
+    else:
+        cfg.update({k: rec[k] for k in REPLAY_KEYS if k in rec and k != "dram_pages"})
+    return cfg
+
+
 def replay_config(header: Header, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The recorded configuration with `overrides` applied, checked (UsageError, exit 2)."""
+    """The recorded configuration with `overrides` applied, checked (UsageError, exit 2).
+    Any MemoryManager keyword setting can be overridden (a library caller's sweep);
+    the CLI offers dram, policy and writeback."""
+    import inspect
+
+    from nvramfs.mm import MemoryManager
     from nvramfs.mm.policy import OFFLINE, POLICIES
 
-    rec = header.config
-    cfg = {k: rec[k] for k in REPLAY_KEYS if k in rec}
+    cfg = recorded_config(header)
+    known = set(inspect.signature(MemoryManager).parameters) - {
+        "backing", "events", "clock", "nr_nvram_pages"
+    }  # fmt: skip
+    known.add("static")  # the profile of policy static (docs/POLICIES.md)
     for k, v in (overrides or {}).items():
-        if k not in REPLAY_KEYS:
-            raise UsageError(f"replay option {k}: unknown (one of: {', '.join(REPLAY_KEYS)})")
+        if k not in known:
+            raise UsageError(f"replay option {k}: unknown (one of: {', '.join(sorted(known))})")
         if v is not None:
             cfg[k] = v
     dram = cfg.get("dram_pages")
@@ -111,27 +135,27 @@ class Replayer:
         clock: VirtualClock,
         policy: Any = None,
     ) -> None:
+        import inspect
+
         from nvramfs.mm import MemoryManager
 
         rec = header.config
         nr_blocks = int(rec.get("nr_blocks") or 1 << 20)
-        exact = all(config.get(k) == rec.get(k) for k in REPLAY_KEYS if k in rec)
+        recorded = recorded_config(header)
+        exact = all(config.get(k) == v for k, v in recorded.items())
         self.exact = exact
         self.backing = TraceBacking(nr_blocks, exact=exact)
         self.clock = clock
         self.events = events
-        kw: dict[str, Any] = {
-            "events": events,
-            "pte_special": bool(config.get("pte_special", True)),
-            "nr_nvram_pages": nr_blocks,
-            "writeback_seconds": float(config.get("writeback_seconds", 5.0)),
-            "clock": self.clock,
-        }
-        if config.get("max_promote_per_tick"):
-            kw["max_promote_per_tick"] = int(config["max_promote_per_tick"])
-        self.mm = MemoryManager(
-            self.backing, int(config["dram_pages"]), policy or config["policy"], **kw
-        )
+        params = inspect.signature(MemoryManager).parameters
+        kw: dict[str, Any] = {k: v for k, v in config.items() if k in params and k != "dram_pages"}
+        kw.update(events=events, nr_nvram_pages=nr_blocks, clock=clock)
+        if policy is not None:
+            kw["policy"] = policy  # built by trace.policies (opt, opt-nox, static)
+        try:
+            self.mm = MemoryManager(self.backing, int(config["dram_pages"]), **kw)
+        except (ValueError, KeyError) as exc:
+            raise UsageError(f"replay configuration: {exc}") from None
         # lru, opt, opt-nox, static: a ctl `policy` command recorded live is not replayed
         # (it would switch away from the policy asked for).
         self.skip_set_policy = config["policy"] in ("lru", "opt", "opt-nox", "static")
@@ -139,6 +163,7 @@ class Replayer:
         self.records = 0
         self.closed = False
         self.batch = True
+        self.errors = 0  # calls that failed with an errno, as they would have live
         self._ones = b"\x01" * (1 << 20)
         self._paths: dict[int, str] = {}
 
@@ -205,12 +230,21 @@ class Replayer:
         op = OPS[int(c["op"][i])]
         self.clock.now = int(c["t_us"][i]) * 1e-6
         handler = getattr(self, "_op_" + op, None)
-        if handler is not None:
-            handler(part, i, int(c["ino"][i]))
-        elif op in CALLS:
-            self._plain(part, i, op)
-        else:
+        if handler is None and op not in CALLS:
             raise TraceError(f"{part.path}: record {op!r} cannot be replayed")
+        try:
+            if handler is not None:
+                handler(part, i, int(c["ino"][i]))
+            else:
+                self._plain(part, i, op)
+        except OSError as exc:
+            # The live mount answered the request with this errno and went on (e.g.
+            # ENOMEM from a budget of a few frames): so does the replay.
+            self.errors += 1
+            if self.errors == 1:
+                log.info("replay: %s at record %d of %s: %s", op, i, part.path, exc)
+        except MMBug as exc:
+            raise NvramfsError(f"{part.path}: record {i} ({op}): mm BUG: {exc}") from None
 
     def _plain(self, part: Any, i: int, op: str) -> None:
         """A CALLS record: the method of the same name, its arguments from their columns."""
@@ -283,6 +317,12 @@ class Replayer:
 
     def _op_tick(self, part: Any, i: int, ino: int) -> None:
         self.mm.tick()
+
+    def _op_setattr(self, part: Any, i: int, ino: int) -> None:
+        name, value = json.loads(part.text.get(i) or "[]")
+        if not hasattr(self.mm, name):
+            raise TraceError(f"{part.path}: record setattr: this MemoryManager has no {name}")
+        setattr(self.mm, name, value)
 
     def _op_close(self, part: Any, i: int, ino: int) -> None:
         self.mm.close()
@@ -373,6 +413,7 @@ def replay(
             complete=r.closed and not cut,
             warnings=notes,
             log=log,
+            errors=r.errors,
         )
         events.close()
         if summary and log_path is not None:

@@ -151,3 +151,6 @@ def test_trace_without_the_simulation_is_a_usage_error(tmp_path: Path) -> None:
     out = nvramfs("mount", str(image), str(mnt), "-o", f"sim=off,trace={tmp_path / 't'}")
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "sim=on" in out.stderr
+    out = nvramfs("mount", str(image), str(mnt), "-o", f"trace={mnt / 'x.trace'}")
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "inside the mount" in out.stderr
