@@ -262,3 +262,48 @@ def test_recorded_read_only_trace_equals_libcachesim(mounter, tmp_path: Path) ->
         assert lru["accesses"]["write"] == 0 and lru["accesses"]["read"] > 3000
         assert hit_ratio(lru) == pytest.approx(lcs_hit(oracle, "oracle", "LRU", frames))
         assert hit_ratio(nox.counters) == pytest.approx(lcs_hit(oracle, "oracle", "Belady", frames))
+
+
+def test_lru_and_static_mounts_serve_right_and_replay_exactly(mounter, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "d").mkdir(parents=True)
+    data = os.urandom(1 << 20)
+    (tree / "d" / "f").write_bytes(data)
+    image = mounter.image("32M", tree)
+    # lru: every page read goes through a frame; the budget holds; data is right.
+    trace = tmp_path / "lru.trace"
+    m = mounter(image, f"dram=64K,policy=lru,trace={trace}")
+    with open(m.p("d", "f"), "rb", buffering=0) as f:
+        for page in (7, 8, 7, 200, 9, 7, 30, 31, 32, 33, 34, 35, 36, 7, 255, 0):
+            f.seek(page * 4096)
+            assert f.read(8192) == data[page * 4096 : page * 4096 + 8192]
+    with open(m.p("d", "f"), "r+b", buffering=0) as f:
+        f.seek(5 * 4096 + 10)
+        f.write(b"lru")
+    c = m.stats()["counters"]
+    assert c["policy"] == "lru" and c["faults"]["xip_read"] == 0 and c["faults"]["readpage"] > 0
+    assert c["frames_used"] <= 16 and c["struct_page_bytes_avoided"] == 0
+    m.umount()
+    r = replay(str(trace), summary=False).counters
+    assert r["faults"] == c["faults"] and r["accesses"] == c["accesses"]
+    m = mounter(image, "ro")
+    assert (m.p("d", "f")).read_bytes()[5 * 4096 + 10 : 5 * 4096 + 13] == b"lru"
+    m.umount()
+    # static: the profile's pages are in frames before their first access, and stay.
+    prof = tmp_path / "hot.profile"
+    prof.write_text("/d/f,0,8192\n/d/f,40960,100\n/missing,0,4096\n")
+    trace = tmp_path / "static.trace"
+    m = mounter(image, f"dram=256K,static={prof},trace={trace}")
+    with open(m.p("d", "f"), "rb", buffering=0) as f:
+        for _ in range(3):
+            for page in (0, 1, 10, 2, 3):
+                f.seek(page * 4096)
+                f.read(4096)
+    c = m.stats()["counters"]
+    assert c["policy"] == "static"
+    assert c["migrations"]["promote"] == {"readpage": 3} and not c["migrations"]["demote"]
+    assert c["faults"]["pagecache_hit"] == 9  # pages 0, 1, 10, three times each
+    m.umount()
+    r = replay(str(trace), summary=False)
+    assert r.config["policy"] == "static" and r.config["static"] == str(prof)
+    assert r.counters["faults"] == c["faults"]
