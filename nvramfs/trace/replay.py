@@ -382,6 +382,8 @@ def replay(
         events.close()
         if summary and log_path is not None:
             result.summary = summarize_log(log_path)
+            if log is None:
+                result.summary["log"] = f"not kept (replay of {trace}; --log PATH keeps it)"
         return result
     finally:
         if tmpdir is not None:
