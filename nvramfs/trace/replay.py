@@ -411,7 +411,16 @@ def _emit_mount(events: Any, trace: str, header: Header, cfg: dict[str, Any]) ->
 
 
 def summarize_log(path: str) -> dict[str, Any]:
-    """The `log summary --json` object of an event log (the same functions)."""
+    """The `log summary --json` object of an event log: the same functions as
+    `nvramfs log LOG summary` (the columnar engine, nvramfs.events.analysis, when
+    this nvramfs has it)."""
+    try:
+        from nvramfs.events.analysis import summarize_log as engine
+    except ImportError:
+        engine = None
+    if engine is not None:
+        summary, _scan = engine(path)
+        return summary
     from nvramfs.cli import log as logcli
     from nvramfs.events.reader import load_events
 
