@@ -42,7 +42,7 @@ PART_RE = re.compile(r"^part-(\d{6})\.parquet$")
 # Record kinds, in code order (the code is the dictionary index written to `op`).
 # A new kind is appended (never renumbered); a reader refuses kinds it does not know.
 OPS = (
-    "file",  # first touch of a file: ino, arg=size, text=path, runs=its extent map
+    "file",  # first touch of a file: ino, gen, arg=size, text=path, runs=its extent map
     "map",  # the image differs from what the trace said: seq=backing call, ino, runs,
     # flags bit0: blocks a writeback got (else: a change mm never saw, found by bmap)
     "read",  # MemoryManager.read: ino, page, npages, pgoff, nbytes
@@ -92,6 +92,7 @@ COLUMNS = (
     ("arg", np.int64, "q"),  # a size (truncate, file)
     ("seq", np.int64, "q"),  # backing call number (map)
     ("flags", np.int8, "b"),
+    ("gen", np.int64, "q"),  # file: the inode's generation (its identity with ino)
 )
 
 
@@ -114,7 +115,7 @@ def arrow_schema() -> Any:
 
 
 # Columns most records leave at 0: buffered sparsely (row -> value).
-SPARSE = ("arg", "seq", "flags")
+SPARSE = ("arg", "seq", "flags", "gen")
 # A buffered record is five int64s: time, op code, inode, byte offset (page and
 # pgoff of a read/write; page << 12 of others), length in bytes. One
 # `array.extend` per record on the request path; `npages` is computed when a

@@ -150,6 +150,7 @@ class Recorder:
         arg: int = 0,
         seq: int = 0,
         flags: int = 0,
+        gen: int = 0,
         text: str | None = None,
         runs: list[int] | None = None,
     ) -> None:
@@ -157,7 +158,9 @@ class Recorder:
             self.now_us, op, ino, (page << PAGE_SHIFT) if offset is None else offset, nbytes
         )
         sp = self._sparse
-        for name, v in (("arg", arg), ("seq", seq), ("flags", flags), ("runs", runs)):
+        for name, v in (
+            ("arg", arg), ("seq", seq), ("flags", flags), ("gen", gen), ("runs", runs)
+        ):  # fmt: skip
             if v:
                 sp[name][i] = v
         if text is not None:
@@ -193,7 +196,14 @@ class Recorder:
             runs = encode_runs(0, blocks)
             self.shadow.set_range(ino, 0, npages, blocks)
         path = self.path_of(ino) if self.path_of is not None else None
-        self.row(OP["file"], ino, arg=size, text=path, runs=runs)
+        gen = 0
+        get_gen = getattr(self._image, "inode_generation", None)
+        if get_gen is not None:
+            try:
+                gen = int(get_gen(ino) or 0)
+            except Exception:  # noqa: BLE001 - a freed inode: generation unknown
+                gen = 0
+        self.row(OP["file"], ino, arg=size, gen=gen, text=path, runs=runs)
 
     def flush(self) -> None:
         """Hand the buffered records to the writer thread (a call boundary)."""

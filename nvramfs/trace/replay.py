@@ -142,7 +142,7 @@ class Replayer:
         self.batch = True
         self.errors = 0  # calls that failed with an errno, as they would have live
         self._ones = b"\x01" * (1 << 20)
-        self._paths: dict[int, str] = {}
+        self._paths: dict[int, tuple[str, int]] = {}
 
     # -- records ----------------------------------------------------------------
 
@@ -236,10 +236,12 @@ class Replayer:
 
     def _op_file(self, part: Any, i: int, ino: int) -> None:
         self.backing.shadow.set_file(ino, int(part.cols["npages"][i]), part.runs.get(i) or [])
+        gen = int(part.cols["gen"][i])
+        self.backing.generations[ino] = gen
         path = part.text.get(i)
-        if path is not None and self._paths.get(ino) != path:
-            self._paths[ino] = path
-            self.events.emit(schema.PATH, ino=ino, path=path)
+        if path is not None and self._paths.get(ino) != (path, gen):
+            self._paths[ino] = (path, gen)
+            self.events.emit(schema.PATH, ino=ino, gen=gen, path=path)
 
     def _op_map(self, part: Any, i: int, ino: int) -> None:
         c = part.cols

@@ -113,6 +113,11 @@ class TraceBacking:
         self._ones_view = memoryview(self._ones).toreadonly()
         self._pinned: dict[int, memoryview] = {}
         self.last_block = 0
+        self.generations: dict[int, int] = {}
+
+    def inode_generation(self, ino: int) -> int:
+        """The generation the trace recorded for the file (its identity with `ino`)."""
+        return self.generations.get(ino, 0)
 
     def expect(self, seq: int, ino: int, runs: list[int], writeback: bool) -> None:
         """A recorded `map`. Exact replay (the recorded configuration): applied at the
