@@ -317,11 +317,18 @@ class RecordingMM:
         self._put(self._pack(now, _WRITE, ino, offset, length))
         return self._mm_write(ino, offset, data)
 
-    def truncate(self, ino: int, new_size: int) -> None:
+    def truncate(self, ino: int, new_size: int, *args: Any) -> None:
+        """`args`: a reason, when this mm takes one (truncate or o_trunc): kept in `text`."""
         mm = self._mm
         rec = self._rec
-        rec.call("truncate", ino, arg=new_size, flags=int(tail_holds_data(mm, ino, new_size)))
-        out = mm.truncate(ino, new_size)
+        rec.call(
+            "truncate",
+            ino,
+            arg=new_size,
+            flags=int(tail_holds_data(mm, ino, new_size)),
+            text=str(args[0]) if args else None,
+        )
+        out = mm.truncate(ino, new_size, *args)
         rec.shadow.drop_from(ino, (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT)
         return out
 

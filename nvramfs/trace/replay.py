@@ -259,7 +259,11 @@ class Replayer:
     def _op_truncate(self, part: Any, i: int, ino: int) -> None:
         size = int(part.cols["arg"][i])
         self._pin_tail(ino, size, bool(part.cols["flags"][i] & 1))
-        self.mm.truncate(ino, size)
+        reason = part.text.get(i)
+        if reason is None:
+            self.mm.truncate(ino, size)
+        else:
+            self.mm.truncate(ino, size, reason)
         self.backing.shadow.drop_from(ino, (size + 4095) >> 12)
 
     def _pin_tail(self, ino: int, size: int, nonzero: bool) -> None:
