@@ -85,8 +85,10 @@ class RecordingBacking:
             shadow.set_range(ino, first, count, live)
         return live
 
-    def write_pages(self, ino: int, indices: np.ndarray, pages: Sequence[Any]) -> np.ndarray:
-        blocks = self._b.write_pages(ino, indices, pages)
+    def write_pages(
+        self, ino: int, indices: np.ndarray, pages: Sequence[Any], **kw: Any
+    ) -> np.ndarray:
+        blocks = self._b.write_pages(ino, indices, pages, **kw)
         live = np.asarray(blocks, dtype=np.int64)
         self.seq = seq = self.seq + 1
         shadow = self._rec.shadow

@@ -139,7 +139,11 @@ class TraceBacking:
         self._step()
         return self.shadow.bmap(ino, first, count)
 
-    def write_pages(self, ino: int, indices: np.ndarray, pages: Sequence[Any]) -> np.ndarray:
+    def write_pages(
+        self, ino: int, indices: np.ndarray, pages: Sequence[Any], **kw: Any
+    ) -> np.ndarray:
+        """The blocks the live writeback got (keywords such as the file size the image
+        kept with it change nothing mm sees)."""
         self._step()
         blocks = self.shadow.get(ino, indices)
         if not self.exact and len(blocks) and int(blocks.min()) <= 0:
