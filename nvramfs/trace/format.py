@@ -47,7 +47,7 @@ OPS = (
     # flags bit0: blocks a writeback got (else: a change mm never saw, found by bmap)
     "read",  # MemoryManager.read: ino, page, npages, pgoff, nbytes
     "write",  # MemoryManager.write: ino, page, npages, pgoff, nbytes
-    "truncate",  # MemoryManager.truncate: ino, arg=new size, flags bit0=tail held data
+    "truncate",  # MemoryManager.truncate: ino, arg=new size, text=reason (when given)
     "fsync",  # MemoryManager.fsync: ino
     "evict_inode",  # MemoryManager.evict_inode: ino
     "tick",  # MemoryManager.tick

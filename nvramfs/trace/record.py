@@ -323,13 +323,7 @@ class RecordingMM:
         """`args`: a reason, when this mm takes one (truncate or o_trunc): kept in `text`."""
         mm = self._mm
         rec = self._rec
-        rec.call(
-            "truncate",
-            ino,
-            arg=new_size,
-            flags=int(tail_holds_data(mm, ino, new_size)),
-            text=str(args[0]) if args else None,
-        )
+        rec.call("truncate", ino, arg=new_size, text=str(args[0]) if args else None)
         out = mm.truncate(ino, new_size, *args)
         rec.shadow.drop_from(ino, (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT)
         return out
@@ -358,18 +352,3 @@ class RecordingMM:
             return self._mm.close()
         finally:
             rec.close()
-
-
-def tail_holds_data(mm: Any, ino: int, new_size: int) -> bool:
-    """Whether truncate's partial last page holds nonzero bytes past the new size (mm's
-    one decision that looks at data). Looks exactly as MemoryManager.truncate does, so
-    that the replay, doing the same, makes the same backing calls."""
-    tail = new_size & (PAGE_SIZE - 1)
-    if not tail or new_size < 0:
-        return False
-    peek = getattr(mm, "_peek", None)
-    if peek is None:
-        return False
-    mapping = mm.address_space(ino)
-    cur = peek(mapping, new_size >> PAGE_SHIFT)
-    return cur is not None and any(cur[tail:])

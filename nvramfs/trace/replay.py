@@ -258,35 +258,12 @@ class Replayer:
 
     def _op_truncate(self, part: Any, i: int, ino: int) -> None:
         size = int(part.cols["arg"][i])
-        self._pin_tail(ino, size, bool(part.cols["flags"][i] & 1))
         reason = part.text.get(i)
         if reason is None:
             self.mm.truncate(ino, size)
         else:
             self.mm.truncate(ino, size, reason)
         self.backing.shadow.drop_from(ino, (size + 4095) >> 12)
-
-    def _pin_tail(self, ino: int, size: int, nonzero: bool) -> None:
-        """Give the page truncate looks at the contents it had live (record.tail_holds_data)."""
-        mm = self.mm
-        tail = size & 4095
-        peek = getattr(mm, "_peek", None)
-        if not tail or peek is None:
-            return
-        mapping = mm.address_space(ino)
-        index = size >> 12
-        self.backing.last_block = 0
-        cur = peek(mapping, index)
-        if cur is None:
-            return
-        frame = mapping.pages.get(index)
-        if frame is not None:
-            data = mm.machine.data[frame]
-            data[tail:] = 0
-            if nonzero:
-                data[tail] = 1
-        elif self.backing.last_block:
-            self.backing.pin_tail(self.backing.last_block, tail, nonzero)
 
     def _op_evict_inode(self, part: Any, i: int, ino: int) -> None:
         self.mm.evict_inode(ino)
@@ -407,6 +384,7 @@ def _emit_mount(events: Any, trace: str, header: Header, cfg: dict[str, Any]) ->
         page_size=4096,
         policy=cfg["policy"],
         pte_special=bool(cfg.get("pte_special", True)),
+        kernel=cfg.get("kernel", "modern"),
         cache=rec.get("cache"),
         sim=True,
         recovered=False,

@@ -92,6 +92,8 @@ def record_random(
             nr_nvram_pages=4096,
         )
     )
+    for ino, size in sizes.items():
+        mm.set_size(ino, size)  # as open() tells mm the size (a `set_size` record)
     for _ in range(steps):
         clock.us += int(rng.integers(1, 40_000))
         ino = int(rng.choice([2, 3, 4, 5]))
@@ -150,7 +152,7 @@ def test_replay_reproduces_counters_and_events(tmp_path: Path, seed: int) -> Non
     assert res.counters == live
     assert _events(out) == _events(live_log)
     ops = set(pl.read_parquet(str(trace / "*.parquet"))["op"].to_list())
-    assert {"setattr", "promote", "map", "file", "truncate", "evict_inode"} <= ops
+    assert {"setattr", "promote", "map", "file", "truncate", "evict_inode", "set_size"} <= ops
     assert res.summary is not None
     assert res.summary["faults"] == live["faults"]
 
@@ -163,7 +165,7 @@ def test_replay_with_another_configuration_changes_the_result(tmp_path: Path) ->
     assert res.counters["migrations"]["demote"].get("dram_budget", 0) == 0
 
 
-def test_pinned_data_truncate_without_relocation(tmp_path: Path) -> None:
+def test_in_place_writeback_replays_exactly(tmp_path: Path) -> None:
     trace, live, live_log = record_random(tmp_path, 11, relocate=False, dram=8)
     res = replay(str(trace), log=str(tmp_path / "r.jsonl"))
     assert res.counters == live
