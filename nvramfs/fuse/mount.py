@@ -244,7 +244,7 @@ def trace_config(img: Any, opts: MountOptions, params: Any, kw: dict[str, Any]) 
         "writeback_seconds": float(opts.writeback or default("writeback_seconds", 5.0)),
         "tick_seconds": TICK_SECONDS,
         "cache": opts.cache,
-        "pte_special": bool(default("pte_special", True)),
+        "pte_special": kw.get("pte_special", default("pte_special", None)),  # None: the kernel's
         "image": getattr(img, "path", None),
         "uuid": sb.get("uuid"),
         "nr_blocks": int(img.nr_blocks),

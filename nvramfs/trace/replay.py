@@ -335,7 +335,7 @@ def replay(
         clock.now = header.t0_us * 1e-6  # mm starts when the recording started
         r = Replayer(header, cfg, events, clock)
         r.batch = batch
-        _emit_mount(events, trace, header, cfg)
+        _emit_mount(events, trace, header, cfg, r.mm)
         parts = 0
         for part in iter_parts(trace):
             r.run_part(part)
@@ -375,7 +375,7 @@ def replay(
             os.rmdir(tmpdir)
 
 
-def _emit_mount(events: Any, trace: str, header: Header, cfg: dict[str, Any]) -> None:
+def _emit_mount(events: Any, trace: str, header: Header, cfg: dict[str, Any], mm: Any) -> None:
     rec = header.config
     events.emit(
         schema.MOUNT,
@@ -383,8 +383,8 @@ def _emit_mount(events: Any, trace: str, header: Header, cfg: dict[str, Any]) ->
         dram_pages=cfg["dram_pages"],
         page_size=4096,
         policy=cfg["policy"],
-        pte_special=bool(cfg.get("pte_special", True)),
-        kernel=cfg.get("kernel", "modern"),
+        pte_special=bool(getattr(mm, "pte_special", True)),
+        kernel=getattr(mm, "kernel", "modern"),
         cache=rec.get("cache"),
         sim=True,
         recovered=False,

@@ -50,6 +50,7 @@ def record_random(
     steps: int = 1500,
     relocate: bool = True,
     part_rows: int = 200,
+    kernel: str = "modern",
 ) -> tuple[Path, dict, Path]:
     rng = np.random.default_rng(seed)
     backing = MemBacking(4096, relocate=relocate)
@@ -62,14 +63,8 @@ def record_random(
         sizes[ino] = n * PAGE
     clock = UsClock()
     trace = tmp_path / f"t{seed}.trace"
-    config = {
-        "dram_pages": dram,
-        "policy": policy,
-        "writeback_seconds": 3.0,
-        "nr_blocks": 4096,
-        "pte_special": True,
-        "cache": "direct",
-    }
+    settings = {"policy": policy, "writeback_seconds": 3.0, "pte_special": None, "kernel": kernel}
+    config = {"dram_pages": dram, "nr_blocks": 4096, "cache": "direct", "mm": settings}
     rec = Recorder(
         str(trace),
         backing,
@@ -90,6 +85,7 @@ def record_random(
             writeback_seconds=3.0,
             clock=rec.clock,
             nr_nvram_pages=4096,
+            kernel=kernel,
         )
     )
     for ino, size in sizes.items():
@@ -179,3 +175,13 @@ def test_a_one_frame_budget_replays_to_the_end(tmp_path: Path) -> None:
     assert res.counters["dram_pages"] == 1
     assert res.counters["accesses"]["read"] > 0
     assert res.records > 0 and res.errors >= 0
+
+
+def test_kernel_2_6_26_in_place_stores_replay_exactly(tmp_path: Path) -> None:
+    # kernel=2.6.26: stores to XIP pages go to NVRAM in place (write_pages from the
+    # write path), and the replay takes the kernel from the header's mm settings.
+    trace, live, live_log = record_random(tmp_path, 13, kernel="2.6.26", relocate=False)
+    res = replay(str(trace), log=str(tmp_path / "r.jsonl"))
+    assert res.config["kernel"] == "2.6.26"
+    assert res.counters == live
+    assert _events(tmp_path / "r.jsonl") == _events(live_log)
