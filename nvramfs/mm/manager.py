@@ -103,8 +103,12 @@ class MemoryManager:
         writeback_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         max_promote_per_tick: int | None = None,
+        device: Any = None,
     ) -> None:
         self.backing = backing
+        # The device model (nvramfs.device.Meter or None): told what moved each
+        # time the counters are read; it prices, it never decides.
+        self.device = device
         m = self.machine = Machine(dram_pages, pte_special=pte_special, kernel=kernel)
         self.events = events if events is not None else NullEventWriter()
         m.events = self.events
@@ -886,7 +890,7 @@ class MemoryManager:
             )
         self._run_policy(cands)
         policy.end_tick()
-        self.events.emit(schema.COUNTERS, **self.stats_.snapshot(m))
+        self.events.emit(schema.COUNTERS, **self._counters())
         self.events.flush()
 
     @property
@@ -925,13 +929,20 @@ class MemoryManager:
 
     # -- reporting ------------------------------------------------------------------
 
+    def _counters(self) -> dict[str, Any]:
+        """The `counters` object, with `modelled_ns` when a device model listens."""
+        out = self.stats_.snapshot(self.machine)
+        if self.device is not None:
+            out["modelled_ns"] = self.device.account(out)
+        return out
+
     def stats(self) -> dict[str, Any]:
         """JSON-able: the `counters` object of EVENTS.md, plus `residency` totals, `policy`,
         `pte_special`, `kernel` and `tick`."""
         m = self.machine
         cache = int(np.count_nonzero((m.mapping != 0) & ((m.flags & PG_ANON) == 0)))
         anon = int(np.count_nonzero((m.flags & PG_ANON) != 0))
-        out = self.stats_.snapshot(m)
+        out = self._counters()
         out["residency"] = {
             "files": len(self._spaces),
             "pagecache": cache,
@@ -967,6 +978,6 @@ class MemoryManager:
         if self._closed:
             return
         self.sync_all(schema.REASON_UNMOUNT)
-        self.events.emit(schema.COUNTERS, **self.stats_.snapshot(self.machine))
+        self.events.emit(schema.COUNTERS, **self._counters())
         self.events.flush()
         self._closed = True

@@ -352,3 +352,15 @@ class RecordingMM:
             return self._mm.close()
         finally:
             rec.close()
+
+
+PROGRAMMED = "programmed.npy"
+
+
+def save_programmed(directory: str, programmed: np.ndarray) -> None:
+    """The blocks in use when the recording started (one bit each): the device model's
+    starting state (which blocks hold programmed data), for the replay's model."""
+    bits = np.packbits(np.asarray(programmed, dtype=bool))
+    tmp = os.path.join(directory, PROGRAMMED + ".tmp.npy")
+    np.save(tmp, bits)
+    os.rename(tmp, os.path.join(directory, PROGRAMMED))

@@ -29,6 +29,7 @@ from nvramfs.events import schema
 from nvramfs.mm.bug import MMBug
 
 from .format import CALLS, OP, OPS, Header, TraceError, cut_parts, iter_parts, read_header
+from .record import PROGRAMMED
 from .shadow import TraceBacking
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def recorded_config(header: Header) -> dict[str, Any]:
     """The MemoryManager settings of the recording: `dram_pages` and every keyword
     setting the header's `mm` holds (older headers: the named keys)."""
     rec = header.config
-    cfg: dict[str, Any] = {"dram_pages": rec.get("dram_pages")}
+    cfg: dict[str, Any] = {"dram_pages": rec.get("dram_pages"), "medium": rec.get("medium")}
     mm = rec.get("mm")
     if isinstance(mm, dict):
         cfg.update(mm)
@@ -92,13 +93,17 @@ def replay_config(header: Header, overrides: dict[str, Any] | None = None) -> di
 
     cfg = recorded_config(header)
     known = set(inspect.signature(MemoryManager).parameters) - {
-        "backing", "events", "clock", "nr_nvram_pages"
-    }  # fmt: skip
+        "backing", "events", "clock", "nr_nvram_pages", "device"
+    } | {"medium"}  # fmt: skip
     for k, v in (overrides or {}).items():
         if k not in known:
             raise UsageError(f"replay option {k}: unknown (one of: {', '.join(sorted(known))})")
         if v is not None:
             cfg[k] = v
+    if overrides and overrides.get("medium") is not None:
+        from nvramfs.device import load_medium
+
+        load_medium(str(overrides["medium"]))  # a usage error naming the built-in media
     dram = cfg.get("dram_pages")
     if not isinstance(dram, int) or dram < 1:
         raise UsageError(f"dram: the budget must hold at least one 4 KiB frame (got {dram})")
@@ -125,7 +130,7 @@ class Replayer:
         rec = header.config
         nr_blocks = int(rec.get("nr_blocks") or 1 << 20)
         recorded = recorded_config(header)
-        exact = all(config.get(k) == v for k, v in recorded.items())
+        exact = all(config.get(k) == v for k, v in recorded.items() if k != "medium")
         self.exact = exact
         self.backing = TraceBacking(nr_blocks, exact=exact)
         self.clock = clock
@@ -133,8 +138,14 @@ class Replayer:
         params = inspect.signature(MemoryManager).parameters
         kw: dict[str, Any] = {k: v for k, v in config.items() if k in params and k != "dram_pages"}
         kw.update(events=events, nr_nvram_pages=nr_blocks, clock=clock)
+        backing: Any = self.backing
+        self.notes: list[str] = []
+        meter = self._device(header, config.get("medium"), nr_blocks)
+        if meter is not None and "device" in params:
+            kw["device"] = meter
+            backing = meter.backing(self.backing)
         try:
-            self.mm = MemoryManager(self.backing, int(config["dram_pages"]), **kw)
+            self.mm = MemoryManager(backing, int(config["dram_pages"]), **kw)
         except (ValueError, KeyError) as exc:
             raise UsageError(f"replay configuration: {exc}") from None
         self.records = 0
@@ -143,6 +154,27 @@ class Replayer:
         self.errors = 0  # calls that failed with an errno, as they would have live
         self._ones = b"\x01" * (1 << 20)
         self._paths: dict[int, tuple[str, int]] = {}
+
+    def _device(self, header: Header, medium: Any, nr_blocks: int) -> Any:
+        """The device model the mount ran (medium and the blocks in use at its start),
+        so that `modelled_ns` comes out the same; None when there was none."""
+        if not isinstance(medium, str):
+            return None
+        try:
+            from nvramfs.device import DeviceModel, load_medium
+            from nvramfs.device.meter import Meter
+        except ImportError:
+            return None
+        programmed = None
+        path = os.path.join(header.path, PROGRAMMED)
+        if os.path.exists(path):
+            try:
+                programmed = np.unpackbits(np.load(path))[:nr_blocks].astype(bool)
+            except (OSError, ValueError) as exc:
+                raise TraceError(f"{path}: unreadable ({exc})") from None
+        else:
+            self.notes.append(f"{path} missing: the device model starts with every block erased")
+        return Meter(DeviceModel(load_medium(medium), nr_blocks, programmed=programmed))
 
     # -- records ----------------------------------------------------------------
 
@@ -335,6 +367,7 @@ def replay(
         clock.now = header.t0_us * 1e-6  # mm starts when the recording started
         r = Replayer(header, cfg, events, clock)
         r.batch = batch
+        notes.extend(r.notes)
         _emit_mount(events, trace, header, cfg, r.mm)
         parts = 0
         for part in iter_parts(trace):
@@ -343,6 +376,9 @@ def replay(
         if cut or not r.closed:
             notes.append(f"{trace}: the recording was cut short; replayed {parts} complete part(s)")
         r.finish()
+        meter = getattr(r.mm, "device", None)
+        if meter is not None and hasattr(schema, "WEAR"):
+            events.emit(schema.WEAR, **meter.wear(clock.now - events_t0(events, clock)))
         events.emit(schema.UNMOUNT, clean=r.closed)
         events.flush()
         seconds = time.perf_counter() - start
@@ -373,6 +409,12 @@ def replay(
             for name in os.listdir(tmpdir):
                 os.unlink(os.path.join(tmpdir, name))
             os.rmdir(tmpdir)
+
+
+def events_t0(events: Any, clock: VirtualClock) -> float:
+    """The event log's time 0 (the virtual clock's reading when the writer was made)."""
+    t0 = getattr(events, "t0", None)
+    return float(t0) if isinstance(t0, float) else clock.now
 
 
 def _emit_mount(events: Any, trace: str, header: Header, cfg: dict[str, Any], mm: Any) -> None:
