@@ -211,9 +211,15 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
         from nvramfs.fuse.nosim import NoSim
 
         return NoSim(img)
+    from nvramfs.device import DeviceModel, load_medium
+    from nvramfs.device.meter import Meter
     from nvramfs.mm import MemoryManager
 
-    kw: dict[str, Any] = {"events": events}
+    # The device model prices what mm moves on the medium (docs/COSTS.md):
+    # blocks in use at the mount hold programmed data, the rest are erased.
+    programmed = img.used_blocks()
+    meter = Meter(DeviceModel(load_medium(opts.medium), img.nr_blocks, programmed=programmed))
+    kw: dict[str, Any] = {"events": events, "device": meter}
     params = inspect.signature(MemoryManager).parameters
     if opts.policy is not None:
         kw["policy"] = opts.policy
@@ -221,22 +227,28 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
         kw["policy"] = static_policy(img, opts)
     if "nr_nvram_pages" in params:
         kw["nr_nvram_pages"] = img.nr_blocks
+    if opts.kernel != "modern":
+        kw["kernel"] = opts.kernel
     if opts.writeback is not None:
         for name in ("writeback_seconds", "dirty_expire", "writeback", "dirty_expire_seconds"):
             if name in params:
                 kw[name] = opts.writeback
                 break
+    backing = meter.backing(img)
     if opts.trace is None:
-        return MemoryManager(img, opts.dram_pages, **kw)
+        return MemoryManager(backing, opts.dram_pages, **kw)
     # Recording: mm runs on the recorder's backing proxy and clock, and the FUSE
     # layer calls the recording proxy instead of mm (docs/TRACE.md).
-    from nvramfs.trace.record import Recorder
+    from nvramfs.trace.record import Recorder, save_programmed
 
     config = trace_config(img, opts, params, kw)
     t0 = getattr(events, "t0", None)
     if isinstance(t0, float):
         config["events_t0_us"] = round(t0 * 1e6)  # the event log's time 0 (same clock)
-    rec = Recorder(opts.trace, img, config, size_of=lambda ino: img.getattr(ino).size)
+    medium_file = "/" in opts.medium or opts.medium.endswith(".toml")
+    config["medium"] = os.path.abspath(opts.medium) if medium_file else opts.medium
+    rec = Recorder(opts.trace, backing, config, size_of=lambda ino: img.getattr(ino).size)
+    save_programmed(opts.trace, programmed)  # the device model's starting state
     mm = MemoryManager(rec.backing, opts.dram_pages, clock=rec.clock, **kw)
     return rec.wrap(mm)
 
@@ -276,7 +288,7 @@ def trace_config(img: Any, opts: MountOptions, params: Any, kw: dict[str, Any]) 
         "writeback_seconds": float(opts.writeback or default("writeback_seconds", 5.0)),
         "tick_seconds": TICK_SECONDS,
         "cache": opts.cache,
-        "pte_special": bool(default("pte_special", True)),
+        "pte_special": kw.get("pte_special", default("pte_special", None)),  # None: the kernel's
         "image": getattr(img, "path", None),
         "uuid": sb.get("uuid"),
         "nr_blocks": int(img.nr_blocks),
@@ -405,8 +417,10 @@ def serve(
         page_size=PAGE_SIZE,
         policy=policy,
         pte_special=bool(getattr(getattr(mm, "machine", None), "pte_special", True)),
+        kernel=str(getattr(getattr(mm, "machine", None), "kernel", opts.kernel)),
         cache=opts.cache,
         sim=opts.sim,
+        medium=opts.medium if opts.sim else None,
         recovered=recovered,
         wall=time.time(),
         mountpoint=mountpoint,
@@ -519,6 +533,13 @@ def _finish(ops: Any, mm: Any, events: Any, img: Any, *, unmount: bool) -> None:
         except Exception as exc:
             clean = False
             ops.translate(what, exc)
+    meter = getattr(mm, "device", None)
+    if meter is not None:
+        try:
+            t = float(getattr(events, "_clock", time.monotonic)() - getattr(events, "t0", 0.0))
+            events.emit(schema.WEAR, **meter.wear(t))
+        except Exception:
+            log.exception("cannot log the device model's wear")
     try:
         events.emit(schema.UNMOUNT, clean=clean)
         events.close()

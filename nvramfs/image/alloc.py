@@ -27,6 +27,12 @@ class Allocator:
         blk = self._block(start + i)
         return np.unpackbits(np.frombuffer(blk[: F.PAYLOAD], np.uint8), bitorder="little")
 
+    def used_blocks(self) -> np.ndarray:
+        """One bool per block: allocated in the block bitmap (metadata included)."""
+        L = self.L
+        bits = [self._bitmap_bits(L.bbitmap_start, i) for i in range(L.bbitmap_blocks)]
+        return np.concatenate(bits)[: L.nr_blocks].astype(bool)
+
     def _find_free(
         self, start: int, nbm: int, total: int, lo: int, want: int, goal: int
     ) -> list[tuple[int, int]]:

@@ -73,15 +73,22 @@ class RecordingBacking:
         live = np.asarray(self._b.bmap(ino, first, count), dtype=np.int64)
         self.seq = seq = self.seq + 1
         shadow = self._rec.shadow
-        known = shadow.bmap(ino, first, count)
-        if not np.array_equal(known, live):
+        m = shadow.files.get(ino)
+        if m is not None and first + count <= len(m) and len(live) == count:
+            known = m[first : first + count]
+        else:
+            known = shadow.bmap(ino, first, count)
+        # On the fault path: a byte compare is a few times cheaper than array_equal.
+        if known.tobytes() != live.tobytes():
             diff = np.flatnonzero(known != live)
             self._rec.map_record(seq, ino, encode_pairs(diff + first, live[diff]), writeback=False)
             shadow.set_range(ino, first, count, live)
         return live
 
-    def write_pages(self, ino: int, indices: np.ndarray, pages: Sequence[Any]) -> np.ndarray:
-        blocks = self._b.write_pages(ino, indices, pages)
+    def write_pages(
+        self, ino: int, indices: np.ndarray, pages: Sequence[Any], **kw: Any
+    ) -> np.ndarray:
+        blocks = self._b.write_pages(ino, indices, pages, **kw)
         live = np.asarray(blocks, dtype=np.int64)
         self.seq = seq = self.seq + 1
         shadow = self._rec.shadow
@@ -145,6 +152,7 @@ class Recorder:
         arg: int = 0,
         seq: int = 0,
         flags: int = 0,
+        gen: int = 0,
         text: str | None = None,
         runs: list[int] | None = None,
     ) -> None:
@@ -152,7 +160,9 @@ class Recorder:
             self.now_us, op, ino, (page << PAGE_SHIFT) if offset is None else offset, nbytes
         )
         sp = self._sparse
-        for name, v in (("arg", arg), ("seq", seq), ("flags", flags), ("runs", runs)):
+        for name, v in (
+            ("arg", arg), ("seq", seq), ("flags", flags), ("gen", gen), ("runs", runs)
+        ):  # fmt: skip
             if v:
                 sp[name][i] = v
         if text is not None:
@@ -188,7 +198,14 @@ class Recorder:
             runs = encode_runs(0, blocks)
             self.shadow.set_range(ino, 0, npages, blocks)
         path = self.path_of(ino) if self.path_of is not None else None
-        self.row(OP["file"], ino, arg=size, text=path, runs=runs)
+        gen = 0
+        get_gen = getattr(self._image, "inode_generation", None)
+        if get_gen is not None:
+            try:
+                gen = int(get_gen(ino) or 0)
+            except Exception:  # noqa: BLE001 - a freed inode: generation unknown
+                gen = 0
+        self.row(OP["file"], ino, arg=size, gen=gen, text=path, runs=runs)
 
     def flush(self) -> None:
         """Hand the buffered records to the writer thread (a call boundary)."""
@@ -302,11 +319,12 @@ class RecordingMM:
         self._put(self._pack(now, _WRITE, ino, offset, length))
         return self._mm_write(ino, offset, data)
 
-    def truncate(self, ino: int, new_size: int) -> None:
+    def truncate(self, ino: int, new_size: int, *args: Any) -> None:
+        """`args`: a reason, when this mm takes one (truncate or o_trunc): kept in `text`."""
         mm = self._mm
         rec = self._rec
-        rec.call("truncate", ino, arg=new_size, flags=int(tail_holds_data(mm, ino, new_size)))
-        out = mm.truncate(ino, new_size)
+        rec.call("truncate", ino, arg=new_size, text=str(args[0]) if args else None)
+        out = mm.truncate(ino, new_size, *args)
         rec.shadow.drop_from(ino, (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT)
         return out
 
@@ -336,16 +354,13 @@ class RecordingMM:
             rec.close()
 
 
-def tail_holds_data(mm: Any, ino: int, new_size: int) -> bool:
-    """Whether truncate's partial last page holds nonzero bytes past the new size (mm's
-    one decision that looks at data). Looks exactly as MemoryManager.truncate does, so
-    that the replay, doing the same, makes the same backing calls."""
-    tail = new_size & (PAGE_SIZE - 1)
-    if not tail or new_size < 0:
-        return False
-    peek = getattr(mm, "_peek", None)
-    if peek is None:
-        return False
-    mapping = mm.address_space(ino)
-    cur = peek(mapping, new_size >> PAGE_SHIFT)
-    return cur is not None and any(cur[tail:])
+PROGRAMMED = "programmed.npy"
+
+
+def save_programmed(directory: str, programmed: np.ndarray) -> None:
+    """The blocks in use when the recording started (one bit each): the device model's
+    starting state (which blocks hold programmed data), for the replay's model."""
+    bits = np.packbits(np.asarray(programmed, dtype=bool))
+    tmp = os.path.join(directory, PROGRAMMED + ".tmp.npy")
+    np.save(tmp, bits)
+    os.rename(tmp, os.path.join(directory, PROGRAMMED))
