@@ -285,7 +285,6 @@ def trace_config(img: Any, opts: MountOptions, params: Any, kw: dict[str, Any]) 
         p = params.get(name)
         return fallback if p is None or p.default is inspect.Parameter.empty else p.default
 
-    sb = getattr(img, "superblock", {}) or {}
     config = {
         "dram_pages": opts.dram_pages,
         "policy": opts.policy or default("policy", "2q"),
@@ -294,7 +293,7 @@ def trace_config(img: Any, opts: MountOptions, params: Any, kw: dict[str, Any]) 
         "cache": opts.cache,
         "pte_special": kw.get("pte_special", default("pte_special", None)),  # None: the kernel's
         "image": getattr(img, "path", None),
-        "uuid": sb.get("uuid"),
+        "uuid": _image_uuid(img).get("uuid"),  # as the mount event spells it
         "nr_blocks": int(img.nr_blocks),
         "block_size": PAGE_SIZE,
         "readonly": opts.readonly,

@@ -61,6 +61,7 @@ OPS = (
     "writeback_batch",  # MemoryManager.writeback_batch: text=reason (a flusher batch)
     "set_dram_budget",  # MemoryManager.set_dram_budget: arg=frames
     "setattr",  # a MemoryManager setting assigned: text=JSON [name, value]
+    "path",  # a file's path, learnt after its first touch (a create names it later): ino, gen, text
 )
 OP = {name: code for code, name in enumerate(OPS)}
 

@@ -304,6 +304,13 @@ class Replayer:
             self._paths[ino] = (path, gen)
             self.events.emit(schema.PATH, ino=ino, gen=gen, path=path)
 
+    def _op_path(self, part: Any, i: int, ino: int) -> None:
+        path = part.text.get(i)
+        gen = int(part.cols["gen"][i])
+        if path is not None and self._paths.get(ino) != (path, gen):
+            self._paths[ino] = (path, gen)
+            self.events.emit(schema.PATH, ino=ino, gen=gen, path=path)
+
     def _op_map(self, part: Any, i: int, ino: int) -> None:
         c = part.cols
         self.backing.expect(int(c["seq"][i]), ino, part.runs.get(i) or [], bool(c["flags"][i] & 1))
@@ -463,6 +470,8 @@ def _emit_mount(events: Any, trace: str, header: Header, cfg: dict[str, Any], mm
         policy=cfg["policy"],
         pte_special=bool(getattr(mm, "pte_special", True)),
         kernel=getattr(mm, "kernel", "modern"),
+        uuid=rec.get("uuid"),
+        medium=cfg.get("medium"),
         cache=rec.get("cache"),
         sim=True,
         recovered=False,

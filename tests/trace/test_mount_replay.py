@@ -103,6 +103,12 @@ def test_fio_runs_replay_to_the_live_counters(mounter, tmp_path: Path) -> None:
     if wear:
         assert rwear[-1]["erase_bins"] == wear[-1]["erase_bins"]
         assert rwear[-1]["program_bins"] == wear[-1]["program_bins"]
+    # Per-file results know the files as the live log does: (uuid, inode, generation).
+    top_live = summary_json("log", str(m.log), "top", "--session", "last")
+    top_rep = summary_json("log", str(rlog), "top")
+    assert [(f["path"], f["reads"], f["writes"]) for f in top_rep["files"]] == [
+        (f["path"], f["reads"], f["writes"]) for f in top_live["files"]
+    ]
     # The replay's own log is a log like any other.
     again = summary_json("log", str(rlog), "summary")
     assert again["faults"] == live["faults"]
