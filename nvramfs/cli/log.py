@@ -235,7 +235,10 @@ def _shares(ns: dict[str, int]) -> str:
     if not total:
         return "nothing"
     top = sorted(((v, k) for k, v in ns.items() if v), reverse=True)
-    return ", ".join(f"{k} {100 * v / total:.0f}%" for v, k in top)
+    shown = [(v, k) for v, k in top if 100 * v / total >= 0.5]
+    rest = total - sum(v for v, _ in shown)
+    text = ", ".join(f"{k} {100 * v / total:.0f}%" for v, k in shown)
+    return text + (f", the rest {100 * rest / total:.1g}%" if rest else "")
 
 
 def format_device(d: dict[str, Any], *, phases: bool = True) -> list[str]:
