@@ -38,13 +38,13 @@ import nvramfs
 from nvramfs.cli.log import (
     PAGE_SIZE,
     format_summary,
-    human_bytes,
     split_sessions,
     summarize,
 )
 from nvramfs.errors import NvramfsError, UsageError
 from nvramfs.events import schema
 from nvramfs.events.reader import ReadReport, load_events, parse_line
+from nvramfs.units import format_bytes as human_bytes
 
 DEFAULT_DRAM = "8M"  # the zipf hot set of the default image is a little bigger: it fills
 QUICK_DRAM = "2M"  # the quick phases warm fewer pages; a smaller budget still fills
@@ -589,7 +589,7 @@ def unmount(mnt: Path, pid: int | None) -> str | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nvramfs.fuse.options import parse_size
+    from nvramfs.units import parse_size
 
     dram = args.dram or (QUICK_DRAM if args.quick else DEFAULT_DRAM)
     parse_size(dram)  # a bad size is a usage error before anything happens

@@ -33,6 +33,7 @@ from typing import Any, TextIO
 from nvramfs.errors import NvramfsError, UsageError
 from nvramfs.events import schema
 from nvramfs.events.reader import ReadReport, check_log, load_events, read_events
+from nvramfs.units import format_bytes as human_bytes  # the one byte formatter
 
 PAGE_SIZE = 4096
 ACTIONS = ("summary", "top", "filter", "follow", "export", "profile")
@@ -408,15 +409,6 @@ def _timeline(
 
 def _i(n: int | float) -> str:
     return f"{n:,}" if isinstance(n, int) else f"{n:,.1f}"
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _reasons(c: dict[str, int]) -> str:

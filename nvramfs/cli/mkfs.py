@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from nvramfs.errors import NvramfsError
-from nvramfs.image.mkfs import mkfs, parse_size
+from nvramfs.image.mkfs import mkfs
+from nvramfs.units import parse_size
 
 HELP = """\
 Make an nvramfs image. With --from DIR, copy the tree (regular files,

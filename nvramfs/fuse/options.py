@@ -11,10 +11,10 @@ error (exit 2), so a typo never mounts with a default the user did not ask for.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 from nvramfs.errors import UsageError
+from nvramfs.units import parse_size
 
 PAGE_SIZE = 4096
 DEFAULT_DRAM = 64 << 20
@@ -62,17 +62,6 @@ _VFS_FLAGS = {
 # Words mount(8)/fstab use that mean nothing to the filesystem itself.
 _IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_netdev", "nofail"}
 _IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
-
-_SIZE_RE = re.compile(r"^(\d+)([KMGT]?)(i?B?)?$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """`64M` / `1G` / `4096` -> bytes (binary units; a trailing `B`/`iB` is allowed)."""
-    m = _SIZE_RE.match(text.strip())
-    if not m:
-        raise UsageError(f"bad size {text!r} (use e.g. 4096, 512K, 64M, 1G)")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
 @dataclass
