@@ -13,8 +13,12 @@ ACCESS = "access"
 FAULT = "fault"
 ERROR = "error"
 UNMOUNT = "unmount"
+CTL = "ctl"  # a command to .nvramfs/ctl and its answer
+POLICY = "policy"  # the migration policy switched (ctl or remount)
 
-EVENT_TYPES = (MOUNT, PATH, MIGRATE, COW, WRITEBACK, COUNTERS, ACCESS, FAULT, ERROR, UNMOUNT)
+EVENT_TYPES = (
+    MOUNT, PATH, MIGRATE, COW, WRITEBACK, COUNTERS, ACCESS, FAULT, ERROR, UNMOUNT, CTL, POLICY,
+)  # fmt: skip
 
 # Homes of a page.
 XIP = "xip"
@@ -32,6 +36,7 @@ REASON_FSYNC = "fsync"
 REASON_DEMOTE = "demote"
 REASON_DIRTY_EXPIRE = "dirty_expire"
 REASON_SYNC = "sync"
+REASON_REMOUNT = "remount"
 
 # COW paths.
 VIA_PFN_MKWRITE = "pfn_mkwrite"

@@ -921,6 +921,8 @@ class Operations(pyfuse3.Operations):
                 raise FUSEError(pyfuse3.ENOATTR)
             return json.dumps(self.mm.residency(inode), sort_keys=True).encode()
         if self._is_ctl(inode):
+            if inode == self.control.CTL:
+                return self.control.query(name, ctx.pid)
             raise FUSEError(pyfuse3.ENOATTR)
         return self.img.getxattr(inode, name)
 

@@ -34,6 +34,9 @@ OPTION_HELP = [
     ("sim=on|off", "off: serve straight from the image, no simulation (benchmark baseline)"),
     ("trace_faults", "log one `fault` event per page fault (many)"),
     ("writeback=SECONDS", "write dirty frames back after this long (default 5)"),
+    ("promote_cap=PAGES", "most pages the policy promotes per 1 s tick"),
+    ("", "(default: dram/8 in pages, at least 32, at most 1024)"),
+    ("remount", "change a live mount: ro/rw, policy=, promote_cap= (dram= only as it is)"),
     ("noatime, strictatime", "access times on read (default relatime)"),
 ]
 
@@ -61,7 +64,11 @@ _VFS_FLAGS = {
 }
 # Words mount(8)/fstab use that mean nothing to the filesystem itself.
 _IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_netdev", "nofail"}
-_IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
+# fsname/subtype are set by the daemon, user_id/group_id by libfuse: mount(8)
+# hands them back (from /proc/self/mountinfo) on `mount -o remount`.
+_IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=", "user_id=", "group_id=")
+# What `-o remount` may change; every other option is fixed for the mount's life.
+REMOUNT_KEYS = {"remount", "ro", "rw", "policy", "dram", "promote_cap"}
 
 
 @dataclass
@@ -78,7 +85,11 @@ class MountOptions:
     sim: bool = True
     trace_faults: bool = False
     writeback: float | None = None
+    promote_cap: int | None = None
+    remount: bool = False
     vfs_flags: list[str] = field(default_factory=list)
+    # The options the user named (key before `=`), for remount's checks.
+    given: list[str] = field(default_factory=list)
 
     @property
     def atime(self) -> str:
@@ -91,6 +102,26 @@ class MountOptions:
     @property
     def dram_pages(self) -> int:
         return max(1, self.dram_bytes // PAGE_SIZE)
+
+    def remount_request(self) -> str:
+        """The `remount` ctl command for these options (`-o remount,...`): only what
+        remount may change; anything else given is a usage error."""
+        fixed = sorted({k for k in self.given if k not in REMOUNT_KEYS})
+        if fixed:
+            raise UsageError(
+                f"-o remount cannot change {', '.join(fixed)} "
+                "(it may change ro/rw, policy=, promote_cap=; unmount and mount again)"
+            )
+        words = []
+        if "ro" in self.given or "rw" in self.given:
+            words.append("ro" if self.readonly else "rw")
+        if self.policy is not None:
+            words.append(f"policy={self.policy}")
+        if "dram" in self.given:
+            words.append(f"dram={self.dram_bytes}")
+        if self.promote_cap is not None:
+            words.append(f"promote_cap={self.promote_cap}")
+        return "remount " + ",".join(words) if words else "remount"
 
     def log_path(self, image: str) -> str:
         """The event log path: `log=` or `IMAGE.events.jsonl` beside the image."""
@@ -124,7 +155,11 @@ def _apply(opts: MountOptions, word: str) -> None:
     key, eq, value = word.partition("=")
     if eq and not value and key not in ("log",):
         raise UsageError(f"option {key!r} needs a value")
-    if word == "ro":
+    if word not in _VFS_FLAGS and word not in _IGNORED and not word.startswith(_IGNORED_PREFIXES):
+        opts.given.append(key)
+    if word == "remount":
+        opts.remount = True
+    elif word == "ro":
         opts.readonly = True
     elif word == "rw":
         opts.readonly = False
@@ -159,6 +194,10 @@ def _apply(opts: MountOptions, word: str) -> None:
             raise UsageError(f"writeback={value}: give seconds, e.g. writeback=5") from None
         if not opts.writeback > 0:
             raise UsageError(f"writeback={value}: must be more than 0 seconds")
+    elif key == "promote_cap" and eq:
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError(f"promote_cap={value}: give a number of pages, at least 1")
+        opts.promote_cap = int(value)
     elif word in _VFS_FLAGS:
         opts.vfs_flags.append(word)
     elif word in _IGNORED or word.startswith(_IGNORED_PREFIXES):
