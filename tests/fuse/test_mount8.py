@@ -62,7 +62,7 @@ def run_in_namespace(tmp_path: Path, overlays: dict[str, Path], body: str) -> di
         f"PIDFILE={pidfile}\n"
         f"{setup}\n"
         "cleanup() { for m in $(awk '$3==\"fuse.nvramfs\"{print $2}' /proc/mounts); do "
-        "umount -l \"$m\" 2>/dev/null || true; done; }\n"
+        'umount -l "$m" 2>/dev/null || true; done; }\n'
         "trap cleanup EXIT\n" + textwrap.dedent(body)
     )
     out = None
