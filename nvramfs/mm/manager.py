@@ -811,6 +811,25 @@ class MemoryManager:
         dirty = len(self._dirty_frames(ino))
         return {"pages": xip + cache, "xip": xip, "pagecache": cache, "dirty": dirty}
 
+    def residency_map(self, ino: int, nr_pages: int) -> list[list[Any]]:
+        """Where each page [0, nr_pages) of a file lives, run-length encoded:
+        `[[state, first_index, count], ...]`, state one of RESIDENCY_STATES: `dirty`
+        (a dirty pagecache frame), `pagecache` (a clean frame), `xip` (no frame: the
+        NVRAM block serves it), `hole` (no frame, no block: reads as zeros)."""
+        if nr_pages <= 0:
+            return []
+        blocks = np.asarray(self.backing.bmap(ino, 0, nr_pages))
+        state = np.where(blocks != 0, 1, 0).astype(np.uint8)  # hole 0, xip 1
+        mapping = self._spaces.get(ino)
+        if mapping is not None and mapping.pages:
+            idx = np.fromiter(mapping.pages.keys(), np.int64, len(mapping.pages))
+            frames = np.fromiter(mapping.pages.values(), np.int64, len(mapping.pages))
+            keep = idx < nr_pages
+            idx, frames = idx[keep], frames[keep]
+            dirty = (self.machine.flags[frames] & PG_DIRTY) != 0
+            state[idx] = np.where(dirty, 3, 2)  # pagecache 2, dirty 3
+        return run_lengths(state, RESIDENCY_STATES)
+
     def close(self) -> None:
         """Write back everything (reason `unmount`), log the last counters, flush the log."""
         if self._closed:
@@ -819,3 +838,19 @@ class MemoryManager:
         self.events.emit(schema.COUNTERS, **self.stats_.snapshot(self.machine))
         self.events.flush()
         self._closed = True
+
+
+# The states of residency_map, by their code in its array.
+RESIDENCY_STATES = ("hole", "xip", "pagecache", "dirty")
+
+
+def run_lengths(codes: np.ndarray, names: tuple[str, ...]) -> list[list[Any]]:
+    """[[names[code], first, count], ...] for each run of equal codes (one numpy pass)."""
+    if len(codes) == 0:
+        return []
+    starts = np.flatnonzero(np.diff(codes.astype(np.int16), prepend=-1) != 0)
+    counts = np.diff(np.append(starts, len(codes)))
+    return [
+        [names[int(codes[s])], int(s), int(n)]
+        for s, n in zip(starts.tolist(), counts.tolist(), strict=True)
+    ]
