@@ -120,7 +120,10 @@ def run(argv: list[str] | None = None, prog: str = "nvramfs") -> int:
             return 0
         if args.topic not in COMMANDS:
             parser.error(f"help: no command {args.topic!r} (one of: {', '.join(COMMANDS)})")
-        return run([args.topic, "--help"])
+        try:
+            return run([args.topic, "--help"])
+        except SystemExit as exc:  # argparse's --help exits 0
+            return int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
