@@ -471,11 +471,25 @@ def _phase_line(phase: Phase) -> str:
 
 
 def phase_table(phases: list[Phase]) -> str:
-    """Throughput and latency per phase (fio), with what mm did during it (counters)."""
-    out = [
-        f"{'phase':<10} {'':<5} {'MiB/s':>8} {'IOPS':>8} {'mean lat':>10} {'p99 lat':>10}   "
-        f"{'hit':>6} {'promote':>8} {'demote':>7} {'cow':>6}"
-    ]
+    """Throughput and latency per phase (fio), with what mm did during it (counters);
+    a rich table, rendered to text."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for name, justify in (
+        ("phase", "left"),
+        ("", "left"),
+        ("MiB/s", "right"),
+        ("IOPS", "right"),
+        ("mean lat", "right"),
+        ("p99 lat", "right"),
+        ("hit", "right"),
+        ("promote", "right"),
+        ("demote", "right"),
+        ("cow", "right"),
+    ):
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
     for ph in phases:
         nums = fio_numbers(ph.result)
         s = ph.stats
@@ -483,17 +497,25 @@ def phase_table(phases: list[Phase]) -> str:
         first = True
         for d, x in nums.items():
             label = "verify" if ph.job.startswith("randwrite-verify") and d == "read" else d
-            tail = (
-                f"   {hit:>6} {s.get('promote', 0):>8,} {s.get('demote', 0):>7,} {s.get('cow', 0):>6,}"
+            mm = (
+                [hit, f"{s.get('promote', 0):,}", f"{s.get('demote', 0):,}", f"{s.get('cow', 0):,}"]
                 if first and s
-                else ""
+                else ["", "", "", ""]
             )
-            out.append(
-                f"{ph.name if first else '':<10} {label:<5} {x['mib_s']:>8,.1f} {x['iops']:>8,.0f} "
-                f"{_lat(x['lat_mean_us']):>10} {_lat(x['lat_p99_us']):>10}{tail}"
+            t.add_row(
+                ph.name if first else "",
+                label,
+                f"{x['mib_s']:,.1f}",
+                f"{x['iops']:,.0f}",
+                _lat(x["lat_mean_us"]),
+                _lat(x["lat_p99_us"]),
+                *mm,
             )
             first = False
-    return "\n".join(out)
+    console = Console(width=200, color_system=None, highlight=False)
+    with console.capture() as cap:
+        console.print(t)
+    return "\n".join(line.rstrip() for line in cap.get().splitlines())
 
 
 def phase_spans(sessions: list[Any], phases: list[Phase]) -> list[tuple[str, float, float]]:
@@ -509,10 +531,12 @@ def phase_spans(sessions: list[Any], phases: list[Phase]) -> list[tuple[str, flo
 
 
 def is_mounted(mnt: Path) -> bool:
+    from nvramfs.fuse.mount import unescape_mounts_field
+
     path = str(mnt.resolve())
     try:
         with open("/proc/mounts") as f:
-            return any(line.split()[1].replace("\\040", " ") == path for line in f if line.strip())
+            return any(unescape_mounts_field(ln.split()[1]) == path for ln in f if ln.strip())
     except OSError:
         return os.path.ismount(path)
 
