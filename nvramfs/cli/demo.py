@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.progress import BarColumn, Progress, TextColumn
+
 import nvramfs
 from nvramfs.cli.log import (
     PAGE_SIZE,
@@ -404,28 +406,34 @@ def run_phase(
             stderr=err,
             cwd=outdir,  # fio's own leftovers (if any) go there, not into the CWD
         )
+        # The live line (a tty only): rich's bar over the phase's runtime, then mm's
+        # figures so far; transient, so the phase's result line replaces it.
+        bar = Progress(
+            TextColumn("  "),
+            BarColumn(bar_width=20),
+            TextColumn("{task.fields[clock]}"),
+            TextColumn("{task.fields[status]}"),
+            transient=True,
+            disable=not tty,
+        )
+        task = bar.add_task(phase.name, total=phase.runtime or None, clock="", status="")
         try:
-            while proc.poll() is None:
-                if tty:
-                    tail.poll()
-                    el = time.monotonic() - t0
-                    if phase.runtime:
-                        frac = min(1.0, el / phase.runtime)
-                        bar = "#" * int(frac * 20)
-                        clock = f"[{bar:<20}] {el:4.1f}/{phase.runtime:g} s"
-                    else:
-                        clock = f"{el:5.1f} s"
-                    line = f"  {clock}  {_status(before, read_counters(mnt) or tail.counters)}"
-                    sys.stdout.write("\r" + line[:150].ljust(100))
-                    sys.stdout.flush()
-                time.sleep(0.25)
+            with bar:
+                while proc.poll() is None:
+                    if tty:
+                        tail.poll()
+                        el = time.monotonic() - t0
+                        clock = (
+                            f"{el:4.1f}/{phase.runtime:g} s" if phase.runtime else f"{el:5.1f} s"
+                        )
+                        status = _status(before, read_counters(mnt) or tail.counters)
+                        bar.update(task, completed=el, clock=clock, status=status)
+                    time.sleep(0.25)
         except BaseException:
             _stop(proc)
             raise
     phase.seconds = time.monotonic() - t0
     phase.wall = (wall0, time.time())
-    if tty:
-        sys.stdout.write("\r" + " " * 110 + "\r")
     if proc.returncode != 0:
         text = err_path.read_text(errors="replace")
         raise NvramfsError(
