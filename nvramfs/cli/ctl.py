@@ -11,7 +11,8 @@ Exit 0 when the command ran, 1 with the daemon's message on stderr when it did
 not (as s3qlctrl). Commands: help, stats, sync (write every dirty page back),
 demote-all (every pagecache page back to XIP), policy [NAME] (show or switch
 the migration policy), promote-cap [PAGES] (show or set the most pages promoted
-per tick), remount OPTIONS (what `mount -o remount` sends). Every command and
+per tick), dram [SIZE] (show, or shrink the DRAM budget and grow it back up to
+its size at mount; shrinking demotes the coldest pages), remount OPTIONS (what `mount -o remount` sends). Every command and
 its answer is logged as a `ctl` event, a policy switch also as a `policy` event.
 On a read-only mount the commands that write (sync) are refused; the others run.
 """

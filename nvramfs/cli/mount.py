@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "through /sbin/mount.fuse.nvramfs (`make setup` installs it), or through "
         "mount.fuse's fallback `nvramfs IMAGE DIR -o OPTIONS`. A non-empty MOUNTPOINT is "
         "allowed (one warning): its entries are hidden until the unmount. "
-        "`-o remount,...` changes a live mount: ro/rw, policy=, promote_cap=.",
+        "`-o remount,...` changes a live mount: ro/rw, policy=, promote_cap=, and dram= "
+        "up to its size at mount.",
         epilog="options (-o, comma-separated; mount(8)'s generic ones such as rw, nosuid, "
         "nodev, noatime, _netdev are accepted too):\n" + lines,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -3,7 +3,7 @@
     .nvramfs/stats    JSON: mm counters, residency, DRAM budget, struct page bytes
     .nvramfs/events   the most recent lines of the event log
     .nvramfs/ctl      commands: `sync`, `demote-all`, `policy [NAME]`, `stats`,
-                      `promote-cap [PAGES]`, `remount OPTIONS`, `help`
+                      `promote-cap [PAGES]`, `dram [SIZE]`, `remount OPTIONS`, `help`
 
 The directory is not listed by readdir of the root but can be looked up by
 name (mkfs refuses a tree that holds the name). Its files change on every
@@ -75,6 +75,7 @@ class Control:
         self.info = info  # image, mountpoint, log, sim, cache, pid, ... for stats
         self.ops: Any = None
         self._ro_by_remount = False
+        self._dram_max = int(info.get("dram_pages", 0))  # the budget at mount: the most
         self._answers: dict[tuple[int, bytes], tuple[float, bytes]] = {}
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
         now = time.time_ns()
@@ -303,6 +304,42 @@ class Control:
             self.mm.max_promote_per_tick = int(args[0])
         return f"promote-cap {self.mm.max_promote_per_tick} pages per tick"
 
+    def _dram_pages(self, text: str) -> int:
+        """A budget in frames from a size (`64M`, `1.5G`, bytes), checked against the
+        most the machine has: the budget at mount."""
+        from nvramfs.errors import UsageError
+        from nvramfs.units import parse_size
+
+        if not hasattr(self.mm, "set_dram_budget"):
+            raise CtlError("dram: sim=off has no DRAM budget")
+        try:
+            pages = parse_size(text) // 4096
+        except UsageError as exc:
+            raise CtlError(f"dram: {exc}") from None
+        if not 1 <= pages <= self._dram_max:
+            raise CtlError(
+                f"dram={text}: the budget can be 4 KiB to {self._dram_max * 4096 >> 10} KiB "
+                "(the size at mount; unmount and mount again for more)"
+            )
+        return pages
+
+    def _dram(self, args: list[str]) -> str:
+        """`dram [SIZE]`: show, or offline/online frames (MemoryManager.set_dram_budget)."""
+        if len(args) > 1:
+            raise CtlError("usage: dram [SIZE]")
+        old = int(self.info.get("dram_pages", 0))
+        if not args:
+            return f"dram {old} frames ({old * 4096 >> 10} KiB; at most {self._dram_max})"
+        pages = self._dram_pages(args[0])
+        try:
+            now = self.mm.set_dram_budget(pages)
+        except (OSError, ValueError) as exc:
+            now = int(self.mm.stats().get("dram_pages", old))
+            self.info["dram_pages"] = now
+            raise CtlError(f"dram: {getattr(exc, 'strerror', None) or exc} (now {now})") from None
+        self.info["dram_pages"] = now
+        return f"dram {old} -> {now} frames"
+
     def _remount(self, args: list[str]) -> str:
         """`mount -o remount,...`: what may change on a live mount (fuse/options.py)."""
         words = [w for a in args for w in a.split(",") if w]
@@ -325,7 +362,7 @@ class Control:
             elif key == "promote_cap" and value:
                 done.append(self._promote_cap([value]))
             elif key == "dram":
-                done.append("dram unchanged")
+                done.append(self._dram([value]))
         return "remounted: " + (", ".join(done) or "nothing to change")
 
     def _remount_check(self, words: list[str]) -> None:
@@ -339,12 +376,7 @@ class Control:
             if word == "rw" and self.ops.readonly and not self._ro_by_remount:
                 raise CtlError("cannot remount rw: a fatal error turned the mount read-only")
             if key == "dram":
-                pages = max(1, int(value) // 4096) if value.isdigit() else -1
-                if pages != self.mm.stats().get("dram_pages", pages):
-                    raise CtlError(
-                        "dram cannot change on a live mount (the machine model is sized "
-                        "at mount); unmount and mount again"
-                    )
+                self._dram_pages(value)
             elif key == "policy" and value:
                 from nvramfs.mm.policy import POLICIES
 
@@ -373,6 +405,7 @@ _USAGE = {
     "demote-all": "",
     "policy": "[NAME]",
     "promote-cap": "[PAGES]",
+    "dram": "[SIZE]",
     "remount": "OPTIONS",
 }
 _COMMANDS = {
@@ -382,6 +415,7 @@ _COMMANDS = {
     "demote-all": Control._demote_all,
     "policy": Control._policy,
     "promote-cap": Control._promote_cap,
+    "dram": Control._dram,
     "remount": Control._remount,
 }
 _WRITING = {"sync"}

@@ -36,7 +36,7 @@ OPTION_HELP = [
     ("writeback=SECONDS", "write dirty frames back after this long (default 5)"),
     ("promote_cap=PAGES", "most pages the policy promotes per 1 s tick"),
     ("", "(default: dram/8 in pages, at least 32, at most 1024)"),
-    ("remount", "change a live mount: ro/rw, policy=, promote_cap= (dram= only as it is)"),
+    ("remount", "change a live mount: ro/rw, policy=, promote_cap=, dram= (at most as mounted)"),
     ("noatime, strictatime", "access times on read (default relatime)"),
 ]
 
@@ -110,7 +110,7 @@ class MountOptions:
         if fixed:
             raise UsageError(
                 f"-o remount cannot change {', '.join(fixed)} "
-                "(it may change ro/rw, policy=, promote_cap=; unmount and mount again)"
+                "(it may change ro/rw, policy=, dram=, promote_cap=; unmount and mount again)"
             )
         words = []
         if "ro" in self.given or "rw" in self.given:

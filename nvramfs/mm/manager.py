@@ -58,7 +58,7 @@ from .flags import (
     VM_SHARED,
     VM_WRITE,
 )
-from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_WRITEBACK, Machine
+from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_RESERVED, PG_WRITEBACK, Machine
 from .memory import handle_mm_fault, unmap_mapping_pages
 from .migrate import demote, promote
 from .policy import Policy, make_policy
@@ -112,6 +112,7 @@ class MemoryManager:
         self._touched: list[Any] = []
         self._t_interval = clock()
         self._closed = False
+        self._offline: list[int] = []  # frames taken out of the budget (set_dram_budget)
         # Hot-path constants.
         self._nr_frames = m.nr_frames
         self._base = m.nvram_base_pfn
@@ -810,6 +811,36 @@ class MemoryManager:
         cache = len(mapping.pages)
         dirty = len(self._dirty_frames(ino))
         return {"pages": xip + cache, "xip": xip, "pagecache": cache, "dirty": dirty}
+
+    def set_dram_budget(self, pages: int) -> int:
+        """Offline or online DRAM frames, as memory hot-(un)plug does: the budget becomes
+        `pages`, at most the frames the machine was built with (`nr_frames - 1`).
+
+        Offlining takes free frames off the free list and marks them PG_reserved
+        with a reference (the kernel's offline pages: never allocated, never
+        freed); with no free frame, direct reclaim demotes the policy's coldest
+        pages first (reason `dram_budget`, dirty ones written back). Onlining puts
+        offlined frames back on the free list. Returns the budget now."""
+        m = self.machine
+        if not 1 <= pages <= m.nr_frames - 1:
+            raise ValueError(
+                f"the DRAM budget can be 1 to {m.nr_frames - 1} frames (the size at mount)"
+            )
+        while m.dram_pages > pages:
+            if not m.free_list and not self._reclaim():
+                raise OSError(errno.EBUSY, "no frame can be freed to shrink the DRAM budget")
+            pfn = m.free_list.pop()
+            m._refcount[pfn] = 1
+            m.flags[pfn] = PG_RESERVED
+            self._offline.append(pfn)
+            m.dram_pages -= 1
+        while m.dram_pages < pages:
+            pfn = self._offline.pop()
+            m._refcount[pfn] = 0
+            m.flags[pfn] = 0
+            m.free_list.append(pfn)
+            m.dram_pages += 1
+        return m.dram_pages
 
     def residency_map(self, ino: int, nr_pages: int) -> list[list[Any]]:
         """Where each page [0, nr_pages) of a file lives, run-length encoded:

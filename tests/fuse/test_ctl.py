@@ -81,13 +81,34 @@ def test_remount_refuses_what_cannot_change(mounter):
     for opts, code, text in (
         ("remount,cache=kernel", 2, "cannot change cache"),
         ("remount,log=/tmp/x", 2, "cannot change log"),
-        ("remount,dram=8M", 1, "dram cannot change"),
+        ("remount,dram=8M", 1, "the size at mount"),
         ("remount,rw,policy=nosuch", 1, "unknown policy"),
     ):
         out = nvramfs("mount", m.image, m.path, "-o", opts)
         assert out.returncode == code and text in out.stderr, (opts, out.stderr)
     out = nvramfs("mount", m.image, m.path, "-o", "remount,dram=4MB")  # the same: fine
     assert out.returncode == 0, out.stderr
+
+
+def test_remount_dram_shrinks_and_grows_the_budget(mounter):
+    m = mounter(mounter.image(), "dram=4M")
+    if not m.stats()["sim"]:
+        pytest.skip("sim=off has no DRAM budget")
+    data = os.urandom(2 << 20)
+    m.p("f").write_bytes(data)  # 512 dirty frames
+    out = nvramfs("mount", m.image, m.path, "-o", "remount,dram=1M")
+    assert out.returncode == 0 and "dram 1024 -> 256 frames" in out.stdout, out.stderr
+    b = m.stats()["budget"]
+    assert b["dram_pages"] == 256 and b["frames_used"] <= 256
+    assert m.p("f").read_bytes() == data
+    out = nvramfs("ctl", m.path, "dram", "3M")
+    assert out.returncode == 0 and out.stdout.strip() == "dram 256 -> 768 frames"
+    assert m.stats()["counters"]["dram_pages"] == 768
+    assert nvramfs("ctl", m.path, "dram", "5M").returncode == 1
+    evs = m.session_events()
+    budget = [e for e in evs if e["ev"] == "migrate" and e["reason"] == "dram_budget"]
+    assert budget  # shrinking demoted pages to make room
+    m.umount()
 
 
 @pytest.mark.parametrize("name", ["with space", "tab\there", "new\nline", "back\\slash"])
