@@ -2,7 +2,8 @@
 #   make demo   set everything up, build the default image, run the demo
 #   make test   set everything up, run the test suite
 # Both start from a fresh Debian machine as root: system packages, then a
-# virtualenv in .venv with the project installed into it.
+# virtualenv in .venv with the project installed into it, then the mount(8)
+# helper /sbin/mount.fuse.nvramfs (`make clean` removes it with the venv).
 
 PYTHON ?= python3
 VENV   ?= .venv
