@@ -199,3 +199,28 @@ def test_fallback_form_and_not_a_command(tmp_path: Path) -> None:
     assert out.returncode == 1 and "does not exist" in out.stderr
     out = nvramfs("mout", "x")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_the_installed_helper_after_make_setup(tmp_path: Path) -> None:
+    """On a machine set up by this checkout's `make setup`: plain `mount -t fuse.nvramfs`."""
+    helper = Path("/sbin/mount.fuse.nvramfs")
+    if (
+        not helper.is_symlink()
+        or Path(os.readlink(helper)) != ROOT / ".venv/bin/mount.fuse.nvramfs"
+    ):
+        pytest.skip("/sbin/mount.fuse.nvramfs is not this checkout's (run make setup)")
+    img = mkfs(tmp_path / "c.img", "16M")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = run_in_namespace(
+        tmp_path,
+        {},
+        f"""
+        mount -t fuse.nvramfs {img} {mnt}
+        {pid_of(mnt)}
+        echo ok > {mnt}/f
+        umount {mnt}
+        """,
+    )
+    assert res["out"].returncode == 0, res["out"].stderr
+    assert nvramfs("fsck", img).returncode == 0
