@@ -250,6 +250,9 @@ class Control:
         except CtlError as exc:
             ok, message = False, str(exc)
             log.warning("ctl: %s: %s", line, message)
+        except OSError as exc:  # e.g. ENOSPC in a writeback: an answer, not a crash
+            ok, message = False, f"{cmd}: {exc.strerror or exc}"
+            log.warning("ctl: %s: %s", line, message)
         self._emit(schema.CTL, cmd=line, ok=ok, message=message)
         if self.events is not None:
             self.events.flush()
