@@ -34,7 +34,8 @@ def test_aliases_say_their_own_name(func: str, name: str) -> None:
     out = alias(func, "--help")
     assert out.returncode == 0 and out.stdout.startswith(f"usage: {name} ")
     out = alias(func)  # missing arguments: the usage error names the alias too
-    assert out.returncode == 2 and f"{name}: error:" in out.stderr
+    usage = 16 if name.startswith("fsck") else 2  # fsck: e2fsck's usage code
+    assert out.returncode == usage and f"{name}: error:" in out.stderr
 
 
 def test_help_command(capsys) -> None:
@@ -42,16 +43,14 @@ def test_help_command(capsys) -> None:
     assert capsys.readouterr().out.startswith("usage: nvramfs mkfs ")
     assert run(["help"]) == 0
     assert "COMMAND" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as ei:
-        run(["help", "nosuch"])
-    assert ei.value.code == 2
+    assert run(["help", "nosuch"]) == 2
+    assert "no command 'nosuch'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_descriptions_are_wrapped(cmd: str, capsys, monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "80")
-    with pytest.raises(SystemExit):
-        run([cmd, "--help"])
+    assert run([cmd, "--help"]) == 0
     text = capsys.readouterr().out
     desc = text.split("\n\n")[1]  # the paragraph after the usage
     assert all(len(line) <= 80 for line in desc.splitlines()), desc
