@@ -22,8 +22,8 @@ from nvramfs.units import format_bytes
 
 HELP = """\
 Print MOUNTPOINT/.nvramfs/stats for a person: faults, accesses and the hit
-ratio, migrations, writebacks, the DRAM budget and the struct page bytes used
-and avoided. With DELAY (seconds), print one line of rates every DELAY seconds
+ratio, migrations, writebacks, the DRAM budget, the struct page bytes used
+and avoided, and the memmap VM_MIXEDMAP saves. With DELAY (seconds), print one line of rates every DELAY seconds
 as vmstat does, COUNT lines (forever without COUNT); the first line averages
 over the time since the mount. Every figure is defined in docs/EVENTS.md.
 """
@@ -73,6 +73,8 @@ def stats_table(s: dict[str, Any]) -> Table:
     sp = s.get("struct_page", {})
     flags = [f"sim {'on' if s.get('sim') else 'off'}", f"cache={s.get('cache')}"]
     flags.append(f"policy {s.get('policy')}")
+    if c.get("kernel"):
+        flags.append(f"kernel {c['kernel']}")
     if s.get("readonly"):
         flags.append("READ-ONLY")
     t = Table(
@@ -98,6 +100,13 @@ def stats_table(s: dict[str, Any]) -> Table:
             f"{format_bytes(sp.get('bytes_used', 0))} used, "
             f"{format_bytes(sp.get('bytes_avoided', 0))} avoided by XIP",
         )
+        if "memmap_device_bytes" in sp:
+            t.add_row(
+                "memmap",
+                f"memmap_device {format_bytes(sp['memmap_device_bytes'])} (whole device), "
+                f"mixedmap {format_bytes(sp['mixedmap_bytes'])} (frames in use), "
+                f"saved {format_bytes(sp['saved_bytes'])}",
+            )
         t.add_row("accesses", f"read {acc.get('read', 0):,}, write {acc.get('write', 0):,}")
         t.add_row("hit ratio", _pct(hit_ratio(c)) + " of page accesses served by a frame")
         t.add_row("faults", _pairs(c.get("faults")))

@@ -226,6 +226,8 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
         kw["nr_nvram_pages"] = img.nr_blocks
     if opts.promote_cap is not None:
         kw["max_promote_per_tick"] = opts.promote_cap
+    if opts.kernel != "modern":
+        kw["kernel"] = opts.kernel
     if opts.writeback is not None:
         for name in ("writeback_seconds", "dirty_expire", "writeback", "dirty_expire_seconds"):
             if name in params:
@@ -336,6 +338,7 @@ def serve(
         page_size=PAGE_SIZE,
         policy=policy,
         pte_special=bool(getattr(getattr(mm, "machine", None), "pte_special", True)),
+        kernel=str(getattr(getattr(mm, "machine", None), "kernel", opts.kernel)),
         cache=opts.cache,
         sim=opts.sim,
         recovered=recovered,

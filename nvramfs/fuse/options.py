@@ -18,6 +18,9 @@ from nvramfs.units import parse_size
 
 PAGE_SIZE = 4096
 DEFAULT_DRAM = 64 << 20
+# The kernels whose mm rules the simulation can run (nvramfs.mm.machine.KERNELS;
+# spelled here too so that parsing options does not import the simulation).
+KERNELS = ("2.6.26-rc1", "2.6.26", "modern")
 
 # Option help, in the order `nvramfs mount --help` lists it.
 OPTION_HELP = [
@@ -34,6 +37,9 @@ OPTION_HELP = [
     ("sim=on|off", "off: serve straight from the image, no simulation (benchmark baseline)"),
     ("trace_faults", "log one `fault` event per page fault (many)"),
     ("writeback=SECONDS", "write dirty frames back after this long (default 5)"),
+    ("kernel=NAME", "whose mm rules the simulation runs: modern (default), 2.6.26 (stores"),
+    ("", "to XIP pages go into NVRAM in place), 2.6.26-rc1 (needs ro: its write fault"),
+    ("", "copies XIP pages into anonymous memory); see docs/ARCHITECTURE.md"),
     ("promote_cap=PAGES", "most pages the policy promotes per 1 s tick"),
     ("", "(default: dram/8 in pages, at least 32, at most 1024)"),
     ("remount", "change a live mount: ro/rw, policy=, promote_cap=, dram= (at most as mounted)"),
@@ -87,6 +93,7 @@ class MountOptions:
     writeback: float | None = None
     promote_cap: int | None = None
     remount: bool = False
+    kernel: str = "modern"
     vfs_flags: list[str] = field(default_factory=list)
     # The options the user named (key before `=`), for remount's checks.
     given: list[str] = field(default_factory=list)
@@ -148,6 +155,10 @@ def parse_options(groups: list[str] | None) -> MountOptions:
             word = word.strip()
             if word:
                 _apply(opts, word)
+    if opts.kernel == "2.6.26-rc1" and not opts.readonly:
+        # Its do_wp_page copies a raw pfn into an anonymous page even in a shared
+        # mapping: every write to an XIP page would be lost (fixed in 2.6.26).
+        raise UsageError("kernel=2.6.26-rc1 loses writes to XIP pages: mount it with -o ro")
     return opts
 
 
@@ -187,6 +198,12 @@ def _apply(opts: MountOptions, word: str) -> None:
         if value not in ("on", "off"):
             raise UsageError(f"sim={value}: use sim=on or sim=off")
         opts.sim = value == "on"
+    elif key == "kernel" and eq:
+        if value not in KERNELS:
+            raise UsageError(
+                f"kernel={value}: use kernel=modern, kernel=2.6.26 or kernel=2.6.26-rc1"
+            )
+        opts.kernel = value
     elif key == "writeback" and eq:
         try:
             opts.writeback = float(value)
