@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.text import Text
 
 from nvramfs.errors import NvramfsError
+from nvramfs.image.hostspace import growth_warning
 from nvramfs.image.mkfs import mkfs
 from nvramfs.units import format_bytes, parse_size
 
@@ -31,7 +32,11 @@ directories, symlinks as symlinks, hard links, modes, owners, ns times; device
 nodes, fifos and sockets are skipped and listed). The default size is what the
 tree needs plus the larger of that again and 64 MiB (room to grow). Without
 --from, --size is required and the image is empty. Images are sparse files:
-an empty 16G image takes almost no disk.
+an empty 16G image takes almost no disk, and the daemon allocates host space
+as it needs it (a full host filesystem is ENOSPC for the writer); mkfs warns
+when the host has less free space than the image could grow to.
+--preallocate allocates the whole image on the host now, as a device has its
+size.
 """
 
 
@@ -53,6 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="image size: 16G, 1.5G, 512M, 64MB, 4096 (bytes); binary units",
     )
     p.add_argument("--force", action="store_true", help="overwrite IMAGE if it exists")
+    p.add_argument(
+        "--preallocate",
+        action="store_true",
+        help="allocate the whole image on the host filesystem now (not sparse)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
     p.set_defaults(func=main)
     return p
@@ -143,15 +153,32 @@ def main(args: argparse.Namespace) -> int:
                 if sys.stderr.isatty():
                     print(f"mkfs: building the tree of {args.recipe}", file=sys.stderr)
                 build_tree(Path(args.recipe), tree)
-                res = mkfs(image, size=size, src=tree, force=args.force, progress=bar)
+                res = mkfs(
+                    image,
+                    size=size,
+                    src=tree,
+                    force=args.force,
+                    progress=bar,
+                    preallocate=args.preallocate,
+                )
         else:
             if args.src is not None and not Path(args.src).is_dir():
                 raise NvramfsError(f"{args.src}: no such directory")
-            res = mkfs(image, size=size, src=args.src, force=args.force, progress=bar)
+            res = mkfs(
+                image,
+                size=size,
+                src=args.src,
+                force=args.force,
+                progress=bar,
+                preallocate=args.preallocate,
+            )
     finally:
         bar.end()
     for s in res.skipped:
         print(f"mkfs: skipped {s}", file=sys.stderr)
+    warning = growth_warning(res.path)
+    if warning:
+        print(f"mkfs: warning: {warning}", file=sys.stderr)
     if not args.quiet:
         what = f"{res.files} entries" if (args.src or args.recipe) else "empty"
         print(

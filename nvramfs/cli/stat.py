@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nvramfs.errors import UsageError
+from nvramfs.events.numbers import hit_ratio  # the one definition (docs/EVENTS.md)
 from nvramfs.units import format_bytes
 
 HELP = """\
@@ -37,16 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the raw JSON (once per DELAY)")
     p.set_defaults(func=main)
     return p
-
-
-def hit_ratio(counters: dict[str, Any]) -> float | None:
-    """Page accesses served by a pagecache frame / all page accesses (docs/EVENTS.md):
-    `faults.pagecache_hit / (accesses.read + accesses.write)`; None with no access."""
-    acc = counters.get("accesses", {})
-    total = int(acc.get("read", 0)) + int(acc.get("write", 0))
-    if total == 0:
-        return None
-    return int(counters.get("faults", {}).get("pagecache_hit", 0)) / total
 
 
 def _console() -> Console:
@@ -165,7 +156,7 @@ def rate_row(prev: dict[str, Any] | None, cur: dict[str, Any], seconds: float) -
     b = _flat(cur)
     d = {k: b[k] - a[k] for k in b}
     secs = max(seconds, 1e-9)
-    ratio = d["hit"] / d["acc"] if d["acc"] else None
+    ratio = hit_ratio(cur, prev)
     return [
         f"{cur.get('frames_used', 0):,}",
         f"{cur.get('dirty', 0):,}",

@@ -15,6 +15,8 @@ ERROR = "error"
 UNMOUNT = "unmount"
 CTL = "ctl"  # a command to .nvramfs/ctl and its answer
 POLICY = "policy"  # the migration policy switched (ctl or remount)
+# The device model's wear and write amplification at the end of a session.
+WEAR = "wear"
 # Page-cache pages (and XIP ptes) dropped unwritten: truncate, O_TRUNC, evict.
 DROP = "drop"
 # Bytes of a page zeroed in place (the tail of the last page on truncate).
@@ -38,6 +40,7 @@ EVENT_TYPES = (
     XIP_WRITE,
     CTL,
     POLICY,
+    WEAR,
 )
 
 # Homes of a page.

@@ -40,6 +40,8 @@ OPTION_HELP = [
     ("kernel=NAME", "whose mm rules the simulation runs: modern (default), 2.6.26 (stores"),
     ("", "to XIP pages go into NVRAM in place), 2.6.26-rc1 (needs ro: its write fault"),
     ("", "copies XIP pages into anonymous memory); see docs/ARCHITECTURE.md"),
+    ("medium=NAME|FILE", "what the device model prices moves on: nor (default), pcm,"),
+    ("", "optane, dram, or a profile .toml file; see docs/COSTS.md"),
     ("promote_cap=PAGES", "most pages the policy promotes per 1 s tick"),
     ("", "(default: dram/8 in pages, at least 32, at most 1024)"),
     ("remount", "change a live mount: ro/rw, policy=, promote_cap=, dram= (at most as mounted)"),
@@ -94,6 +96,7 @@ class MountOptions:
     promote_cap: int | None = None
     remount: bool = False
     kernel: str = "modern"
+    medium: str = "nor"
     vfs_flags: list[str] = field(default_factory=list)
     # The options the user named (key before `=`), for remount's checks.
     given: list[str] = field(default_factory=list)
@@ -204,6 +207,11 @@ def _apply(opts: MountOptions, word: str) -> None:
                 f"kernel={value}: use kernel=modern, kernel=2.6.26 or kernel=2.6.26-rc1"
             )
         opts.kernel = value
+    elif key == "medium" and eq:
+        from nvramfs.device import load_medium
+
+        load_medium(value)  # a usage error (exit 2) naming the built-in media
+        opts.medium = value
     elif key == "writeback" and eq:
         try:
             opts.writeback = float(value)
