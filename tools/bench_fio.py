@@ -11,6 +11,10 @@ the jobs run in this order, each `--repeats` times (medians reported):
     seqread   psync, 128 KiB, one job
     randwrite psync, 4 KiB, one job (COWs XIP pages; last, since it changes the file)
 
+Then the price of recording: the sim mount against a copy mounted with
+`-o trace=DIR`, 4 KiB randread zipf:1.2, alternated, medians; and the trace's
+bytes on disk per page access (--no-trace skips it).
+
 The nvramfs mounts use the default cache=direct, so every request reaches the
 daemon (kernel tmpfs is shown for scale, not as a competitor). The last
 column is the price of the simulation: sim / sim=off (target >= 0.8 for
@@ -121,6 +125,50 @@ def parse_bytes(text: str) -> int:
     return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
 
 
+def zipf_randread(directory: Path, size: str, runtime: float) -> dict:
+    """4 KiB randread, Zipf(1.2) over the file: the recording-cost job."""
+    cmd = ["fio", "--output-format=json", "--name=bench", f"--directory={directory}",
+           "--filename=bench.dat", "--ioengine=psync", "--rw=randread", "--bs=4k",
+           "--random_distribution=zipf:1.2", f"--size={size}", f"--runtime={runtime}",
+           "--time_based=1", "--randrepeat=0", "--invalidate=0"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=runtime * 4 + 120)
+    if out.returncode != 0:
+        sys.exit(f"bench_fio: fio failed on {directory}: {out.stderr.strip()[-500:]}")
+    return {"iops": json.loads(out.stdout[out.stdout.index("{") :])["jobs"][0]["read"]["iops"]}
+
+
+def trace_cost(work: Path, image: Path, args: argparse.Namespace, extra: str) -> dict:
+    """The price of `-o trace=DIR`: the same mount with and without it, zipf randread,
+    alternated; and the trace's bytes on disk per page access."""
+    image_t = work / "bench-trace.nvram"
+    subprocess.run(["cp", "--sparse=always", str(image), str(image_t)], check=True)
+    trace = work / "bench.trace"
+    runs: dict[str, list[float]] = {"sim": [], "sim+trace": []}
+    with (
+        mounted(image, work / "mnt-sim", f"dram={args.dram}{extra}") as sim,
+        mounted(image_t, work / "mnt-trace", f"dram={args.dram},trace={trace}{extra}") as traced,
+    ):
+        for _ in range(args.repeats):
+            for name, d in (("sim", sim), ("sim+trace", traced)):
+                runs[name].append(zipf_randread(d, args.size, args.runtime)["iops"])
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parts = sorted(trace.glob("part-*.parquet"))
+    reads = sum(
+        int(pc.sum(pc.equal(pq.read_table(p, columns=["op"]).column("op").cast("string"),
+                            "read")).as_py() or 0)
+        for p in parts
+    )  # fmt: skip
+    size = sum(p.stat().st_size for p in trace.iterdir())
+    out = {name: statistics.median(v) for name, v in runs.items()}
+    out["runs"] = {name: [round(x) for x in v] for name, v in runs.items()}
+    out["ratio"] = out["sim+trace"] / max(out["sim"], 1e-9)
+    out["bytes_per_access"] = size / max(reads, 1)
+    out["accesses"] = reads
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -131,6 +179,10 @@ def main() -> int:
     p.add_argument("--dram", default="64M", help="DRAM budget of the sim mount (64M)")
     p.add_argument("-o", "--options", default="", help="extra mount options for both mounts")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    p.add_argument(
+        "--no-trace", dest="trace", action="store_false",
+        help="skip the recording-cost job (-o trace=DIR against the same mount without it)",
+    )  # fmt: skip
     args = p.parse_args()
     if not shutil.which("fio"):
         sys.exit("bench_fio: fio not found (apt install fio)")
@@ -166,6 +218,7 @@ def main() -> int:
         ):
             results = run_targets({"sim": sim, "sim=off": nosim, "tmpfs": tmpfs}, args)
             stats = json.loads((sim / ".nvramfs" / "stats").read_bytes())
+        cost = trace_cost(work, image, args, extra) if args.trace else None
         elapsed = time.monotonic() - t0
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -188,6 +241,13 @@ def main() -> int:
         f"demotions {c.get('migrations', {}).get('demote', {})}, cow {c.get('faults', {}).get('cow', 0)}, "
         f"frames used {c.get('frames_used', 0)} of {c.get('dram_pages', 0)}"
     )
+    if cost is not None:
+        print(
+            f"recording (-o trace=DIR), randread 4 KiB zipf:1.2: sim {cost['sim']:,.0f} IOPS, "
+            f"sim+trace {cost['sim+trace']:,.0f} IOPS ({cost['ratio']:.3f}x; runs {cost['runs']}); "
+            f"trace {cost['bytes_per_access']:.2f} bytes per page access "
+            f"({cost['accesses']:,} accesses)"
+        )
     print(f"(total {elapsed:.0f} s)")
     if args.json:
         print(json.dumps(results, indent=2))

@@ -26,7 +26,20 @@ from nvramfs.errors import NvramfsError
 # Subcommand modules, in the order `--help` lists them. Each defines
 # register(subparsers) -> argparse.ArgumentParser (with set_defaults(func=main))
 # and main(args) -> int.
-COMMANDS = ["mkfs", "fsck", "info", "mount", "umount", "stat", "ctl", "log", "plot", "demo"]
+COMMANDS = [
+    "mkfs",
+    "fsck",
+    "info",
+    "mount",
+    "umount",
+    "stat",
+    "ctl",
+    "log",
+    "plot",
+    "demo",
+    "replay",
+    "trace",
+]
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):

@@ -41,6 +41,7 @@ from nvramfs.cli.log import (
     PAGE_SIZE,
     format_summary,
 )
+from nvramfs.device import DEFAULT_MEDIUM
 from nvramfs.errors import NvramfsError, UsageError
 from nvramfs.events import schema
 from nvramfs.events.reader import ReadReport, parse_line
@@ -49,6 +50,7 @@ from nvramfs.units import format_bytes as human_bytes
 DEFAULT_DRAM = "8M"  # the zipf hot set of the default image is a little bigger: it fills
 QUICK_DRAM = "2M"  # the quick phases warm fewer pages; a smaller budget still fills
 LOG_NAME = "demo.events.jsonl"
+TRACE_NAME = "demo.trace"
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -364,6 +366,10 @@ def counters_delta(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[s
         "cow": (b.get("faults") or {}).get("cow", 0) - (a.get("faults") or {}).get("cow", 0),
         "writebacks": tot(b, "writebacks") - tot(a, "writebacks"),
         "frames_used": b.get("frames_used"),
+        "modelled_ns": {
+            k: int(v) - int((a.get("modelled_ns") or {}).get(k, 0))
+            for k, v in (b.get("modelled_ns") or {}).items()
+        },
     }
 
 
@@ -523,6 +529,29 @@ def phase_table(phases: list[Phase]) -> str:
     return "\n".join(line.rstrip() for line in cap.get().splitlines())
 
 
+def modelled_lines(phases: list[Phase], medium: str) -> list[str]:
+    """Modelled time per phase on the demo's medium (docs/COSTS.md), and what share
+    of each writing phase went to COW, writeback and erase."""
+    from nvramfs.cli.log import _dur, _shares
+
+    rows = [(ph, ph.stats.get("modelled_ns") or {}) for ph in phases]
+    if not any(ns for _, ns in rows):
+        return []
+    out = [f"modelled time on {medium} (the device model, not the daemon's wall time):"]
+    for ph, ns in rows:
+        total = sum(ns.values())
+        out.append(f"  {ph.name:<10} {_dur(total):>10}   {_shares(ns)}")
+        writes = ns.get("cow", 0) + ns.get("writeback", 0) + ns.get("erase", 0)
+        if total and ns.get("cow", 0) + ns.get("writeback", 0):
+            out.append(
+                f"  {'':<10} {'':>10}   COW {100 * ns.get('cow', 0) / total:.0f}%, writeback "
+                f"{100 * ns.get('writeback', 0) / total:.0f}%, erase "
+                f"{100 * ns.get('erase', 0) / total:.0f}%: {100 * writes / total:.0f}% of "
+                f"this phase's modelled time went to writing"
+            )
+    return out
+
+
 def phase_spans(
     sessions: list[Any], phases: list[Phase], *, on_log_axis: bool = True
 ) -> list[tuple[str, float, float]]:
@@ -559,7 +588,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def mount(
-    image: Path, mnt: Path, dram: str, policy: str | None, log: Path
+    image: Path, mnt: Path, dram: str, policy: str | None, log: Path, trace: Path | None = None
 ) -> tuple[int | None, bool]:
     """`nvramfs mount` (returns once the mount is ready): the daemon's pid, and whether
     Ctrl-C was pressed meanwhile.
@@ -569,6 +598,8 @@ def mount(
     take down.
     """
     opts = f"dram={dram},log={log}" + (f",policy={policy}" if policy else "")
+    if trace is not None:
+        opts += f",trace={trace}"  # every MemoryManager call, for `nvramfs replay`
     interrupted: list[int] = []
     old = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
     try:
@@ -635,9 +666,11 @@ def main(args: argparse.Namespace) -> int:
     outdir = outdir.resolve()
     log = outdir / LOG_NAME
     plots = outdir / "plots"
+    trace = outdir / TRACE_NAME
     for stale in (log, outdir / "summary.json"):
         stale.unlink(missing_ok=True)
     shutil.rmtree(plots, ignore_errors=True)
+    shutil.rmtree(trace, ignore_errors=True)
 
     own_mnt = args.mountpoint is None
     mnt = Path(tempfile.mkdtemp(prefix="nvramfs-demo-")) if own_mnt else Path(args.mountpoint)
@@ -650,7 +683,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"nvramfs demo: mounting {image} on {mnt} (DRAM {dram}"
           f"{', policy ' + args.policy if args.policy else ''})", flush=True)  # fmt: skip
     try:
-        pid, interrupted = mount(image, mnt, dram, args.policy, log)
+        pid, interrupted = mount(image, mnt, dram, args.policy, log, trace)
         if interrupted:
             raise KeyboardInterrupt
         phases = plan_phases(mnt, args.quick)
@@ -707,6 +740,10 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(f"nvramfs demo: {len(phases)} phases in {elapsed:.0f} s")
     print(phase_table(phases))
+    lines = modelled_lines(phases, DEFAULT_MEDIUM)
+    if lines:
+        print()
+        print("\n".join(lines))
     print()
     print(format_summary(summary, timeline=False))
     print()
@@ -714,6 +751,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"still mounted at {mnt}: nvramfs umount {mnt} ends it")
     print(f"same numbers nvramfs log {log} summary")
     print(f"summary      {outdir / 'summary.json'}")
+    if (trace / "header.json").exists():
+        print(f"trace        {trace} (nvramfs replay {trace} -o dram=...,policy=...)")
     if plot_paths:
         print("plots        " + "\n             ".join(str(p) for p in plot_paths))
     elif plot_note:

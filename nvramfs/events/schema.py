@@ -15,6 +15,8 @@ ERROR = "error"
 UNMOUNT = "unmount"
 CTL = "ctl"  # a command to .nvramfs/ctl and its answer
 POLICY = "policy"  # the migration policy switched (ctl or remount)
+# A phase starts (`mark NAME` written to .nvramfs/ctl; the demo between phases).
+MARK = "mark"
 # The device model's wear and write amplification at the end of a session.
 WEAR = "wear"
 # Page-cache pages (and XIP ptes) dropped unwritten: truncate, O_TRUNC, evict.
@@ -41,6 +43,7 @@ EVENT_TYPES = (
     CTL,
     POLICY,
     WEAR,
+    MARK,
 )
 
 # Homes of a page.
@@ -60,6 +63,8 @@ REASON_DEMOTE = "demote"
 REASON_DIRTY_EXPIRE = "dirty_expire"
 REASON_SYNC = "sync"
 REASON_REMOUNT = "remount"
+# A page read into a frame on demand (lru, opt, opt-nox) or pinned (static).
+REASON_READPAGE = "readpage"
 REASON_TRUNCATE = "truncate"
 REASON_O_TRUNC = "o_trunc"
 REASON_EVICT = "evict"
@@ -75,4 +80,4 @@ VIA_DO_COW_FAULT = "do_cow_fault"
 VIA_XIP_FILE_WRITE = "__xip_file_write"
 
 # Fault kinds (keys of counters.faults).
-FAULT_KINDS = ("xip_read", "pagecache_hit", "cow", "write_reuse", "hole")
+FAULT_KINDS = ("xip_read", "pagecache_hit", "cow", "write_reuse", "hole", "readpage")

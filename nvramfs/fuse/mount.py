@@ -128,8 +128,24 @@ def mount(
     if opts.sim and opts.policy is not None:
         from nvramfs.mm.policy import POLICIES
 
-        if opts.policy not in POLICIES:
-            raise UsageError(f"policy={opts.policy}: unknown (one of: {', '.join(POLICIES)})")
+        if opts.policy in ("opt", "opt-nox"):
+            raise UsageError(
+                f"policy={opts.policy} needs the future accesses: it runs in replays only "
+                f"(nvramfs replay TRACE -o policy={opts.policy})"
+            )
+        if opts.policy == "static":
+            if not opts.static:
+                raise UsageError("policy static needs a profile: -o static=PROFILE")
+            from nvramfs.trace.policies import load_profile
+
+            load_profile(opts.static)  # a bad profile is a usage error before mounting
+        elif opts.policy not in POLICIES:
+            names = ", ".join([*POLICIES, "static=PROFILE"])
+            raise UsageError(f"policy={opts.policy}: unknown (one of: {names})")
+    if opts.trace is not None and not opts.sim:
+        raise UsageError("trace= records the simulation's calls: it needs sim=on")
+    if opts.trace is not None and os.path.commonpath([opts.trace, mountpoint]) == mountpoint:
+        raise UsageError(f"trace={opts.trace}: inside the mount it records (put it elsewhere)")
     if foreground:
         return serve(image, mountpoint, opts, report=_print_report, debug=debug)
 
@@ -226,13 +242,14 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
 
     # The device model prices what mm moves on the medium (docs/COSTS.md):
     # blocks in use at the mount hold programmed data, the rest are erased.
-    meter = Meter(
-        DeviceModel(load_medium(opts.medium), img.nr_blocks, programmed=img.used_blocks())
-    )
+    programmed = img.used_blocks()
+    meter = Meter(DeviceModel(load_medium(opts.medium), img.nr_blocks, programmed=programmed))
     kw: dict[str, Any] = {"events": events, "device": meter}
     params = inspect.signature(MemoryManager).parameters
     if opts.policy is not None:
         kw["policy"] = opts.policy
+    if opts.policy == "static":
+        kw["policy"] = static_policy(img, opts)
     if "nr_nvram_pages" in params:
         kw["nr_nvram_pages"] = img.nr_blocks
     if opts.promote_cap is not None:
@@ -244,7 +261,82 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
             if name in params:
                 kw[name] = opts.writeback
                 break
-    return MemoryManager(meter.backing(img), opts.dram_pages, **kw)
+    backing = meter.backing(img)
+    if opts.trace is None:
+        return MemoryManager(backing, opts.dram_pages, **kw)
+    # Recording: mm runs on the recorder's backing proxy and clock, and the FUSE
+    # layer calls the recording proxy instead of mm (docs/TRACE.md).
+    from nvramfs.trace.record import Recorder, save_programmed
+
+    config = trace_config(img, opts, params, kw)
+    t0 = getattr(events, "t0", None)
+    if isinstance(t0, float):
+        config["events_t0_us"] = round(t0 * 1e6)  # the event log's time 0 (same clock)
+    medium_file = "/" in opts.medium or opts.medium.endswith(".toml")
+    config["medium"] = os.path.abspath(opts.medium) if medium_file else opts.medium
+    rec = Recorder(opts.trace, backing, config, size_of=lambda ino: img.getattr(ino).size)
+    save_programmed(opts.trace, programmed)  # the device model's starting state
+    mm = MemoryManager(rec.backing, opts.dram_pages, clock=rec.clock, **kw)
+    return rec.wrap(mm)
+
+
+def static_policy(img: Any, opts: MountOptions) -> Any:
+    """policy static: the profile's paths looked up in the image (a path not there is
+    skipped, as a file the profile named but the image no longer has)."""
+    from nvramfs.mm.policy import make_policy
+    from nvramfs.trace.policies import load_profile
+
+    profile = load_profile(opts.static)
+    policy = make_policy("static", opts.dram_pages + 1, profile=profile)
+    for path in policy.chosen:
+        ino = img.root_ino
+        try:
+            for name in path.strip("/").split("/"):
+                ino = img.lookup(ino, os.fsencode(name))
+        except OSError:
+            log.warning("static: %s is not in the image; its pages are not pinned", path)
+            continue
+        policy.bind(ino, path)
+    return policy
+
+
+def trace_config(img: Any, opts: MountOptions, params: Any, kw: dict[str, Any]) -> dict[str, Any]:
+    """The trace header's configuration: what a replay needs to run the same mm
+    (`mm`: every MemoryManager setting, as passed or defaulted), and what the mount was."""
+
+    def default(name: str, fallback: Any) -> Any:
+        p = params.get(name)
+        return fallback if p is None or p.default is inspect.Parameter.empty else p.default
+
+    config = {
+        "dram_pages": opts.dram_pages,
+        "policy": opts.policy or default("policy", "2q"),
+        "writeback_seconds": float(opts.writeback or default("writeback_seconds", 5.0)),
+        "tick_seconds": TICK_SECONDS,
+        "cache": opts.cache,
+        "pte_special": kw.get("pte_special", default("pte_special", None)),  # None: the kernel's
+        "image": getattr(img, "path", None),
+        "uuid": _image_uuid(img).get("uuid"),  # as the mount event spells it
+        "nr_blocks": int(img.nr_blocks),
+        "block_size": PAGE_SIZE,
+        "readonly": opts.readonly,
+    }
+    if "kernel" in params:
+        config["kernel"] = kw.get("kernel", default("kernel", None))
+    settings: dict[str, Any] = {}
+    for name, p in params.items():
+        if name in ("backing", "dram_pages", "events", "clock", "nr_nvram_pages"):
+            continue
+        value = kw.get(name, p.default)
+        if value is inspect.Parameter.empty or not isinstance(value, int | float | str | None):
+            continue
+        settings[name] = value
+    if opts.static:
+        # policy static: the policy object is built here; the trace names it and its profile.
+        settings["policy"] = "static"
+        settings["static"] = config["static"] = opts.static
+    config["mm"] = settings
+    return config
 
 
 def serve(
@@ -341,6 +433,9 @@ def serve(
         img, mm, events, cache=opts.cache, readonly=opts.readonly, control=control, atime=opts.atime
     )
     control.ops = ops
+    recorder = getattr(mm, "recorder", None)
+    if recorder is not None:
+        recorder.path_of = ops._paths.get  # each file's path at first touch
     try:
         pyfuse3.init(ops, mountpoint, opts.fuse_options(image))
     except RuntimeError as exc:

@@ -28,7 +28,9 @@ OPTION_HELP = [
     ("allow_other", "let other users in (off by default; implies default_permissions)"),
     ("default_permissions", "let the kernel check permissions from the mode bits"),
     ("dram=SIZE", "DRAM budget of the simulated pagecache, e.g. 64M, 1G (default 64M)"),
-    ("policy=NAME", "migration policy: none, mq, 2q (default), clock"),
+    ("policy=NAME", "migration policy: none, mq, 2q (default), clock; lru: a page cache"),
+    ("", "without XIP (docs/POLICIES.md); opt, opt-nox: replays only"),
+    ("static=PROFILE", "pin the pages a profile names (path,offset,count lines) in DRAM"),
     ("log=PATH", "event log (default: IMAGE.events.jsonl beside the image)"),
     ("cache=direct", "(default) every read and write reaches the simulation (direct_io);"),
     ("", "mmap: MAP_PRIVATE works, MAP_SHARED is refused by the kernel (ENODEV)"),
@@ -37,6 +39,7 @@ OPTION_HELP = [
     ("sim=on|off", "off: serve straight from the image, no simulation (benchmark baseline)"),
     ("trace_faults", "log one `fault` event per page fault (many)"),
     ("writeback=SECONDS", "write dirty frames back after this long (default 5)"),
+    ("trace=DIR", "record every MemoryManager call into DIR (a new directory; docs/TRACE.md)"),
     ("kernel=NAME", "whose mm rules the simulation runs: modern (default), 2.6.26 (stores"),
     ("", "to XIP pages go into NVRAM in place), 2.6.26-rc1 (needs ro: its write fault"),
     ("", "copies XIP pages into anonymous memory); see docs/ARCHITECTURE.md"),
@@ -95,6 +98,8 @@ class MountOptions:
     writeback: float | None = None
     promote_cap: int | None = None
     remount: bool = False
+    trace: str | None = None
+    static: str | None = None  # policy static: the profile file
     kernel: str = "modern"
     medium: str = "nor"
     vfs_flags: list[str] = field(default_factory=list)
@@ -189,10 +194,15 @@ def _apply(opts: MountOptions, word: str) -> None:
             raise UsageError(f"dram={value}: the budget must hold at least one 4 KiB frame")
     elif key == "policy" and eq:
         opts.policy = value
+    elif key == "static" and eq:
+        opts.static = os.path.abspath(value)
+        opts.policy = "static"
     elif key == "log" and eq:
         if not value:
             raise UsageError("option 'log' needs a path")
         opts.log = value
+    elif key == "trace" and eq:
+        opts.trace = os.path.abspath(value)
     elif key == "cache" and eq:
         if value not in ("direct", "kernel"):
             raise UsageError(f"cache={value}: use cache=direct or cache=kernel")
