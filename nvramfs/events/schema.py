@@ -13,8 +13,21 @@ ACCESS = "access"
 FAULT = "fault"
 ERROR = "error"
 UNMOUNT = "unmount"
+THROTTLE = "throttle"
 
-EVENT_TYPES = (MOUNT, PATH, MIGRATE, COW, WRITEBACK, COUNTERS, ACCESS, FAULT, ERROR, UNMOUNT)
+EVENT_TYPES = (
+    MOUNT,
+    PATH,
+    MIGRATE,
+    COW,
+    WRITEBACK,
+    COUNTERS,
+    ACCESS,
+    FAULT,
+    ERROR,
+    UNMOUNT,
+    THROTTLE,
+)
 
 # Homes of a page.
 XIP = "xip"
@@ -32,6 +45,7 @@ REASON_FSYNC = "fsync"
 REASON_DEMOTE = "demote"
 REASON_DIRTY_EXPIRE = "dirty_expire"
 REASON_SYNC = "sync"
+REASON_BACKGROUND = "background"
 
 # COW paths.
 VIA_PFN_MKWRITE = "pfn_mkwrite"

@@ -65,6 +65,11 @@ class AddressSpace:
         # The filesystem's own shared VM_MIXEDMAP vma of this file (the one
         # FUSE reads and writes go through); its ptes keep bmap hints.
         self.fs_vma: VMA | None = None
+        # inode->i_size as far as mm knows it: the end of the furthest store since
+        # the mapping was made, or the last truncate (0: no store yet). Writeback
+        # hands it to the backing, which advances the size on the device under
+        # the ordered-data rule (never past a page still dirty here).
+        self.i_size = 0
 
     @property
     def nrpages(self) -> int:
@@ -145,10 +150,22 @@ def clear_page_dirty_for_io(mapping: AddressSpace, page: int) -> bool:
     return False
 
 
-# write_cache_pages: write back the given page-cache pages of one file
-# (they must be dirty, unlocked, not under writeback) in one call to the
-# backing, which makes them durable and says which NVRAM block now holds
-# each. Logs a `writeback` event per page. Returns the number written.
+# dirty_indices: the page indices of `mapping` dirty in DRAM, sorted.
+def dirty_indices(mapping: AddressSpace) -> np.ndarray:
+    m = mapping.machine
+    if not mapping.pages:
+        return np.zeros(0, dtype=np.int64)
+    mask = (m.flags & (PG_DIRTY | PG_ANON)) == PG_DIRTY
+    mask &= m.mapping == mapping.host
+    return np.sort(m.index[mask])
+
+
+# write_cache_pages (->writepages): write back the given page-cache pages of
+# one file (they must be dirty, unlocked, not under writeback) in one call to
+# the backing, which makes them durable in one transaction and says which
+# NVRAM block now holds each; the file's size on the device advances in the
+# same transaction, to i_size clamped before the first page still dirty
+# (ordered data). Logs a `writeback` event per page. Returns the number written.
 def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> int:
     m = mapping.machine
     if len(pages) == 0:
@@ -166,7 +183,17 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
     indices = m.index[pages].copy()
     views = [m.data_view[p * 4096 : (p + 1) * 4096] for p in plist]
     try:
-        blocks = np.asarray(mapping.backing.write_pages(mapping.host, indices, views))
+        if mapping.i_size:
+            blocks = mapping.backing.write_pages(
+                mapping.host,
+                indices,
+                views,
+                size=mapping.i_size,
+                still_dirty=dirty_indices(mapping),
+            )
+        else:
+            blocks = mapping.backing.write_pages(mapping.host, indices, views)
+        blocks = np.asarray(blocks)
     except BaseException:
         # The pages stay dirty for a later attempt.
         for page in plist:

@@ -15,6 +15,17 @@ view of the NVRAM when the pages are one contiguous XIP run.
 Once a second `tick()` runs the policy (promotions, demotions), writes back
 dirty pages older than the writeback interval, logs the interval's access
 histogram per inode and a counters snapshot, and flushes the event log.
+
+Writeback is always in batches (mm/vmscan.c, mm/page-writeback.c): direct
+reclaim isolates up to SWAP_CLUSTER_MAX victims, clean ones first, and writes
+the dirty ones back together (`shrink_page_list`); the flusher's
+`writeback_batch` writes up to MAX_WRITEBACK_PAGES of the oldest dirty pages;
+`balance_dirty_pages` says, after each write, whether dirty pages passed
+`dirty_background` (wake the flusher) or `dirty_limit` (the writer waits).
+Those three are plain functions of the mm state, so a replay of the same
+sequence of calls makes the same batches and throttles. Every batch reaches
+the backing as one `write_pages` per file, which advances the file's size on
+the device in the same transaction (ordered data, filemap.write_cache_pages).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from .filemap import (
     AddressSpace,
     cancel_dirty_page,
     delete_from_page_cache,
+    dirty_indices,
     write_cache_pages,
     xip_file_vm_ops,
     xip_map_pages,
@@ -60,7 +72,7 @@ from .flags import (
 )
 from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_WRITEBACK, Machine
 from .memory import handle_mm_fault, unmap_mapping_pages
-from .migrate import demote, promote
+from .migrate import demote, demote_clean_pages, promote
 from .policy import Policy, make_policy
 from .stats import fault_kind
 from .vma import PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
@@ -70,6 +82,20 @@ MAX_FILE_PAGES = 1 << 51
 _FS_VM_FLAGS = VM_READ | VM_WRITE | VM_SHARED | VM_MAYREAD | VM_MAYWRITE | VM_MAYSHARE | VM_MIXEDMAP
 _NOT_YOUNG = ~_PAGE_ACCESSED
 _SAT = 0xFFFF
+
+# Batch sizes, with the kernel's names: the victims one reclaim pass isolates
+# (SWAP_CLUSTER_MAX), and the most pages one flusher batch writes back
+# (MAX_WRITEBACK_PAGES, 4 MiB).
+SWAP_CLUSTER_MAX = 32
+MAX_WRITEBACK_PAGES = 1024
+# The dirty thresholds' defaults, as fractions of the DRAM budget
+# (vm.dirty_background_ratio, vm.dirty_ratio).
+DIRTY_BACKGROUND_RATIO = 0.10
+DIRTY_RATIO = 0.20
+# balance_dirty_pages' answers.
+BDP_OK = 0  # under dirty_background: nothing to do
+BDP_BACKGROUND = 1  # over dirty_background: wake the flusher
+BDP_THROTTLE = 2  # at dirty_limit: the writer waits while the flusher writes back
 
 
 class MemoryManager:
@@ -87,7 +113,14 @@ class MemoryManager:
         writeback_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         max_promote_per_tick: int | None = None,
+        dirty_background_ratio: float = DIRTY_BACKGROUND_RATIO,
+        dirty_ratio: float = DIRTY_RATIO,
     ) -> None:
+        if not 0 < dirty_background_ratio < dirty_ratio <= 1:
+            raise ValueError(
+                f"dirty thresholds: need 0 < dirty_background ({dirty_background_ratio:g}) "
+                f"< dirty_limit ({dirty_ratio:g}) <= 1"
+            )
         self.backing = backing
         m = self.machine = Machine(dram_pages, pte_special=pte_special)
         self.events = events if events is not None else NullEventWriter()
@@ -98,12 +131,23 @@ class MemoryManager:
         self.nr_nvram_pages = nr_nvram_pages or getattr(backing, "nr_blocks", None)
         m.nr_nvram_pages = self.nr_nvram_pages
         self.writeback_seconds = writeback_seconds
+        # The dirty thresholds in frames: the flusher starts past the first, writers
+        # wait at the second (global_dirty_limits).
+        self.dirty_background_thresh = max(1, int(dram_pages * dirty_background_ratio))
+        self.dirty_thresh = max(self.dirty_background_thresh + 1, int(dram_pages * dirty_ratio))
         self.clock = clock
         self.trace_faults = bool(getattr(self.events, "trace_faults", False))
         # Bounded so that one tick (which blocks every request) stays short.
         self.max_promote_per_tick = max_promote_per_tick or max(32, min(1024, dram_pages // 8))
         self.stats_ = m.stats
         self.policy: Policy = make_policy(policy, m.nr_frames)
+        # Reclaim's ranked victims (the inactive list): the policy's order of the
+        # page-cache frames, taken once and consumed SWAP_CLUSTER_MAX at a time
+        # until the next tick, instead of ranking every frame on every pass.
+        # Entries are (frame, its allocation number then): a frame freed and
+        # reused since is skipped.
+        self._inactive: tuple[np.ndarray, np.ndarray] | None = None
+        self._inactive_pos = 0
         self._alloc_hook_install()
         self._spaces: dict[int, AddressSpace] = {}
         self._vmas: dict[int, VMA] = {}
@@ -136,10 +180,15 @@ class MemoryManager:
         m = self.machine
         alloc = m.alloc_page
 
+        lru_seq = self._lru_seq = np.zeros(m.nr_frames, dtype=np.int64)
+        self._seq = 0
+
         def alloc_page() -> int | None:
             page = alloc()
             if page is not None:
                 self.policy.on_alloc(page)
+                self._seq += 1
+                lru_seq[page] = self._seq
             return page
 
         m.alloc_page = alloc_page  # type: ignore[method-assign]
@@ -498,6 +547,9 @@ class MemoryManager:
             self._count(chunk, slot, True)
             st.writes += 1
             pos += k
+        mapping = vma.vm_file
+        if offset + n > mapping.i_size:
+            mapping.i_size = offset + n
 
     # -- truncate / evict -----------------------------------------------------
 
@@ -560,6 +612,7 @@ class MemoryManager:
             if cur is not None and any(cur[tail:]):
                 self.write(ino, new_size, bytes(PAGE_SIZE - tail))
         self._drop_pages(mapping, npages)
+        mapping.i_size = new_size  # after the tail's zeroing store, which raised it
 
     def evict_inode(self, ino: int) -> None:
         """The file is gone: drop its pages without writeback, and its vma."""
@@ -587,6 +640,7 @@ class MemoryManager:
         return np.flatnonzero(mask)
 
     def _writeback(self, frames: np.ndarray, reason: str) -> int:
+        """Write `frames` back, one write_pages (one image transaction) per file."""
         m = self.machine
         done = 0
         if not len(frames):
@@ -596,6 +650,61 @@ class MemoryManager:
             mapping = self._spaces[int(ino)]
             done += write_cache_pages(mapping, frames[owners == ino], reason)
         return done
+
+    def nr_dirty(self) -> int:
+        """Dirty page-cache frames (NR_FILE_DIRTY)."""
+        f = self.machine.flags
+        return int(np.count_nonzero((f & (PG_DIRTY | PG_ANON)) == PG_DIRTY))
+
+    def dirty_indices(self, ino: int) -> np.ndarray:
+        """The page indices of `ino` dirty in DRAM, sorted: what a size pushed to the
+        image must not cover (ordered data; the FUSE layer's flush_meta)."""
+        mapping = self._spaces.get(ino)
+        if mapping is None:
+            return np.zeros(0, dtype=np.int64)
+        return dirty_indices(mapping)
+
+    def over_background_thresh(self) -> bool:
+        """More dirty frames than dirty_background: the flusher has work."""
+        return self.nr_dirty() > self.dirty_background_thresh
+
+    def over_dirty_limit(self) -> bool:
+        """Dirty frames at dirty_limit: writers wait."""
+        return self.nr_dirty() >= self.dirty_thresh
+
+    def balance_dirty_pages(self, ino: int) -> int:
+        """After a write to `ino`: BDP_OK, BDP_BACKGROUND (past dirty_background: wake
+        the flusher) or BDP_THROTTLE (at dirty_limit: the write's reply must wait
+        until writeback_batch calls bring the dirty frames under the limit; counted
+        and logged as a `throttle` event). A function of the mm state only, so a
+        replay of the same calls throttles the same writes."""
+        nr = self.nr_dirty()
+        if nr <= self.dirty_background_thresh:
+            return BDP_OK
+        if nr < self.dirty_thresh:
+            return BDP_BACKGROUND
+        self.stats_.throttles += 1
+        self.events.emit(
+            schema.THROTTLE,
+            ino=ino,
+            dirty=nr,
+            background=self.dirty_background_thresh,
+            limit=self.dirty_thresh,
+        )
+        return BDP_THROTTLE
+
+    def writeback_batch(self, reason: str = schema.REASON_BACKGROUND) -> int:
+        """One batch of the flusher (wb_writeback): the oldest-dirtied pages, up to
+        MAX_WRITEBACK_PAGES, each file's in index order in one write_pages. Returns
+        how many were written (0: nothing dirty)."""
+        m = self.machine
+        dirty = self._dirty_frames()
+        if not len(dirty):
+            return 0
+        if len(dirty) > MAX_WRITEBACK_PAGES:
+            order = np.lexsort((m.index[dirty], m.mapping[dirty], m.dirtied_at[dirty]))
+            dirty = dirty[order[:MAX_WRITEBACK_PAGES]]
+        return self._writeback(dirty, reason)
 
     def fsync(self, ino: int) -> int:
         """Write back the inode's dirty pages (reason `fsync`); returns how many."""
@@ -627,32 +736,99 @@ class MemoryManager:
                 chunk.state[slot] = self.policy.on_demote(int(chunk.state[slot]))
         return True
 
+    def shrink_page_list(self, pages: np.ndarray, reason: str) -> int:
+        """Demote isolated page-cache frames: the dirty ones are written back first,
+        together (pageout of the whole list: one write_pages per file, reason
+        `demote`), then all leave the page cache for their NVRAM blocks (`reason`).
+        Frames that are busy (locked, under writeback) or redirtied meanwhile stay.
+        Returns how many were demoted."""
+        m = self.machine
+        pages = np.asarray(pages, dtype=np.int64)
+        busy = PG_ANON | PG_LOCKED | PG_WRITEBACK
+        pages = pages[(m.mapping[pages] != 0) & ((m.flags[pages] & busy) == 0)]
+        if not len(pages):
+            return 0
+        dirty = pages[(m.flags[pages] & PG_DIRTY) != 0]
+        if len(dirty):
+            self._writeback(dirty, schema.REASON_DEMOTE)
+        owners = m.mapping[pages]
+        idx = m.index[pages]
+        done = 0
+        for ino in np.unique(owners).tolist():
+            mapping = self._spaces[int(ino)]
+            sel = owners == ino
+            n = demote_clean_pages(mapping, pages[sel], reason)
+            done += n
+            if n:
+                self._policy_demoted(mapping, idx[sel])
+        return done
+
+    def _policy_demoted(self, mapping: AddressSpace, indices: np.ndarray) -> None:
+        """Tell the policy about the pages of `indices` that left the page cache."""
+        vma = mapping.fs_vma
+        if vma is None:
+            return
+        pgd = vma.vm_mm.pgd
+        on_demote = self.policy.on_demote
+        for index in indices.tolist():
+            if index in mapping.pages:
+                continue
+            chunk = pgd.get(index >> PTE_SHIFT)
+            if chunk is not None:
+                slot = index & 511
+                chunk.state[slot] = on_demote(int(chunk.state[slot]))
+
     def _reclaim(self) -> bool:
-        """Direct reclaim: demote the policy's coldest page-cache frames (reason dram_budget),
-        a batch at a time (like SWAP_CLUSTER_MAX) so that ranking the frames is amortised.
-        True when at least one frame was freed."""
+        """Direct reclaim (shrink_inactive_list): isolate up to SWAP_CLUSTER_MAX of the
+        policy's coldest frames (among the coldest 4x that many), clean ones first,
+        and demote them (reason dram_budget) through shrink_page_list, which writes
+        the dirty ones back in one batch. True when at least one frame was freed."""
         m = self.machine
         free = m.free_list
         before = len(free)
-        batch = max(1, min(32, m.dram_pages // 64))
-        cand = self._cache_frames()
-        victims = self.policy.victims(cand)
-        if len(victims) > 4 * batch:
-            victims = victims[: 4 * batch]
-        for page in victims.tolist():
-            if m.mapping[page] == 0:
-                continue
-            self._demote(page, schema.REASON_DRAM_BUDGET)
-            if len(free) - before >= batch:
-                break
+        batch = min(SWAP_CLUSTER_MAX, max(1, m.dram_pages // 4))
+        victims = self._isolate(4 * batch)
+        if not len(victims):
+            return False
+        isdirty = (m.flags[victims] & PG_DIRTY) != 0
+        clean = victims[~isdirty][:batch]
+        if len(clean) < batch:
+            victims = np.concatenate([clean, victims[isdirty][: batch - len(clean)]])
+        else:
+            victims = clean
+        self.shrink_page_list(victims, schema.REASON_DRAM_BUDGET)
         return len(free) > before
 
+    def _isolate(self, n: int) -> np.ndarray:
+        """The next `n` reclaim candidates still valid (cached, not busy, not reused)
+        from the ranked list, which is (re)taken from the policy when used up."""
+        m = self.machine
+        busy = PG_ANON | PG_LOCKED | PG_WRITEBACK
+        fresh = False
+        while True:
+            if self._inactive is None or self._inactive_pos >= len(self._inactive[0]):
+                if fresh:
+                    return np.zeros(0, dtype=np.int64)
+                frames = self.policy.victims(self._cache_frames())
+                self._inactive = (frames, self._lru_seq[frames])
+                self._inactive_pos = 0
+                fresh = True
+            frames, seqs = self._inactive
+            pos = self._inactive_pos
+            w = frames[pos : pos + 4 * n]
+            ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
+            ok &= (m.flags[w] & busy) == 0
+            good = np.flatnonzero(ok)
+            if not len(good):
+                self._inactive_pos = pos + len(w)
+                continue
+            self._inactive_pos = pos + int(good[0])
+            return w[good[:n]]
+
     def demote_all(self, reason: str = schema.REASON_CTL) -> int:
-        """Demote every page-cache page (writing back the dirty ones); returns how many."""
-        n = 0
-        for page in self._cache_frames().tolist():
-            n += self._demote(page, reason)
-        return n
+        """Demote every page-cache page (the dirty ones written back in one batch);
+        returns how many."""
+        return self.shrink_page_list(self._cache_frames(), reason)
 
     def promote(self, ino: int, index: int, reason: str = schema.REASON_CTL) -> bool:
         """Promote one XIP page into the page cache, making room if the budget is full."""
@@ -673,6 +849,7 @@ class MemoryManager:
             for chunk in vma.vm_mm.pgd.values():
                 chunk.state[:] = 0
         self.policy = policy
+        self._inactive = None
 
     # -- tick -----------------------------------------------------------------------
 
@@ -683,6 +860,7 @@ class MemoryManager:
         self._tick += 1
         policy = self.policy
         policy.begin_tick(self._tick)
+        self._inactive = None
         # Dirty pages older than the writeback interval.
         dirty = self._dirty_frames()
         if len(dirty):
@@ -770,8 +948,9 @@ class MemoryManager:
                     if not m.free_list:
                         continue
                 promote(mapping, index, schema.REASON_POLICY)
-        for page in policy.cold_frames(self._cache_frames()).tolist():
-            self._demote(page, schema.REASON_POLICY)
+        cold = policy.cold_frames(self._cache_frames())
+        if len(cold):
+            self.shrink_page_list(cold, schema.REASON_POLICY)
 
     # -- reporting ------------------------------------------------------------------
 
