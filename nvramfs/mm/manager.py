@@ -70,11 +70,19 @@ from .flags import (
     VM_SHARED,
     VM_WRITE,
 )
-from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_WRITEBACK, Machine
+from .machine import (
+    PG_ANON,
+    PG_DIRTY,
+    PG_LOCKED,
+    PG_LRU,
+    PG_UPTODATE,
+    PG_WRITEBACK,
+    Machine,
+)
 from .memory import handle_mm_fault, unmap_mapping_pages
 from .migrate import demote, demote_clean_pages, promote
 from .policy import Policy, make_policy
-from .stats import fault_kind
+from .stats import Stats, fault_kind
 from .vma import PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
 
 # The filesystem's vma of a file covers every page a file can have.
@@ -149,6 +157,9 @@ class MemoryManager:
         self._inactive: tuple[np.ndarray, np.ndarray] | None = None
         self._inactive_pos = 0
         self._alloc_hook_install()
+        # Multi-page stores that fault alike go through _store_fault_batch (off: page
+        # by page, as the tests that compare the two do).
+        self.store_batching = True
         self._spaces: dict[int, AddressSpace] = {}
         self._vmas: dict[int, VMA] = {}
         self._tick = 0
@@ -507,7 +518,11 @@ class MemoryManager:
     # -- write --------------------------------------------------------------------
 
     def write(self, ino: int, offset: int, data: Any) -> None:
-        """Stores of `data` at `offset` through the inode's vma (COW of XIP pages, hole fills)."""
+        """Stores of `data` at `offset` through the inode's vma (COW of XIP pages, hole fills).
+
+        A store of several pages none of which has a frame yet goes, a page-table
+        chunk at a time, through `_store_fault_batch` (the same faults, batched);
+        anything else page by page."""
         mv = memoryview(data)
         if mv.ndim != 1 or mv.itemsize != 1:
             mv = mv.cast("B")
@@ -518,6 +533,26 @@ class MemoryManager:
         if vma is None:
             self.address_space(ino)
             vma = self._vmas[ino]
+        if n > PAGE_SIZE and self.store_batching:
+            pos = 0
+            while pos < n:
+                at = offset + pos
+                # Up to the end of the page-table chunk.
+                k = min(n - pos, (((at >> PAGE_SHIFT) | 511) + 1 << PAGE_SHIFT) - at)
+                part = mv[pos : pos + k]
+                if not self._store_fault_batch(vma, at, part):
+                    self._write_pages(vma, at, part)
+                pos += k
+        else:
+            self._write_pages(vma, offset, mv)
+        mapping = vma.vm_file
+        if offset + n > mapping.i_size:
+            mapping.i_size = offset + n
+
+    def _write_pages(self, vma: VMA, offset: int, mv: memoryview) -> None:
+        """Stores page by page: a writable pte is a hit, anything else faults."""
+        n = len(mv)
+        ino = vma.vm_file.host
         mm = vma.vm_mm
         st = self.stats_
         rw = self._data_rw
@@ -547,9 +582,119 @@ class MemoryManager:
             self._count(chunk, slot, True)
             st.writes += 1
             pos += k
+
+    def _store_fault_batch(self, vma: VMA, offset: int, mv: memoryview) -> bool:
+        """Stores into pages of one page-table chunk of the filesystem's vma that all
+        fault the same way: no page-cache page, the pte absent (a hole or an NVRAM
+        block, its bmap hint) or a read-only XIP pfn; the vma the only one mapping
+        the file. Leaves exactly the state the per-page faults leave (a hole:
+        xip_file_fault fills a zeroed frame; a block: pfn_mkwrite copies it into a
+        frame, a `cow` event; then do_shared_fault maps the frame writable and
+        dirty, with the pte's reference), with one bmap, one pass over the ptes
+        and one copy of the data; the frame of a page the store covers whole is not
+        filled first (the store overwrites all of it). False (nothing done) when a
+        page does not qualify: the caller stores page by page."""
         mapping = vma.vm_file
-        if offset + n > mapping.i_size:
-            mapping.i_size = offset + n
+        if self.trace_faults or len(mapping.i_mmap) != 1:
+            return False
+        first = offset >> PAGE_SHIFT
+        n = len(mv)
+        npg = ((offset + n - 1) >> PAGE_SHIFT) - first + 1
+        cache = mapping.pages
+        if cache and any(first + i in cache for i in range(npg)):
+            return False
+        mm = vma.vm_mm
+        base = self._base
+        chunk, s0 = mm.get_locked_pte(first << PAGE_SHIFT)
+        p = chunk.pte_np[s0 : s0 + npg]
+        present = (p & _PAGE_PRESENT) != 0
+        if present.any() and bool(
+            np.any(present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0)))
+        ):
+            return False
+        self._prefill_bmap(vma, first, npg)
+        src = p >> PTE_PFN_SHIFT  # NVRAM pfn of each page, 0 for a hole
+        hole = src == 0
+        m = self.machine
+        alloc = m.alloc_page
+        frames_l: list[int] = []
+        for _ in range(npg):
+            page = alloc()
+            if page is None:
+                for f in frames_l:
+                    m.put_page(f)
+                return False
+            frames_l.append(page)
+        frames = np.array(frames_l, dtype=np.int64)
+        data = m.data
+        off0 = offset & 4095
+        tail = (off0 + n) & 4095
+        buf = np.frombuffer(mv, dtype=np.uint8)
+        # Partial pages first hold what the fault gives them (zeroes, or the block).
+        for k in {0, npg - 1} if (off0 or tail) else ():
+            if (k == 0 and off0) or (k == npg - 1 and tail):
+                if hole[k]:
+                    data[frames_l[k]] = 0
+                else:
+                    data[frames_l[k]] = np.frombuffer(
+                        self._block_view(int(src[k]) - base), dtype=np.uint8
+                    )
+        lo = 1 if off0 else 0
+        hi = npg - 1 if tail else npg
+        head = (PAGE_SIZE - off0) if off0 else 0
+        if npg == 1:
+            data[frames_l[0], off0 : off0 + n] = buf
+        else:
+            if off0:
+                data[frames_l[0], off0:] = buf[:head]
+            if hi > lo:
+                data[frames[lo:hi]] = buf[head : head + (hi - lo) * PAGE_SIZE].reshape(
+                    -1, PAGE_SIZE
+                )
+            if tail:
+                data[frames_l[-1], :tail] = buf[n - tail :]
+        # struct pages: in the page cache (its reference) and mapped (the pte's).
+        ino = mapping.host
+        idx = np.arange(first, first + npg, dtype=np.int64)
+        m._refcount[frames] = 2
+        m._mapcount[frames] = 0
+        m.mapping[frames] = ino
+        m.index[frames] = idx
+        m.flags[frames] = PG_UPTODATE | PG_LRU | PG_DIRTY
+        m.page_block[frames] = np.where(hole, 0, src - base)
+        m.dirtied_at[frames] = self.clock()
+        cache.update(zip(idx.tolist(), frames_l, strict=True))
+        p[:] = (frames << PTE_PFN_SHIFT) | (_PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW)
+        mm.rss_file += npg
+        st = self.stats_
+        st.xip_mapped -= int(np.count_nonzero(present))
+        nh = int(np.count_nonzero(hole))
+        st.hole += nh
+        st.cow += npg - nh
+        st.writes += npg
+        w = chunk.writes_np[s0 : s0 + npg]
+        np.minimum(w, _SAT - 1, out=w)
+        w += 1
+        if chunk.gen != self._gen:
+            chunk.gen = self._gen
+            self._touched.append(chunk)
+        if nh < npg:
+            Stats.bump(st.cow_via, schema.VIA_PFN_MKWRITE, npg - nh)
+            emit = self.events.emit
+            for k in np.flatnonzero(~hole).tolist():
+                emit(
+                    schema.COW,
+                    ino=ino,
+                    index=first + k,
+                    pfn_from=int(src[k]),
+                    pfn_to=frames_l[k],
+                    **{"from": schema.XIP, "to": schema.PAGECACHE},
+                    reason=schema.REASON_WRITE,
+                    refcount=1,
+                    mapcount=0,
+                    via=schema.VIA_PFN_MKWRITE,
+                )
+        return True
 
     # -- truncate / evict -----------------------------------------------------
 

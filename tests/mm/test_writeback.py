@@ -131,3 +131,83 @@ def test_demote_all_and_sync_write_back_in_one_batch(make_mm) -> None:
     assert backing.write_calls == calls + 1
     assert backing.read_file(2, 40) == pattern(40, seed=3)
     check_invariants(mm)
+
+
+def _state(mm) -> dict:
+    m = mm.machine
+    out = {
+        name: getattr(m, name).copy()
+        for name in ("_refcount", "_mapcount", "flags", "mapping", "index", "page_block", "data")
+    }
+    for ino, vma in mm._vmas.items():
+        for no, chunk in vma.vm_mm.pgd.items():
+            p = chunk.pte_np
+            out[f"pte{ino}:{no}"] = np.where(p & 1, p, 0)  # present ptes (hints are a cache)
+            out[f"w{ino}:{no}"] = chunk.writes_np.copy()
+    return out
+
+
+@pytest.mark.parametrize("pte_special", [True, False])
+def test_batched_store_faults_leave_the_state_of_page_by_page_faults(make_mm, pte_special) -> None:
+    """Multi-page stores over holes, unmapped blocks and read-mapped XIP pages, at
+    page-aligned and unaligned offsets: the batched path and the per-page faults
+    end in the same struct pages, ptes, counters, events and file contents."""
+    runs = []
+    for batching in (False, True):
+        mm, backing, ev = make_mm(dram_pages=512, pte_special=pte_special)
+        mm.store_batching = batching
+        backing.create(2, pattern(300), holes=list(range(40, 80)))
+        rng = np.random.default_rng(11)
+        mm.read(2, 100 * PAGE, 20 * PAGE)  # XIP ptes present, read-only
+        for _ in range(60):
+            off = int(rng.integers(0, 280 * PAGE))
+            n = int(rng.integers(1, 40 * PAGE))
+            if rng.random() < 0.2:
+                off &= ~(PAGE - 1)
+                n = (n + PAGE - 1) & ~(PAGE - 1)
+            mm.write(2, off, rng.integers(1, 256, n, dtype=np.uint8).tobytes())
+            r = rng.random()
+            if r < 0.1:
+                mm.fsync(2)
+            elif r < 0.4:
+                mm.demote_all()  # back to XIP: the next stores COW again
+                mm.read(2, off, min(n, 8 * PAGE))  # some of them read-mapped first
+        check_invariants(mm)
+        st = mm.stats()
+        st.pop("tick")
+        events = [{k: v for k, v in e.items() if k not in ("t", "seq")} for e in ev.events]
+        runs.append((_state(mm), st, events, mm))
+        mm.close()
+        runs[-1] = (*runs[-1], backing.read_file(2, 330), backing.sizes[2])
+    (a, sa, ea, _, fa, za), (b, sb, eb, _, fb, zb) = runs
+    assert sa == sb
+    assert sa["faults"]["cow"] > 100 and sa["faults"]["hole"] > 20
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    key = lambda e: (e["ev"], e.get("ino"), e.get("index"), e.get("pfn_to"))  # noqa: E731
+    assert sorted(ea, key=key) == sorted(eb, key=key)
+    assert fa == fb and za == zb
+
+
+def test_batched_stores_under_reclaim_keep_the_data(make_mm) -> None:
+    mm, backing, ev = make_mm(dram_pages=48)
+    data = bytearray(pattern(200))
+    backing.create(2, bytes(data), holes=list(range(0, 200, 3)))
+    for i in range(0, 200, 3):
+        data[i * PAGE : (i + 1) * PAGE] = bytes(PAGE)
+    rng = np.random.default_rng(5)
+    for _ in range(80):
+        off = int(rng.integers(0, 190 * PAGE))
+        n = int(rng.integers(PAGE, 30 * PAGE))
+        buf = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        mm.write(2, off, buf)
+        data[off : off + n] = buf
+        assert mm.machine.frames_used <= 48
+        if rng.random() < 0.3:
+            while mm.over_background_thresh():
+                mm.writeback_batch()
+    check_invariants(mm)
+    assert bytes(mm.read(2, 0, 200 * PAGE)) == bytes(data[: 200 * PAGE])
+    mm.close()
+    assert backing.read_file(2, 200) == bytes(data[: 200 * PAGE])
