@@ -19,6 +19,8 @@ from typing import Any
 
 from . import schema
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
 
 class EventWriter:
     """Appends events to `path` (docs/EVENTS.md); `trace_faults` asks mm for per-fault events."""
@@ -63,10 +65,10 @@ class EventWriter:
         if not self._buf or self._fd is None:
             return
         buf, self._buf = self._buf, []
-        dumps = json.dumps
+        encode = _ENCODE  # one encoder: json.dumps with arguments builds one per call
         for rec in buf:
             rec["t"] = round(rec["t"], 6)
-        data = ("\n".join(dumps(r, separators=(",", ":")) for r in buf) + "\n").encode()
+        data = ("\n".join([encode(r) for r in buf]) + "\n").encode()
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)

@@ -1316,20 +1316,21 @@ class Image(Allocator, ExtentMaps, Directories):
         rec["blocks"] = int(rec["blocks"]) + len(hp)
 
     def _store_pages(self, blocks: np.ndarray, data: list) -> None:
-        """Store pages at their blocks (runs coalesced), flush, fence."""
+        """Store each page at its block (straight from the caller's buffer), flush each
+        run of adjacent blocks, fence (one msync for all: Persist)."""
+        store = self.persist.store
         k = 0
-        while k < len(blocks):
+        bl = blocks.tolist()
+        while k < len(bl):
             j = k
-            while j + 1 < len(blocks) and blocks[j + 1] == blocks[j] + 1:
+            while j + 1 < len(bl) and bl[j + 1] == bl[j] + 1:
                 j += 1
-            buf = b"".join(
-                bytes(d) if len(d) == BS else bytes(d) + bytes(BS - len(d)) for d in data[k : j + 1]
-            )
-            off = int(blocks[k]) * BS
-            self.persist.store(off, buf)
-            self.persist.flush(off, len(buf))
+            for i in range(k, j + 1):
+                d = data[i]
+                store(bl[i] * BS, d if len(d) == BS else bytes(d) + bytes(BS - len(d)))
+            self.persist.flush(bl[k] * BS, (j + 1 - k) * BS)
             k = j + 1
-        if len(blocks):
+        if len(bl):
             self.persist.fence()
 
     # ----------------------------------------------------------- inspection

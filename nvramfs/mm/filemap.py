@@ -35,7 +35,7 @@ from .flags import (
     VM_FAULT_OOM,
     VM_FAULT_SIGBUS,
 )
-from .machine import PG_ANON, PG_DIRTY, PG_LRU, PG_UPTODATE, PG_WRITEBACK, ZERO_PFN
+from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_LRU, PG_UPTODATE, PG_WRITEBACK, ZERO_PFN
 from .memory import (
     VMFault,
     lock_page,
@@ -172,14 +172,25 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
         return 0
     pages = pages[np.argsort(m.index[pages], kind="stable")]
     plist = pages.tolist()
-    for page in plist:
-        f = int(m.flags[page])
-        VM_BUG_ON_PAGE(f & PG_ANON, m, page, "writeback of an anonymous page")
-        VM_BUG_ON_PAGE(f & PG_WRITEBACK, m, page, "writeback: page already under writeback")
-        VM_BUG_ON_PAGE(m.mapping[page] != mapping.host, m, page, "writeback: page not in mapping")
-        lock_page(m, page)
-        clear_page_dirty_for_io(mapping, page)
-        m.flags[page] = int(m.flags[page]) | PG_WRITEBACK
+    f = m.flags[pages]
+    if bool(
+        np.any(f & (PG_ANON | PG_WRITEBACK | PG_LOCKED)) or np.any(m.mapping[pages] != mapping.host)
+    ):
+        for page in plist:  # the BUG, with the page that breaks it
+            f1 = int(m.flags[page])
+            VM_BUG_ON_PAGE(f1 & PG_ANON, m, page, "writeback of an anonymous page")
+            VM_BUG_ON_PAGE(f1 & PG_WRITEBACK, m, page, "writeback: page already under writeback")
+            VM_BUG_ON_PAGE(
+                m.mapping[page] != mapping.host, m, page, "writeback: page not in mapping"
+            )
+            VM_BUG_ON_PAGE(f1 & PG_LOCKED, m, page, "lock_page: page already locked")
+    # lock_page + clear_page_dirty_for_io (page_mkclean) + PG_writeback, for all.
+    if len(mapping.i_mmap) == 1 and mapping.i_mmap[0] is mapping.fs_vma:
+        _mkclean_fs_ptes(mapping.fs_vma, pages, m.index[pages])
+    else:
+        for page in plist:
+            page_mkclean(mapping, page)
+    m.flags[pages] = (f & ~np.uint32(PG_DIRTY)) | (PG_LOCKED | PG_WRITEBACK)
     indices = m.index[pages].copy()
     views = [m.data_view[p * 4096 : (p + 1) * 4096] for p in plist]
     try:
@@ -196,31 +207,53 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
         blocks = np.asarray(blocks)
     except BaseException:
         # The pages stay dirty for a later attempt.
-        for page in plist:
-            m.flags[page] = (int(m.flags[page]) & ~PG_WRITEBACK) | PG_DIRTY
-            unlock_page(m, page)
+        m.flags[pages] = (m.flags[pages] & ~np.uint32(PG_WRITEBACK | PG_LOCKED)) | PG_DIRTY
         raise
     BUG_ON(len(blocks) != len(plist), "write_pages returned the wrong number of blocks")
+    BUG_ON(bool(np.any(blocks <= 0)), "write_pages returned no block", f"ino {mapping.host}")
     m.page_block[pages] = blocks
-    stats: Stats = m.stats
-    for page, block in zip(plist, blocks.tolist(), strict=True):
-        BUG_ON(block <= 0, "write_pages returned no block", f"page {page}")
-        m.flags[page] = int(m.flags[page]) & ~PG_WRITEBACK
-        unlock_page(m, page)
-        log_page_event(
-            m,
+    m.flags[pages] &= ~np.uint32(PG_WRITEBACK | PG_LOCKED)
+    emit = m.events.emit
+    host = int(mapping.host)
+    base = m.nvram_base_pfn
+    for page, index, block, ref, mc in zip(
+        plist,
+        indices.tolist(),
+        blocks.tolist(),
+        m._refcount[pages].tolist(),
+        m._mapcount[pages].tolist(),
+        strict=True,
+    ):
+        emit(
             schema.WRITEBACK,
-            mapping,
-            int(m.index[page]),
-            page,
-            m.nvram_base_pfn + block,
-            schema.PAGECACHE,
-            schema.XIP,
-            reason,
-            page,
+            ino=host,
+            index=index,
+            pfn_from=page,
+            pfn_to=base + block,
+            **{"from": schema.PAGECACHE, "to": schema.XIP},
+            reason=reason,
+            refcount=ref,
+            mapcount=mc + 1,
         )
-    Stats.bump(stats.writebacks, reason, len(plist))
+    Stats.bump(m.stats.writebacks, reason, len(plist))
     return len(plist)
+
+
+def _mkclean_fs_ptes(vma: VMA, pages: np.ndarray, indices: np.ndarray) -> None:
+    """page_mkclean of many pages that only the filesystem's vma maps: their present
+    ptes lose RW and dirty, a page-table chunk at a time."""
+    pgd = vma.vm_mm.pgd
+    nos = indices >> PTE_SHIFT
+    for no in np.unique(nos).tolist():
+        chunk = pgd.get(no)
+        if chunk is None:
+            continue
+        sel = nos == no
+        slots = indices[sel] & PTE_INDEX_MASK
+        p = chunk.pte_np[slots]
+        hit = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages[sel])
+        if hit.any():
+            chunk.pte_np[slots[hit]] = p[hit] & ~(_PAGE_RW | _PAGE_DIRTY)
 
 
 # mapping_bmap: the NVRAM pfn of file page `index` (0 for a hole), from the
