@@ -211,3 +211,31 @@ def test_batched_stores_under_reclaim_keep_the_data(make_mm) -> None:
     assert bytes(mm.read(2, 0, 200 * PAGE)) == bytes(data[: 200 * PAGE])
     mm.close()
     assert backing.read_file(2, 200) == bytes(data[: 200 * PAGE])
+
+
+def test_page_events_are_logged_as_the_json_encoder_would(tmp_path) -> None:
+    """The log's fast format of migrate/writeback/cow lines is byte for byte JSON's."""
+    import json
+
+    from nvramfs.events.reader import read_events
+    from nvramfs.events.writer import EventWriter
+
+    base = dict(ino=2, index=5, pfn_from=3, pfn_to=1 << 20, refcount=1, mapcount=0)
+    base.update({"from": "pagecache", "to": "xip"})
+    recs = [
+        (schema.WRITEBACK, dict(base, reason="background")),
+        (schema.COW, dict(base, reason="write", via="pfn_mkwrite")),
+        (schema.MIGRATE, dict(base, reason='odd "word"')),  # not a schema word: encoder
+        (schema.MIGRATE, dict(base, reason="policy", ino=True)),  # a bool: encoder
+    ]
+    w = EventWriter(tmp_path / "log.jsonl")
+    for ev, fields in recs:
+        w.emit(ev, **fields)
+    w.close()
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    for line in lines:
+        assert line == json.dumps(json.loads(line), separators=(",", ":"))
+    assert len(lines) == 4 and '"ino":true' in lines[3]
+    got = list(read_events(tmp_path / "log.jsonl"))  # (the reader skips the bool ino)
+    assert [e["reason"] for e in got[:3]] == ["background", "write", 'odd "word"']
+    assert got[1]["via"] == "pfn_mkwrite"
