@@ -203,6 +203,18 @@ class MemoryManager:
             return page
 
         m.alloc_page = alloc_page  # type: ignore[method-assign]
+        alloc_many = m.alloc_pages
+
+        def alloc_pages(n: int) -> np.ndarray | None:
+            frames = alloc_many(n)
+            done = frames if frames is not None else m.partial
+            if len(done):
+                self.policy.on_alloc(done)
+                lru_seq[done] = np.arange(self._seq + 1, self._seq + 1 + len(done))
+                self._seq += len(done)
+            return frames
+
+        m.alloc_pages = alloc_pages  # type: ignore[method-assign]
 
     def address_space(self, ino: int) -> AddressSpace:
         """The address_space of `ino`, with its filesystem vma (created on first use)."""
@@ -616,16 +628,12 @@ class MemoryManager:
         src = p >> PTE_PFN_SHIFT  # NVRAM pfn of each page, 0 for a hole
         hole = src == 0
         m = self.machine
-        alloc = m.alloc_page
-        frames_l: list[int] = []
-        for _ in range(npg):
-            page = alloc()
-            if page is None:
-                for f in frames_l:
-                    m.put_page(f)
-                return False
-            frames_l.append(page)
-        frames = np.array(frames_l, dtype=np.int64)
+        frames = m.alloc_pages(npg)
+        if frames is None:
+            for f in m.partial.tolist():
+                m.put_page(f)
+            return False
+        frames_l = frames.tolist()
         data = m.data
         off0 = offset & 4095
         tail = (off0 + n) & 4095

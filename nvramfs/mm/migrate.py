@@ -19,7 +19,16 @@ from ..events import schema
 from .bug import BUG_ON
 from .filemap import AddressSpace, delete_from_page_cache, mapping_bmap, write_cache_pages
 from .flags import _PAGE_ACCESSED, _PAGE_BMAP, _PAGE_DIRTY, _PAGE_PRESENT, PTE_PFN_SHIFT
-from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_REFERENCED, PG_UPTODATE, PG_WRITEBACK
+from .machine import (
+    PG_ANON,
+    PG_DIRTY,
+    PG_LOCKED,
+    PG_LRU,
+    PG_REFERENCED,
+    PG_RESERVED,
+    PG_UPTODATE,
+    PG_WRITEBACK,
+)
 from .memory import log_page_event, unmap_mapping_pages
 from .stats import Stats
 from .vma import PTE_INDEX_MASK, PTE_SHIFT
@@ -139,12 +148,56 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
             m.flags[pages[sel[young]]] |= PG_REFERENCED
         chunk.pte_np[slots] = (pfns[sel] << PTE_PFN_SHIFT) | _PAGE_BMAP
     pages, idx, pfns = pages[keep], idx[keep], pfns[keep]
-    done = 0
-    for page, index, pfn in zip(pages.tolist(), idx.tolist(), pfns.tolist(), strict=True):
-        delete_from_page_cache(mapping, page)
-        Stats.bump(m.stats.demote, reason)
-        log_page_event(
-            m, schema.MIGRATE, mapping, index, page, pfn, schema.PAGECACHE, schema.XIP, reason, page
+    if not len(pages):
+        return 0
+    _delete_from_page_cache_many(mapping, pages, idx)
+    Stats.bump(m.stats.demote, reason, len(pages))
+    emit = m.events.emit
+    host = int(mapping.host)
+    for page, index, pfn, ref, mc in zip(
+        pages.tolist(),
+        idx.tolist(),
+        pfns.tolist(),
+        m._refcount[pages].tolist(),
+        m._mapcount[pages].tolist(),
+        strict=True,
+    ):
+        emit(
+            schema.MIGRATE,
+            ino=host,
+            index=index,
+            pfn_from=page,
+            pfn_to=pfn,
+            **{"from": schema.PAGECACHE, "to": schema.XIP},
+            reason=reason,
+            refcount=ref,
+            mapcount=mc + 1,
         )
-        done += 1
-    return done
+    return len(pages)
+
+
+# delete_from_page_cache of many unmapped, clean pages of one mapping: the
+# cache's reference dropped, and the frames it was the last of freed, in
+# order (the free list ends as page-by-page put_page calls would leave it).
+def _delete_from_page_cache_many(mapping: AddressSpace, pages: np.ndarray, idx: np.ndarray) -> None:
+    m = mapping.machine
+    if bool(np.any(m._mapcount[pages] >= 0) or np.any(m.flags[pages] & PG_DIRTY)):
+        for page in pages.tolist():  # the BUG, with its page
+            delete_from_page_cache(mapping, page)
+        return
+    cache = mapping.pages
+    for index, page in zip(idx.tolist(), pages.tolist(), strict=True):
+        BUG_ON(cache.get(index) != page, "delete_from_page_cache: not in this mapping")
+        del cache[index]
+    m.mapping[pages] = 0
+    m.flags[pages] &= ~np.uint32(PG_LRU)
+    rc = m._refcount[pages] - 1
+    BUG_ON(bool(np.any(rc < 0)), "put_page: _refcount underflow", f"ino {mapping.host}")
+    m._refcount[pages] = rc
+    freed = pages[rc == 0]
+    if len(freed):
+        bad = m.flags[freed] & (PG_RESERVED | PG_LOCKED | PG_WRITEBACK | PG_LRU)
+        BUG_ON(bool(np.any(bad)), "bad page state at free", f"ino {mapping.host}")
+        m.flags[freed] = 0
+        m.page_block[freed] = 0
+        m.free_list.extend(freed.tolist())
