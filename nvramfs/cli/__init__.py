@@ -4,9 +4,11 @@ Exit codes (all commands):
   0    success
   1    error (the message says what; e.g. a corrupt image, a missing file)
   2    usage error (bad arguments or options)
-  4    fsck: errors left uncorrected          (as e2fsck)
-  8    fsck: operational error, not an image  (as e2fsck)
   130  interrupted (SIGINT)
+
+fsck has e2fsck's own table instead (summed): 0 clean, 1 errors corrected,
+4 errors left uncorrected, 8 operational error, 16 usage error, 32 cancelled.
+A command module overrides 2 and 130 with USAGE_EXIT and INTERRUPT_EXIT.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nvramfs",
         description="Serve an NVRAM image through a simulated Linux VM_MIXEDMAP fault layer.",
-        epilog="Exit codes: 0 ok, 1 error, 2 usage, 4/8 fsck (as e2fsck), 130 interrupted.",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted; fsck: e2fsck's "
+        "(0 clean, 1 corrected, 4 uncorrected, 8 operational, 16 usage, 32 cancelled).",
     )
     parser.add_argument("--version", action="version", version=f"nvramfs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -51,9 +54,27 @@ def _setup_logging(debug: bool) -> None:
     )
 
 
+def _command_module(argv: list[str]) -> object | None:
+    """The module of the subcommand `argv` names (for its own exit codes), if any."""
+    name = next((a for a in argv if not a.startswith("-")), None)
+    if name not in COMMANDS:
+        return None
+    try:
+        return importlib.import_module(f"nvramfs.cli.{name}")
+    except ImportError:
+        return None
+
+
 def run(argv: list[str] | None = None, prog: str = "nvramfs") -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    module = _command_module(argv)
+    usage_exit = getattr(module, "USAGE_EXIT", 2)
+    interrupt_exit = getattr(module, "INTERRUPT_EXIT", 130)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return usage_exit if exc.code == 2 else int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
@@ -62,10 +83,10 @@ def run(argv: list[str] | None = None, prog: str = "nvramfs") -> int:
         return int(args.func(args) or 0)
     except NvramfsError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return usage_exit if exc.exit_code == 2 else exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return interrupt_exit
     except BrokenPipeError:
         # `nvramfs log ... | head`: the reader went away; not an error.
         sys.stderr.close()

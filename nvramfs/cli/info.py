@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from nvramfs.image import Image
 
@@ -29,6 +30,8 @@ def info(path: str) -> dict:
             "blocks": img.nr_blocks,
             "blocks_used": img.nr_blocks - sb["free_blocks"],
             "blocks_free": sb["free_blocks"],
+            # Inodes a file can use: every slot but the reserved slot 0 (the root counts
+            # as used); the number statfs (df -i) and mkfs print.
             "inodes": img.L.nr_inodes - 1,
             "inodes_used": img.L.nr_inodes - 1 - sb["free_inodes"],
             "inodes_free": sb["free_inodes"],
@@ -37,6 +40,10 @@ def info(path: str) -> dict:
             "version": sb["version"],
             "clean": img.was_clean,
             "mounts": sb["mounts"],
+            "created": _secs(sb["mkfs_time_ns"]),
+            "last_mount": _secs(sb["mount_time_ns"]),
+            "last_write": _secs(sb["write_time_ns"]),
+            "lost_dirty": _lost(img.lost_dirty),
             "orphans": sb["orphan_count"],
             "journal_blocks": img.L.journal_blocks,
             "uuid": sb["uuid"],
@@ -44,6 +51,27 @@ def info(path: str) -> dict:
         }
     finally:
         img.close()
+
+
+def _secs(ns: int) -> float | None:
+    """Unix time in seconds; None for a field the image does not have (0)."""
+    return ns / 1e9 if ns else None
+
+
+def _lost(summ: object) -> dict | None:
+    if summ is None:
+        return None
+    return {
+        "as_of": summ.time_ns / 1e9,
+        "pages": summ.pages,
+        "files": summ.files,
+        "inodes": [{"ino": i, "pages": n} for i, n in summ.pairs],
+    }
+
+
+def _when(t: float | None) -> str:
+    """dumpe2fs -h's format (ctime), local time."""
+    return time.ctime(t) if t else "n/a"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -61,6 +89,16 @@ def main(args: argparse.Namespace) -> int:
     print(f"features:     {' '.join(d['features'])}")
     state = "clean (cleanly unmounted)" if d["clean"] else "not clean (recovery will run)"
     print(f"state:        {state}")
+    print(f"created:      {_when(d['created'])}")
+    print(f"last mount:   {_when(d['last_mount'])}")
+    print(f"last write:   {_when(d['last_write'])}")
+    print(f"mount count:  {d['mounts']}")
+    lost = d["lost_dirty"]
+    if lost is not None and lost["pages"]:
+        print(
+            f"dirty at end: {lost['pages']} pages of {lost['files']} files not written back "
+            f"(dirty summary of {_when(lost['as_of'])})"
+        )
     if d["orphans"]:
         print(f"orphans:      {d['orphans']} (reclaimed at the next writable open)")
     return 0

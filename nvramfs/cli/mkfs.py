@@ -95,6 +95,6 @@ def main(args: argparse.Namespace) -> int:
         what = f"{res.files} entries" if (args.src or args.recipe) else "empty"
         print(
             f"{res.path}: {res.size >> 20} MiB, {res.nr_blocks} blocks of 4096, "
-            f"{res.nr_inodes} inodes, {what}, in {res.seconds:.2f} s"
+            f"{res.inodes} inodes, {what}, in {res.seconds:.2f} s"
         )
     return 0

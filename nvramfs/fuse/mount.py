@@ -20,7 +20,11 @@
 
 After `kill -9` nothing of the end runs; the image layer's journal keeps the
 image consistent, and the next mount sees `was_clean == False`, says what
-recovery did (stderr and the `mount` event's `recovered`).
+recovery did (stderr and the `mount` event's `recovered`) and how many dirty
+pages of which files were lost, from the dirty summary the ticker keeps in the
+superblock (`Image.note_dirty`, at most once a second; the event's `lost_*`).
+The daemon holds the image's lock (nvramfs/image/lock.py) for its lifetime, so
+mkfs --force and fsck's repairs refuse the image meanwhile.
 
 The pipe protocol (child -> parent), one line each: `MSG text` (print it to
 stderr), then `OK pid log` or `ERR exit_code text`.
@@ -28,7 +32,6 @@ stderr), then `OK pid log` or `ERR exit_code text`.
 
 from __future__ import annotations
 
-import fcntl
 import inspect
 import logging
 import os
@@ -227,14 +230,15 @@ def serve(
     from nvramfs.events.writer import EventWriter
     from nvramfs.fuse.operations import Operations
     from nvramfs.image import Image
+    from nvramfs.image.lock import ImageInUse, lock_image
 
     logpath = opts.log_path(image)
     # One daemon per image: a second writer would corrupt it. The lock lives as
     # long as this process (also after kill -9, the kernel drops it).
+    # mkfs --force and fsck's repairs take the same lock (nvramfs/image/lock.py).
     try:
-        lock_fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        _held = lock_image(image)  # an fd, open (and the lock held) until the daemon exits
+    except ImageInUse:
         report("ERR", f"1 image {image} is in use (mounted elsewhere?)")
         return 1
     except OSError as exc:
@@ -250,10 +254,14 @@ def serve(
         return 1
 
     recovered = not img.was_clean
+    lost: dict[str, Any] = {}
     if recovered:
         what = "; ".join(getattr(img, "recovery", []) or []) or "nothing to replay"
         report("MSG", f"{image} was not cleanly unmounted; recovery ran: {what}")
         log.warning("%s was not cleanly unmounted; recovery ran: %s", image, what)
+        lost, line = lost_dirty_report(img)
+        report("MSG", f"{image}: {line}")
+        log.warning("%s: %s", image, line)
 
     events = None
     mm = None
@@ -320,6 +328,7 @@ def serve(
         recovered=recovered,
         wall=time.time(),
         mountpoint=mountpoint,
+        **lost,
     )
     events.flush()
     report("OK", f"{os.getpid()} {logpath}")
@@ -360,12 +369,49 @@ async def _ticker(ops: Any, mm: Any, events: Any) -> None:
         try:
             mm.tick()
             ops.flush_all_meta()
+            note_dirty(ops.img, mm)
         except Exception as exc:
             ops.translate("tick", exc)
         try:
             events.flush()
         except Exception:
             log.exception("cannot flush the event log")
+
+
+def note_dirty(img: Any, mm: Any) -> None:
+    """The tick's hook: the image keeps a summary of what is dirty (what a crash would lose)."""
+    counts = getattr(mm, "dirty_counts", None)
+    if img is not None and counts is not None:
+        img.note_dirty(counts())
+
+
+def lost_dirty_report(img: Any) -> tuple[dict[str, Any], str]:
+    """After an unclean end: the `mount` event's lost_* fields and one line for stderr.
+
+    From the superblock's dirty summary of the last session (written at most
+    once a second, so it is as of its `lost_dirty_as_of`); unknown when the
+    image holds none."""
+    summ = getattr(img, "lost_dirty", None)
+    if summ is None:
+        fields = {"lost_dirty_pages": None, "lost_dirty_files": None, "lost_dirty": []}
+        return fields, "what was dirty in DRAM at the end is not known (no dirty summary)"
+    paths = img.paths_of([i for i, _ in summ.pairs]) if summ.pairs else {}
+    files = [{"ino": i, "pages": n, "path": paths.get(i)} for i, n in summ.pairs]
+    fields = {
+        "lost_dirty_pages": summ.pages,
+        "lost_dirty_files": summ.files,
+        "lost_dirty": files,
+        "lost_dirty_as_of": summ.time_ns / 1e9,
+    }
+    when = time.strftime("%H:%M:%S", time.localtime(summ.time_ns / 1e9))
+    if not summ.pages:
+        return fields, f"no dirty pages were lost (dirty summary of {when})"
+    shown = ", ".join(f"{f['path'] or 'inode ' + str(f['ino'])} ({f['pages']})" for f in files[:5])
+    more = f", and {summ.files - 5} more files" if summ.files > 5 else ""
+    return fields, (
+        f"{summ.pages} dirty pages of {summ.files} file{'s' * (summ.files != 1)} were lost "
+        f"(dirty summary of {when}): {shown}{more}"
+    )
 
 
 async def _signals(state: dict[str, bool]) -> None:

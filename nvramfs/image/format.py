@@ -72,6 +72,8 @@ KIND_NAMES = {
 }
 BITS_PER_BITMAP_BLOCK = PAYLOAD * 8
 
+DIRTY_PAIRS = 32  # (inode, dirty pages) pairs the superblock's dirty summary holds
+
 SB_DTYPE = np.dtype(
     [
         ("magic", "<u8"),
@@ -100,7 +102,16 @@ SB_DTYPE = np.dtype(
         ("mkfs_time_ns", "<i8"),
         ("write_time_ns", "<i8"),
         ("uuid", "V16"),
-        ("pad", "V308"),
+        # From here on: fields carved out of the old zero pad (0 = unknown, so
+        # images made before them read as "not known"; no version change).
+        ("mount_time_ns", "<i8"),  # last writable open
+        ("dirty_time_ns", "<i8"),  # when the dirty summary was written; 0 = none
+        ("dirty_pages", "<u8"),  # dirty pages in DRAM then, all files
+        ("dirty_files", "<u4"),  # files with dirty pages then
+        ("dirty_nr", "<u4"),  # (ino, pages) pairs held below (the largest first)
+        ("dirty_ino", "<u4", (DIRTY_PAIRS,)),
+        ("dirty_cnt", "<u4", (DIRTY_PAIRS,)),
+        ("pad", "V20"),
         ("crc", "<u4"),
     ]
 )

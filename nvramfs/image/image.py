@@ -27,7 +27,7 @@ import mmap
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +107,62 @@ def _now() -> int:
     return time.time_ns()
 
 
+DIRTY_INTERVAL = 1.0  # seconds: the dirty summary is written at most this often
+
+
+@dataclass(frozen=True)
+class DirtySummary:
+    """Pages dirty in DRAM when the summary was taken: in all, and per inode (largest first).
+
+    Kept in the superblock (docs/FORMAT.md): `time_ns` 0 means no summary
+    was ever written (an image older than the fields, or never mounted).
+    """
+
+    time_ns: int
+    pages: int
+    files: int
+    pairs: tuple[tuple[int, int], ...]  # (ino, pages), at most F.DIRTY_PAIRS
+
+    @classmethod
+    def empty(cls) -> DirtySummary:
+        return cls(_now(), 0, 0, ())
+
+    @classmethod
+    def of(cls, counts: Mapping[int, int]) -> DirtySummary:
+        items = sorted(
+            ((int(i), int(n)) for i, n in counts.items() if n > 0), key=lambda x: (-x[1], x[0])
+        )
+        return cls(_now(), sum(n for _, n in items), len(items), tuple(items[: F.DIRTY_PAIRS]))
+
+    @classmethod
+    def from_sb(cls, sb: np.void) -> DirtySummary | None:
+        t = int(sb["dirty_time_ns"])
+        if not t:
+            return None
+        n = min(int(sb["dirty_nr"]), F.DIRTY_PAIRS)
+        pairs = tuple(
+            (int(i), int(c))
+            for i, c in zip(sb["dirty_ino"][:n].tolist(), sb["dirty_cnt"][:n].tolist(), strict=True)
+        )
+        return cls(t, int(sb["dirty_pages"]), int(sb["dirty_files"]), pairs)
+
+    def to_sb(self, sb: np.void) -> None:
+        sb["dirty_time_ns"] = self.time_ns
+        sb["dirty_pages"] = self.pages
+        sb["dirty_files"] = self.files
+        sb["dirty_nr"] = len(self.pairs)
+        ino = np.zeros(F.DIRTY_PAIRS, np.uint32)
+        cnt = np.zeros(F.DIRTY_PAIRS, np.uint32)
+        for k, (i, c) in enumerate(self.pairs):
+            ino[k], cnt[k] = i, min(c, 0xFFFF_FFFF)
+        sb["dirty_ino"] = ino
+        sb["dirty_cnt"] = cnt
+
+    def key(self) -> tuple:
+        """What decides whether the summary changed (not its time)."""
+        return (self.pages, self.files, self.pairs)
+
+
 def _check_name(name: bytes) -> None:
     if not isinstance(name, bytes | bytearray):
         raise TypeError("names are bytes")
@@ -135,7 +191,14 @@ class Image(Allocator, ExtentMaps, Directories):
         self.recovery: list[str] = []
         self.root_ino = F.ROOT_INO
         self.path = ""
+        self._lenient = False
+        self._tool = False
         self.corrupt: str | None = None  # first damage seen: no more writes (errors=remount-ro)
+        # What the last session still had dirty in DRAM when it ended uncleanly
+        # (its last dirty summary); None: clean, or not known.
+        self.lost_dirty: DirtySummary | None = None
+        self._dirty_last: tuple | None = None
+        self._dirty_t = 0.0
 
     @classmethod
     def open(
@@ -145,16 +208,21 @@ class Image(Allocator, ExtentMaps, Directories):
         readonly: bool = False,
         persist: Persist | None = None,
         _lenient: bool = False,
+        _tool: bool = False,
     ) -> Image:
         """Map the image and check what serving it needs, in O(1) of its size.
 
         Checks both superblock copies, the journal and the root inode before
         anything is written; then (writable) replays the journal, reclaims
         orphans and marks the image in use. Readonly opens replay into a
-        private copy-on-write mapping, so the file is never modified.
+        private copy-on-write mapping, so the file is never modified. A
+        writable open of a cleanly closed image with a bad superblock copy
+        refuses (damage, not a crash: run fsck). `_tool` (mkfs, fsck) is not
+        a mount: no mount count, and fsck may open what it repairs.
         """
         img = cls()
         img._lenient = _lenient  # fsck: let a damaged root through, fsck reports it
+        img._tool = _tool  # fsck or mkfs, not a mount: no mount count, a bad copy is repaired
         img.path = str(path)
         img.readonly = readonly
         try:
@@ -290,14 +358,27 @@ class Image(Allocator, ExtentMaps, Directories):
             if not (self._lenient and self.readonly):
                 raise
         self.generation = int(self._sb["generation"])
+        if not self.was_clean:
+            self.lost_dirty = DirtySummary.from_sb(self._sb)
         if self.readonly:
             return
         bad_copy = bool(self.sb_problems)
+        if bad_copy and self.was_clean and not self.sb_torn and not self._tool:
+            # A cleanly closed image has nothing to recover: a bad copy is damage,
+            # and rewriting it quietly would hide it. fsck says what else is wrong.
+            raise CorruptImage(
+                f"{self.sb_problems[0]} on a cleanly closed image: run fsck "
+                f"(nvramfs fsck -p {self.path})"
+            )
         self._check_orphan_list()
         self._reclaim_orphans()
         with self._transaction() as txn:
             self._sb["state"] = F.STATE_DIRTY
-            self._sb["mounts"] = int(self._sb["mounts"]) + 1
+            if not self._tool:
+                self._sb["mounts"] = int(self._sb["mounts"]) + 1
+                self._sb["mount_time_ns"] = _now()
+            DirtySummary.empty().to_sb(self._sb)  # this session has nothing dirty yet
+            self._dirty_last = None
             txn.blocks.setdefault(0, bytearray(BS))  # force a commit (rewrites both copies)
         if bad_copy:
             self.recovery.extend(f"rewrote {p}" for p in self.sb_problems)
@@ -357,6 +438,8 @@ class Image(Allocator, ExtentMaps, Directories):
                 self._reclaim_orphans()
                 with self._transaction() as txn:
                     self._sb["state"] = F.STATE_CLEAN
+                    if int(self._sb["dirty_time_ns"]):
+                        DirtySummary.empty().to_sb(self._sb)
                     txn.blocks.setdefault(0, bytearray(BS))
         finally:
             self._release_map()
@@ -1339,10 +1422,59 @@ class Image(Allocator, ExtentMaps, Directories):
         """The superblock fields (for `info`), as plain Python values."""
         out = {}
         for name in F.SB_DTYPE.names:
-            if name in ("pad",):
+            if name in ("pad", "dirty_ino", "dirty_cnt"):
                 continue
             v = self._sb[name]
             out[name] = v.tobytes().hex() if name == "uuid" else int(v)
+        return out
+
+    def note_dirty(self, counts: Mapping[int, int], *, now: float | None = None) -> bool:
+        """Keep the superblock's dirty summary: pages dirty in DRAM, per inode.
+
+        The mount calls this once a second with mm's dirty page count of each
+        inode. The summary is one superblock-only transaction, written only
+        when it changed and at most once a second, so after a crash the next
+        mount can say what was lost (`lost_dirty`). Returns whether it wrote.
+        """
+        if self.readonly or self.corrupt or self._mm is None:
+            return False
+        t = time.monotonic() if now is None else now
+        if self._dirty_last is not None and t - self._dirty_t < DIRTY_INTERVAL:
+            return False
+        summ = DirtySummary.of(counts)
+        key = summ.key()
+        if key == self._dirty_last or (self._dirty_last is None and not summ.pages):
+            self._dirty_last = key
+            return False
+        with self._transaction() as txn:
+            summ.to_sb(self._sb)
+            txn.blocks.setdefault(0, bytearray(BS))
+        self._dirty_last = key
+        self._dirty_t = t
+        return True
+
+    def paths_of(self, inos: Sequence[int], limit: int = 100_000) -> dict[int, str]:
+        """A path (from the root) for each of `inos` found in a walk of at most `limit` entries."""
+        want = set(inos)
+        out: dict[int, str] = {}
+        stack: list[tuple[int, str]] = [(self.root_ino, "")]
+        seen = 0
+        while stack and want - out.keys() and seen < limit:
+            d, prefix = stack.pop()
+            try:
+                entries = list(self.readdir(d))
+            except (CorruptImage, FsError):
+                continue
+            for _c, name, ino in entries:
+                seen += 1
+                path = f"{prefix}/{os.fsdecode(name)}"
+                if ino in want and ino not in out:
+                    out[ino] = path
+                try:
+                    if stat.S_ISDIR(self.getattr(ino).mode) and self._parent_of(ino) == d:
+                        stack.append((ino, path))
+                except (CorruptImage, FsError):
+                    continue
         return out
 
     def features(self) -> list[str]:

@@ -24,6 +24,7 @@ from nvramfs.errors import NvramfsError
 from nvramfs.image import format as F
 from nvramfs.image.errors import FsError
 from nvramfs.image.image import Image
+from nvramfs.image.lock import ImageInUse, lock_fd, lock_image, unlock_image
 from nvramfs.image.persist import Persist
 
 BS = F.BLOCK_SIZE
@@ -65,6 +66,11 @@ class MkfsResult:
     files: int
     skipped: list[str]
     seconds: float
+
+    @property
+    def inodes(self) -> int:
+        """Inodes a file can use: every slot but the reserved slot 0 (as `info` and df -i)."""
+        return self.nr_inodes - 1
 
 
 def parse_size(text: str) -> int:
@@ -294,9 +300,23 @@ def mkfs(
     if sc is not None and lay.nr_blocks - lay.data_start < sc.blocks_needed + 64:
         need = (sc.blocks_needed + 64 + lay.data_start) * BS
         raise NvramfsError(f"size {_human(size)} too small: the tree needs at least {need} bytes")
+    # The old image's lock first (as mke2fs refuses a mounted device), then the
+    # new file's, both held across the rename: no mount starts in between.
+    old_lock = None
+    if path.exists():
+        try:
+            old_lock = lock_image(path)
+        except ImageInUse:
+            raise NvramfsError(
+                f"{path} is in use by a mount; will not make a filesystem here"
+            ) from None
+        except OSError as exc:
+            raise NvramfsError(f"{path}: {exc.strerror or exc}") from None
     tmp = path.with_name(f".{path.name}.mkfs-{os.getpid()}")
+    new_lock = None
     try:
-        tmp.touch()
+        new_lock = os.open(tmp, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        lock_fd(new_lock)
         st0 = sc.nodes[0].st if sc else None
         format_image(
             tmp, lay, st0.st_uid if st0 else os.getuid(), st0.st_gid if st0 else os.getgid()
@@ -305,7 +325,7 @@ def mkfs(
         if sc is not None:
             files = _populate(tmp, sc, progress)
         else:
-            Image.open(tmp).close()  # one journaled transaction: the journal is valid
+            Image.open(tmp, _tool=True).close()  # one journaled transaction: the journal is valid
         os.replace(tmp, path)
     except FsError as exc:
         raise NvramfsError(f"mkfs: {exc.strerror} while copying the tree") from None
@@ -314,6 +334,9 @@ def mkfs(
     finally:
         if tmp.exists():
             tmp.unlink()
+        for fd in (new_lock, old_lock):
+            if fd is not None:
+                unlock_image(fd)
     return MkfsResult(
         path,
         lay.nr_blocks * BS,
@@ -327,7 +350,7 @@ def mkfs(
 
 def _populate(tmp: Path, sc: Scan, progress: Progress | None) -> int:
     persist = Persist()
-    img = Image.open(tmp, persist=persist)
+    img = Image.open(tmp, persist=persist, _tool=True)
     persist.bulk = True
     done = 0
 

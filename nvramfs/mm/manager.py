@@ -792,6 +792,14 @@ class MemoryManager:
             mask &= m.mapping != 0
         return np.flatnonzero(mask)
 
+    def dirty_counts(self) -> dict[int, int]:
+        """Dirty page-cache pages per inode (what a crash now would lose)."""
+        frames = self._dirty_frames()
+        if not len(frames):
+            return {}
+        inos, n = np.unique(self.machine.mapping[frames], return_counts=True)
+        return dict(zip(inos.tolist(), n.tolist(), strict=True))
+
     def _writeback(self, frames: np.ndarray, reason: str) -> int:
         """Write `frames` back, one write_pages (one image transaction) per file."""
         m = self.machine

@@ -176,3 +176,115 @@ def test_console_alias_fsck(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.returncode == 0 and "clean" in out.stdout
+
+
+def _damage_free_count(img: Path) -> None:
+    """Superblock free_blocks off by 3 in both copies, checksums kept right (preen repairs it)."""
+    import numpy as np
+
+    from nvramfs.image import format as F
+
+    data = bytearray(img.read_bytes()[: 2 * 4096])
+    for c in (0, 1):
+        sb = np.frombuffer(data, F.SB_DTYPE, count=1, offset=c * 4096).copy()
+        sb[0]["free_blocks"] = int(sb[0]["free_blocks"]) - 3
+        raw = bytearray(sb.tobytes())
+        raw[-4:] = F.sb_crc(raw).to_bytes(4, "little")
+        data[c * 4096 : c * 4096 + 512] = raw
+    with open(img, "r+b") as f:
+        f.write(bytes(data))
+
+
+def test_fsck_modes_and_exit_codes(tmp_path: Path, capsys) -> None:
+    img = tmp_path / "t.img"
+    assert nv(capsys, "mkfs", str(img), "--size", "4M")[0] == 0
+    for args in (["-n", "-y"], ["-p", "-y"], ["--bogus"], []):
+        code, _, err = nv(capsys, "fsck", *args, *([str(img)] if args else []))
+        assert code == 16, (args, err)  # e2fsck's usage error, not the CLI's 2
+    code, out, _ = nv(capsys, "fsck", "-f", str(img))
+    assert code == 0 and "clean" in out
+    _damage_free_count(img)
+    before = img.read_bytes()
+    code, out, _ = nv(capsys, "fsck", str(img))  # -n is the default: report, write nothing
+    assert code == 4 and "free_blocks" in out and img.read_bytes() == before
+    code, out, _ = nv(capsys, "fsck", "-n", "-f", str(img))
+    assert code == 4 and img.read_bytes() == before
+    code, out, _ = nv(capsys, "fsck", "-a", str(img))  # -a is -p
+    assert code == 1 and "fixed: block and inode bitmaps rebuilt" in out
+    assert "IMAGE WAS MODIFIED" in out
+    code, out, _ = nv(capsys, "fsck", "-y", "--json", str(img))
+    rep = json.loads(out)
+    assert code == 0 and rep["clean"] and rep["fixed"] == []
+    _damage_free_count(img)
+    code, out, _ = nv(capsys, "fsck", "--repair", "--json", str(img))
+    rep = json.loads(out)
+    assert code == 1 and rep["fixed"] and rep["remaining"] == []
+
+
+def test_fsck_preen_stops_on_what_it_may_not_repair(tmp_path: Path, src: Path, capsys) -> None:
+    img = tmp_path / "t.img"
+    assert nv(capsys, "mkfs", str(img), "--from", str(src), "--size", "8M")[0] == 0
+    with Image.open(img) as im:
+        motd = im.lookup(im.lookup(1, b"etc"), b"motd")
+    with Image.open(img) as im:  # a link count the tree does not have
+        with im._transaction():
+            im._winode(motd)["nlink"] = 3
+    before = img.read_bytes()
+    code, out, _ = nv(capsys, "fsck", "-p", str(img))
+    assert code == 4 and "UNEXPECTED INCONSISTENCY; run fsck -y" in out
+    assert img.read_bytes() == before
+    code, out, _ = nv(capsys, "fsck", "-y", str(img))
+    assert code == 1 and f"inode {motd}: link count set to 1" in out
+    assert nv(capsys, "fsck", str(img))[0] == 0
+
+
+def test_fsck_interrupted_is_32(tmp_path: Path, capsys, monkeypatch) -> None:
+    import nvramfs.cli.fsck as cli_fsck
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_fsck, "fsck", interrupted)
+    img = tmp_path / "t.img"
+    assert nv(capsys, "mkfs", str(img), "--size", "4M")[0] == 0
+    assert nv(capsys, "fsck", str(img))[0] == 32
+
+
+def test_info_times_and_mount_count(tmp_path: Path, capsys) -> None:
+    img = tmp_path / "t.img"
+    code, out, _ = nv(capsys, "mkfs", str(img), "--size", "300M")
+    made = int(out.split(" inodes")[0].rsplit(" ", 1)[1])
+    code, out, _ = nv(capsys, "info", "--json", str(img))
+    d = json.loads(out)
+    assert d["inodes"] == made  # one definition: slots less the reserved slot 0
+    assert d["mounts"] == 0 and d["last_mount"] is None and d["created"] > 0
+    code, out, _ = nv(capsys, "info", str(img))
+    assert "last mount:   n/a" in out and "mount count:  0" in out
+    for _ in range(2):
+        Image.open(img).close()  # what a read-write mount does
+    code, out, _ = nv(capsys, "info", "--json", str(img))
+    d2 = json.loads(out)
+    assert d2["mounts"] == 2 and d2["last_mount"] >= d["created"]
+    assert d2["last_write"] >= d2["last_mount"]
+    code, out, _ = nv(capsys, "info", str(img))
+    assert "mount count:  2" in out and "last write:" in out and "last mount:   n/a" not in out
+
+
+def test_info_reports_the_dirty_summary_of_an_unclean_end(tmp_path: Path, capsys) -> None:
+    img = tmp_path / "t.img"
+    assert nv(capsys, "mkfs", str(img), "--size", "4M")[0] == 0
+    im = Image.open(img)
+    assert im.note_dirty({7: 3, 9: 12}, now=100.0)
+    assert not im.note_dirty({7: 3, 9: 12}, now=102.0)  # unchanged: not written
+    assert not im.note_dirty({7: 4}, now=100.5)  # within a second of the last write
+    im.close(clean=False)  # the daemon died
+    code, out, _ = nv(capsys, "info", "--json", str(img))
+    lost = json.loads(out)["lost_dirty"]
+    assert lost["pages"] == 15 and lost["files"] == 2
+    assert lost["inodes"] == [{"ino": 9, "pages": 12}, {"ino": 7, "pages": 3}]
+    code, out, _ = nv(capsys, "info", str(img))
+    assert "15 pages of 2 files not written back" in out
+    with Image.open(img) as im:  # the next mount knows, then starts a new summary
+        assert im.lost_dirty is not None and im.lost_dirty.pages == 15
+    code, out, _ = nv(capsys, "info", "--json", str(img))
+    assert json.loads(out)["lost_dirty"] is None  # cleanly closed

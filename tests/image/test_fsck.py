@@ -58,22 +58,30 @@ def test_fsck_notes_pending_orphan_and_repair(empty_image: Path) -> None:
     rep = fsck(str(empty_image))
     assert rep.exit_code == 0, rep.errors
     assert any("orphan" in n for n in rep.notes)
-    rep = fsck(str(empty_image), repair=True)
-    assert rep.exit_code == 0 and any("reclaimed 1 orphan" in n for n in rep.notes)
-    assert not any("inode" in n and "orphan" in n for n in rep.notes[1:])
+    rep = fsck(str(empty_image), repair=True)  # the old spelling of -p
+    assert rep.exit_code == 1 and any("reclaimed 1 orphan" in n for n in rep.fixed)
+    assert not any("orphan" in n for n in rep.notes)
+    assert fsck(str(empty_image)).exit_code == 0
 
 
 def test_repair_refuses_an_image_in_use(empty_image: Path) -> None:
     import fcntl
     import os
 
+    D.patch_sb(empty_image, free_blocks=7)  # something preen would repair
+    before = empty_image.read_bytes()
     fd = os.open(empty_image, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # as the mount does
-        rep = fsck(str(empty_image), repair=True)
-        assert rep.exit_code == 8 and "in use" in rep.errors[0][1]
+        for mode in ("p", "y"):
+            rep = fsck(str(empty_image), mode=mode)
+            assert rep.exit_code == 8
+            assert rep.errors[0][1].endswith("is in use by a mount; cannot continue, aborting")
+        rep = fsck(str(empty_image))  # -n warns and checks
+        assert rep.exit_code == 4 and "in use by a mount" in rep.warnings[0]
     finally:
         os.close(fd)
+    assert empty_image.read_bytes() == before
 
 
 # --------------------------------------------------------------- the matrix
@@ -304,13 +312,30 @@ def test_corruption_matrix(
     assert fsck(str(p)).exit_code == 4
 
 
-def test_one_bad_superblock_copy_is_recovered(tmp_path: Path, image: Path) -> None:
+def test_one_bad_superblock_copy_is_repaired(tmp_path: Path, image: Path) -> None:
     p = tmp_path / "a.img"
     shutil.copy(image, p)
     _sb_copy_a(p)
     assert fsck(str(p)).exit_code == 4
     with Image.open(p, readonly=True) as img:  # served from copy B
         assert img.lookup(1, b"etc")
+    # Cleanly closed: a bad copy is damage, not a crash; a writable open refuses.
+    before = p.read_bytes()
+    with pytest.raises(CorruptImage, match="cleanly closed image: run fsck"):
+        Image.open(p)
+    assert p.read_bytes() == before
+    rep = fsck(str(p), mode="p")
+    assert rep.exit_code == 1 and any("rewrote both copies" in f for f in rep.fixed)
+    assert_clean(p)
+    with Image.open(p) as img:
+        assert img.lookup(1, b"etc")
+
+
+def test_bad_copy_after_a_crash_is_recovery(tmp_path: Path, image: Path) -> None:
+    p = tmp_path / "a.img"
+    shutil.copy(image, p)
+    Image.open(p).close(clean=False)  # in use when it ended
+    _sb_copy_a(p)
     with Image.open(p) as img:
         assert any("rewrote superblock copy A" in r for r in img.recovery)
     assert_clean(p)
@@ -327,3 +352,206 @@ def test_errors_never_escape_as_other_types(tmp_path: Path, image: Path) -> None
             img.getattr(D.find(image, b"etc", b"hostname"))
         with pytest.raises(FsError):
             img.getattr(10**12)
+
+
+# ------------------------------------------------------------------ repairs
+# Every damage of the matrix that leaves something to repair from: fsck -y
+# exits 1, a second fsck -n is clean, the image opens writable (as a mount
+# does), and every file the damage did not touch reads back intact (at its
+# path, or under /lost+found when the directory naming it was lost). `touched`
+# lists the source paths the damage hit; `preen` says whether -p may repair it.
+
+REPAIRS: dict[str, tuple[set[str], bool]] = {
+    "block bitmap checksum": (set(), True),
+    "block bitmap says used block is free": (set(), True),
+    "inode bitmap checksum": (set(), True),
+    "inode checksum": ({"etc/hostname", "usr/hostname.hard"}, True),
+    "root inode": ({"zero", "sparse", "long.link"}, False),
+    "extent past the device": ({"usr/lib/libbig.so"}, False),
+    "extents of two files overlap": ({"etc/conf.d/a.conf"}, False),
+    "directory block checksum": (set(), False),
+    "directory entry name length": (set(), False),
+    "directory loop": (set(), False),
+    "entry names a free inode": ({"etc/hostname", "usr/hostname.hard"}, False),
+    "link count": (set(), False),
+    "orphan list loop": (set(), True),
+    "symlink length": ({"long.link"}, False),
+    "superblock free count": (set(), True),
+}
+UNREPAIRABLE = {c[0] for c in CASES} - set(REPAIRS)
+
+
+def image_files(img: Image) -> dict[str, bytes]:
+    """Every regular file's bytes and every symlink's target, by path (no leading /)."""
+    out: dict[str, bytes] = {}
+
+    def walk(d: int, prefix: str) -> None:
+        for _, name, ino in img.readdir(d):
+            path = prefix + name.decode()
+            a = img.getattr(ino)
+            if a.mode & 0o170000 == 0o040000:
+                walk(ino, path + "/")
+            elif a.mode & 0o170000 == 0o120000:
+                out[path] = img.readlink(ino)
+            else:
+                n = -(-a.size // BS)
+                data = b"".join(
+                    bytes(img.block_view(int(b))) if b else bytes(BS) for b in img.bmap(ino, 0, n)
+                )
+                out[path] = data[: a.size]
+
+    walk(1, "")
+    return out
+
+
+def source_files(tree: Path) -> dict[str, bytes]:
+    out = {}
+    for p in sorted(tree.rglob("*")):
+        rel = p.relative_to(tree).as_posix()
+        if p.is_symlink():
+            out[rel] = str(p.readlink()).encode()
+        elif p.is_file():
+            out[rel] = p.read_bytes()
+    return out
+
+
+def found_intact(rel: str, data: bytes, files: dict[str, bytes]) -> bool:
+    if files.get(rel) == data:
+        return True
+    parts = rel.split("/")
+    for k in range(1, len(parts)):  # /lost+found/#N/<the path below a lost directory>
+        tail = "/".join(parts[k:])
+        for path, got in files.items():
+            if path.startswith("lost+found/#") and path.endswith("/" + tail) and got == data:
+                if path.count("/") == tail.count("/") + 2:
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("name", sorted(REPAIRS))
+def test_fsck_y_repairs_the_matrix(tmp_path: Path, image: Path, tree: Path, name: str) -> None:
+    touched, preen = REPAIRS[name]
+    hurt = next(c[1] for c in CASES if c[0] == name)
+    p = tmp_path / "hurt.img"
+    shutil.copy(image, p)
+    hurt(p)
+    before = p.read_bytes()
+    rp = fsck(str(p), mode="p")
+    if preen:
+        assert rp.exit_code == 1, (rp.errors, rp.remaining)
+    else:  # preen stops and writes nothing
+        assert rp.exit_code == 4 and rp.unexpected and not rp.fixed
+        assert p.read_bytes() == before
+        rep = fsck(str(p), mode="y")
+        assert rep.exit_code == 1, (rep.errors, rep.fixed, rep.remaining)
+        assert rep.fixed and not rep.remaining
+    assert_clean(p)
+    with Image.open(p) as img:  # what a read-write mount does first
+        assert img.recovery == []
+        files = image_files(img)
+        img.create(1, b"after-repair", 0o644, 0, 0)
+    assert_clean(p)
+    for rel, data in source_files(tree).items():
+        if rel not in touched:
+            assert found_intact(rel, data, files), f"{rel} lost or changed by the repair of {name}"
+
+
+@pytest.mark.parametrize("name", sorted(UNREPAIRABLE))
+def test_fsck_y_cannot_repair_without_a_superblock(tmp_path: Path, image: Path, name: str) -> None:
+    hurt, code = next((c[1], c[2]) for c in CASES if c[0] == name)
+    p = tmp_path / "hurt.img"
+    shutil.copy(image, p)
+    hurt(p)
+    before = p.read_bytes()
+    assert code in (4, 8)
+    assert fsck(str(p), mode="y").exit_code == code
+    assert p.read_bytes() == before
+
+
+def test_repair_reports_block_ranges(tmp_path: Path, image: Path) -> None:
+    # 60 blocks of one file marked free: one line for the run, not one per block.
+    p = tmp_path / "r.img"
+    shutil.copy(image, p)
+    ino = D.find(p, b"usr", b"lib", b"libbig.so")
+    blocks = D.blocks_of(p, ino)[:60]
+    assert blocks == list(range(blocks[0], blocks[0] + 60))
+    L = D.layout(p)
+    data = bytearray(p.read_bytes()[L.bbitmap_start * BS : (L.bbitmap_start + 1) * BS])
+    for b in blocks:
+        data[b // 8] &= ~(1 << (b % 8))
+    D.write(p, L.bbitmap_start * BS, bytes(data))
+    D.reseal(p, L.bbitmap_start)
+    rep = fsck(str(p))
+    lines = [(w, m) for w, m in rep.errors if "marked free" in m]
+    assert lines == [
+        (f"blocks {blocks[0]}-{blocks[-1]} (60)", f"used by inode {ino} but marked free")
+    ]
+    assert fsck(str(p), mode="p").exit_code == 1
+    assert_clean(p)
+
+
+def test_blocks_claimed_twice_are_cloned(tmp_path: Path, image: Path) -> None:
+    p = tmp_path / "d.img"
+    shutil.copy(image, p)
+    a = D.find(p, b"usr", b"lib", b"libbig.so")
+    b = D.find(p, b"etc", b"conf.d", b"a.conf")
+    shared = D.blocks_of(p, a)[:3]
+    ext = np.zeros(8, F.EXTENT_DTYPE)
+    ext[0] = (0, 3, shared[0])
+    D.patch_inode(p, b, inline=ext.tobytes(), size=3 * BS, nextents=1, ninline=1, blocks=3)
+    with Image.open(p, readonly=True) as img:
+        want_a = image_files(img)["usr/lib/libbig.so"]
+    rep = fsck(str(p), mode="y")
+    assert rep.exit_code == 1 and any("3 blocks claimed twice cloned" in f for f in rep.fixed)
+    assert_clean(p)
+    with Image.open(p, readonly=True) as img:
+        files = image_files(img)
+        assert files["usr/lib/libbig.so"] == want_a
+        assert files["etc/conf.d/a.conf"] == want_a[: 3 * BS]  # its own copy of what it claimed
+        mine = set(img.bmap(b, 0, 3).tolist())
+        theirs = set(img.bmap(a, 0, len(want_a) // BS).tolist())
+        assert len(mine) == 3 and mine.isdisjoint(theirs)  # one of the two got a copy
+
+
+def test_lost_files_go_to_lost_and_found(tmp_path: Path, image: Path) -> None:
+    p = tmp_path / "l.img"
+    shutil.copy(image, p)
+    with Image.open(p) as img:  # a file no directory names (nlink 1, no entry)
+        f = img.create(1, b"gone", 0o644, 0, 0)
+        img.write_pages(f, np.arange(1), [b"kept" + bytes(BS - 4)])
+        img.setattr(f, size=4)
+    b = D.blocks_of(p, 1)[0]
+    data = p.read_bytes()[b * BS : (b + 1) * BS]
+    off = data.index(b"gone") - 12
+    D.write(p, b * BS + off, bytes(8))  # the entry freed, the inode kept
+    D.reseal(p, b)
+    rep = fsck(str(p))
+    assert any("not reachable" in m for _, m in rep.errors)
+    rep = fsck(str(p), mode="y")
+    assert rep.exit_code == 1 and "/lost+found created" in rep.fixed
+    assert_clean(p)
+    with Image.open(p, readonly=True) as img:
+        lf = img.lookup(1, b"lost+found")
+        assert img.getattr(lf).mode & 0o777 == 0o700
+        assert image_files(img)[f"lost+found/#{f}"] == b"kept"
+
+
+def test_free_slots_and_file_types_are_repaired(tmp_path: Path, image: Path) -> None:
+    p = tmp_path / "s.img"
+    shutil.copy(image, p)
+    with Image.open(p, readonly=True) as img:
+        nr = img.L.nr_inodes
+    for ino in (nr - 3, nr - 2):  # two free slots with stray bytes
+        D.write(p, D.inode_offset(p, ino) + 40, b"junk")
+    etc = D.find(p, b"etc")
+    b = D.blocks_of(p, etc)[0]
+    data = p.read_bytes()[b * BS : (b + 1) * BS]
+    off = data.index(b"hostname") - F.DIRENT_HDR
+    D.write(p, b * BS + off + 11, bytes([F.DT_DIR]))  # a regular file's entry says directory
+    D.reseal(p, b)
+    rep = fsck(str(p))
+    assert (f"inodes {nr - 3}-{nr - 2} (2)", "free (mode 0) but not zeroed") in rep.errors
+    assert any("file type 4 does not match" in m for _, m in rep.errors)
+    rep = fsck(str(p), mode="y")
+    assert rep.exit_code == 1 and f"inodes {nr - 3}-{nr - 2} (2): slot zeroed" in rep.fixed
+    assert_clean(p)
