@@ -69,6 +69,47 @@ def _encode(rec: dict[str, Any]) -> str:
 _INT = {int}
 
 
+def _page_lines(ev: str, seq: int, t: float, cols: tuple) -> list[str]:
+    """The lines of an emit_pages batch, each exactly what `_encode` gives its dict."""
+    ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via = cols
+    t = round(t, 6)
+    words = {ev, home_from, home_to, reason} | ({via} if via is not None else set())
+    fast = (
+        words <= _WORDS
+        and type(ino) is int
+        and type(t) is float
+        and {type(x) for c in (index, pfn_from, pfn_to, refcount, mapcount) for x in c} <= _INT
+    )
+    out = []
+    for k in range(len(index)):
+        if fast:
+            line = _PAGE_FMT % (
+                schema.SCHEMA_VERSION,
+                seq + k,
+                t,
+                ev,
+                ino,
+                index[k],
+                pfn_from[k],
+                pfn_to[k],
+                home_from,
+                home_to,
+                reason,
+                refcount[k],
+                mapcount[k],
+            )
+            out.append(line + ("}" if via is None else ',"via":"' + via + '"}'))
+            continue
+        rec = {"v": schema.SCHEMA_VERSION, "seq": seq + k, "t": t, "ev": ev, "ino": ino}
+        rec.update(index=index[k], pfn_from=pfn_from[k], pfn_to=pfn_to[k])
+        rec.update({"from": home_from, "to": home_to, "reason": reason})
+        rec.update(refcount=refcount[k], mapcount=mapcount[k])
+        if via is not None:
+            rec["via"] = via
+        out.append(_ENCODE(rec))
+    return out
+
+
 class EventWriter:
     """Appends events to `path` (docs/EVENTS.md); `trace_faults` asks mm for per-fault events."""
 
@@ -84,7 +125,8 @@ class EventWriter:
         self._clock = clock
         self._t0 = clock()
         self._seq = 0
-        self._buf: list[dict[str, Any]] = []
+        self._buf: list[Any] = []  # event dicts, and page-event batches (emit_pages)
+        self._pending = 0
         self._fd: int | None = os.open(
             self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
         )
@@ -101,21 +143,56 @@ class EventWriter:
         rec = {"v": schema.SCHEMA_VERSION, "seq": seq, "t": self._clock() - self._t0, "ev": ev}
         rec.update(fields)
         self._buf.append(rec)
+        self._pending += 1
         return seq
+
+    def emit_pages(
+        self,
+        ev: str,
+        ino: int,
+        index: list[int],
+        pfn_from: list[int],
+        pfn_to: list[int],
+        home_from: str,
+        home_to: str,
+        reason: str,
+        refcount: list[int],
+        mapcount: list[int],
+        via: str | None = None,
+    ) -> None:
+        """A batch of page events of one kind and file (migrate, writeback, cow), one per
+        element of the lists: the lines `emit` would write for each, with consecutive
+        seqs and one `t`. Kept as columns until `flush`, which formats them from the
+        template (the mm's batches log thousands of pages a second)."""
+        n = len(index)
+        if not n:
+            return
+        seq = self._seq
+        self._seq = seq + n
+        t = self._clock() - self._t0
+        cols = (ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via)
+        self._buf.append((ev, seq, t, cols))
+        self._pending += n
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        return self._pending
 
     def flush(self) -> None:
         """Append every buffered event as whole lines, in one write."""
         if not self._buf or self._fd is None:
             return
         buf, self._buf = self._buf, []
+        self._pending = 0
         encode = _encode
+        lines: list[str] = []
         for rec in buf:
-            rec["t"] = round(rec["t"], 6)
-        data = ("\n".join([encode(r) for r in buf]) + "\n").encode()
+            if type(rec) is tuple:
+                lines.extend(_page_lines(*rec))
+            else:
+                rec["t"] = round(rec["t"], 6)
+                lines.append(encode(rec))
+        data = ("\n".join(lines) + "\n").encode()
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
@@ -151,6 +228,36 @@ class NullEventWriter:
         seq = self._seq
         self._seq = seq + 1
         return seq
+
+    def emit_pages(
+        self,
+        ev: str,
+        ino: int,
+        index: list[int],
+        pfn_from: list[int],
+        pfn_to: list[int],
+        home_from: str,
+        home_to: str,
+        reason: str,
+        refcount: list[int],
+        mapcount: list[int],
+        via: str | None = None,
+    ) -> None:
+        """EventWriter.emit_pages: here one `emit` per page."""
+        extra = {} if via is None else {"via": via}
+        for k in range(len(index)):
+            self.emit(
+                ev,
+                ino=ino,
+                index=index[k],
+                pfn_from=pfn_from[k],
+                pfn_to=pfn_to[k],
+                **{"from": home_from, "to": home_to},
+                reason=reason,
+                refcount=refcount[k],
+                mapcount=mapcount[k],
+                **extra,
+            )
 
     @property
     def pending(self) -> int:

@@ -213,30 +213,69 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
     BUG_ON(bool(np.any(blocks <= 0)), "write_pages returned no block", f"ino {mapping.host}")
     m.page_block[pages] = blocks
     m.flags[pages] &= ~np.uint32(PG_WRITEBACK | PG_LOCKED)
-    emit = m.events.emit
-    host = int(mapping.host)
-    base = m.nvram_base_pfn
-    for page, index, block, ref, mc in zip(
-        plist,
-        indices.tolist(),
-        blocks.tolist(),
-        m._refcount[pages].tolist(),
-        m._mapcount[pages].tolist(),
-        strict=True,
-    ):
-        emit(
-            schema.WRITEBACK,
-            ino=host,
-            index=index,
-            pfn_from=page,
-            pfn_to=base + block,
-            **{"from": schema.PAGECACHE, "to": schema.XIP},
-            reason=reason,
-            refcount=ref,
-            mapcount=mc + 1,
-        )
+    emit_page_events(
+        m,
+        schema.WRITEBACK,
+        int(mapping.host),
+        indices,
+        pages,
+        blocks + m.nvram_base_pfn,
+        schema.PAGECACHE,
+        schema.XIP,
+        reason,
+        pages,
+    )
     Stats.bump(m.stats.writebacks, reason, len(plist))
     return len(plist)
+
+
+# emit_page_events: one migrate/writeback/cow event per page of a batch of
+# one file (log_page_event's fields; refcount and mapcount read from the
+# struct pages of `counted`, or given as `counts`), as one emit_pages call
+# when the log has it.
+def emit_page_events(
+    m: Machine,
+    ev: str,
+    ino: int,
+    indices: np.ndarray,
+    pfn_from: np.ndarray,
+    pfn_to: np.ndarray,
+    home_from: str,
+    home_to: str,
+    reason: str,
+    counted: np.ndarray,
+    via: str | None = None,
+    counts: tuple[int, int] | None = None,
+) -> None:
+    cols = (
+        np.asarray(indices).tolist(),
+        np.asarray(pfn_from).tolist(),
+        np.asarray(pfn_to).tolist(),
+    )
+    if counts is None:
+        ref = m._refcount[counted].tolist()
+        mc = (m._mapcount[counted] + 1).tolist()
+    else:  # the counts every page had at the moment the event stands for
+        ref = [counts[0]] * len(cols[0])
+        mc = [counts[1]] * len(cols[0])
+    emit_pages = getattr(m.events, "emit_pages", None)
+    if emit_pages is not None:
+        emit_pages(ev, ino, *cols, home_from, home_to, reason, ref, mc, via)
+        return
+    extra = {} if via is None else {"via": via}
+    for k in range(len(ref)):
+        m.events.emit(
+            ev,
+            ino=ino,
+            index=cols[0][k],
+            pfn_from=cols[1][k],
+            pfn_to=cols[2][k],
+            **{"from": home_from, "to": home_to},
+            reason=reason,
+            refcount=ref[k],
+            mapcount=mc[k],
+            **extra,
+        )
 
 
 def _mkclean_fs_ptes(vma: VMA, pages: np.ndarray, indices: np.ndarray) -> None:

@@ -46,6 +46,7 @@ from .filemap import (
     cancel_dirty_page,
     delete_from_page_cache,
     dirty_indices,
+    emit_page_events,
     write_cache_pages,
     xip_file_vm_ops,
     xip_map_pages,
@@ -688,20 +689,22 @@ class MemoryManager:
             self._touched.append(chunk)
         if nh < npg:
             Stats.bump(st.cow_via, schema.VIA_PFN_MKWRITE, npg - nh)
-            emit = self.events.emit
-            for k in np.flatnonzero(~hole).tolist():
-                emit(
-                    schema.COW,
-                    ino=ino,
-                    index=first + k,
-                    pfn_from=int(src[k]),
-                    pfn_to=frames_l[k],
-                    **{"from": schema.XIP, "to": schema.PAGECACHE},
-                    reason=schema.REASON_WRITE,
-                    refcount=1,
-                    mapcount=0,
-                    via=schema.VIA_PFN_MKWRITE,
-                )
+            cow = np.flatnonzero(~hole)
+            emit_page_events(
+                m,
+                schema.COW,
+                ino,
+                idx[cow],
+                src[cow],
+                frames[cow],
+                schema.XIP,
+                schema.PAGECACHE,
+                schema.REASON_WRITE,
+                frames[cow],
+                via=schema.VIA_PFN_MKWRITE,
+                # As pfn_mkwrite left each: the page cache's reference, not yet mapped.
+                counts=(1, 0),
+            )
         return True
 
     # -- truncate / evict -----------------------------------------------------

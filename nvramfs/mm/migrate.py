@@ -17,7 +17,13 @@ import numpy as np
 
 from ..events import schema
 from .bug import BUG_ON
-from .filemap import AddressSpace, delete_from_page_cache, mapping_bmap, write_cache_pages
+from .filemap import (
+    AddressSpace,
+    delete_from_page_cache,
+    emit_page_events,
+    mapping_bmap,
+    write_cache_pages,
+)
 from .flags import _PAGE_ACCESSED, _PAGE_BMAP, _PAGE_DIRTY, _PAGE_PRESENT, PTE_PFN_SHIFT
 from .machine import (
     PG_ANON,
@@ -152,27 +158,18 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
         return 0
     _delete_from_page_cache_many(mapping, pages, idx)
     Stats.bump(m.stats.demote, reason, len(pages))
-    emit = m.events.emit
-    host = int(mapping.host)
-    for page, index, pfn, ref, mc in zip(
-        pages.tolist(),
-        idx.tolist(),
-        pfns.tolist(),
-        m._refcount[pages].tolist(),
-        m._mapcount[pages].tolist(),
-        strict=True,
-    ):
-        emit(
-            schema.MIGRATE,
-            ino=host,
-            index=index,
-            pfn_from=page,
-            pfn_to=pfn,
-            **{"from": schema.PAGECACHE, "to": schema.XIP},
-            reason=reason,
-            refcount=ref,
-            mapcount=mc + 1,
-        )
+    emit_page_events(
+        m,
+        schema.MIGRATE,
+        int(mapping.host),
+        idx,
+        pages,
+        pfns,
+        schema.PAGECACHE,
+        schema.XIP,
+        reason,
+        pages,
+    )
     return len(pages)
 
 

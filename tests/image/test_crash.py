@@ -382,3 +382,36 @@ def test_power_cut_inside_batched_writeback_of_an_append(fast_dir: Path) -> None
         last = len(got)
         checked += 1
     assert checked == rec.fences() + 1 and grew > 10
+
+
+def test_one_msync_per_fence_whatever_the_batch(fast_dir: Path) -> None:
+    """`Persist.msyncs` (stats: writeback.msyncs) counts one msync per fence that has
+    flushed ranges: a writeback batch that maps new blocks costs five (data, journal,
+    checkpoint, superblock A, B) whether it holds 1 page or 64; an in-place rewrite
+    with no size change costs one."""
+    base = fast_dir / "m.img"
+    mkfs(base, size=4 << 20)
+    rec = RecordingPersist()
+    img = Image.open(base, persist=rec)
+    f = img.create(1, b"f", 0o644, 0, 0)
+    img.reserve(65)
+    costs = []
+    for idx in (np.array([0]), np.arange(1, 65)):
+        before = rec.msyncs
+        img.write_pages(f, idx, [pg(7)] * len(idx), size=(int(idx[-1]) + 1) * BS)
+        costs.append(rec.msyncs - before)
+    before = rec.msyncs
+    img.write_pages(f, np.arange(0, 64, 2), [pg(9)] * 32)
+    costs.append(rec.msyncs - before)
+    assert costs == [5, 5, 1]
+    flushed_fences = 0
+    pending = False
+    for op in rec.log:
+        if op.kind == "flush":
+            pending = True
+        elif op.kind == "fence":
+            flushed_fences += pending
+            pending = False
+    assert rec.msyncs == flushed_fences
+    assert img.getattr(f).size == 65 * BS
+    img.close()

@@ -239,3 +239,37 @@ def test_page_events_are_logged_as_the_json_encoder_would(tmp_path) -> None:
     got = list(read_events(tmp_path / "log.jsonl"))  # (the reader skips the bool ino)
     assert [e["reason"] for e in got[:3]] == ["background", "write", 'odd "word"']
     assert got[1]["via"] == "pfn_mkwrite"
+
+
+def test_emit_pages_writes_the_lines_emit_would(tmp_path) -> None:
+    from nvramfs.events.writer import EventWriter
+
+    class Clock:
+        now = 5.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    batches = [
+        (schema.WRITEBACK, 2, [0, 1], [7, 8], [1 << 20, (1 << 20) + 1], "pagecache", "xip",
+         "background", [1, 1], [0, 0], None),
+        (schema.COW, 3, [4], [(1 << 20) + 9], [9], "xip", "pagecache", "write", [1], [0],
+         "pfn_mkwrite"),
+        (schema.MIGRATE, 2, [5], [3], [11], "pagecache", "xip", 'not "a word"', [0], [0], None),
+    ]  # fmt: skip
+    out = []
+    for use_batch in (False, True):
+        w = EventWriter(tmp_path / f"{use_batch}.jsonl", clock=Clock())
+        for ev, ino, idx, pf, pt, hf, ht, reason, ref, mc, via in batches:
+            if use_batch:
+                w.emit_pages(ev, ino, idx, pf, pt, hf, ht, reason, ref, mc, via)
+            else:
+                for k in range(len(idx)):
+                    extra = {} if via is None else {"via": via}
+                    w.emit(ev, ino=ino, index=idx[k], pfn_from=pf[k], pfn_to=pt[k],
+                           **{"from": hf, "to": ht}, reason=reason, refcount=ref[k],
+                           mapcount=mc[k], **extra)  # fmt: skip
+        assert w.pending == 4
+        w.close()
+        out.append((tmp_path / f"{use_batch}.jsonl").read_text())
+    assert out[0] == out[1] and out[0].count("\n") == 4
