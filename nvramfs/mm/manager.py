@@ -144,6 +144,13 @@ class MemoryManager:
         # wait at the second (global_dirty_limits).
         self.dirty_background_thresh = max(1, int(dram_pages * dirty_background_ratio))
         self.dirty_thresh = max(self.dirty_background_thresh + 1, int(dram_pages * dirty_ratio))
+        # balance_dirty_pages_ratelimited: the dirty frames are counted (a pass over
+        # every struct page) once this many pages were written since the last count,
+        # a small part of the gap between the thresholds.
+        self.ratelimit_pages = max(
+            1, min(SWAP_CLUSTER_MAX, (self.dirty_thresh - self.dirty_background_thresh) // 8)
+        )
+        self._written_since_check = 0
         self.clock = clock
         self.trace_faults = bool(getattr(self.events, "trace_faults", False))
         # Bounded so that one tick (which blocks every request) stays short.
@@ -561,6 +568,7 @@ class MemoryManager:
         mapping = vma.vm_file
         if offset + n > mapping.i_size:
             mapping.i_size = offset + n
+        self._written_since_check += ((offset + n - 1) >> PAGE_SHIFT) - (offset >> PAGE_SHIFT) + 1
 
     def _write_pages(self, vma: VMA, offset: int, mv: memoryview) -> None:
         """Stores page by page: a writable pte is a hit, anything else faults."""
@@ -841,7 +849,12 @@ class MemoryManager:
         the flusher) or BDP_THROTTLE (at dirty_limit: the write's reply must wait
         until writeback_batch calls bring the dirty frames under the limit; counted
         and logged as a `throttle` event). A function of the mm state only, so a
-        replay of the same calls throttles the same writes."""
+        replay of the same calls throttles the same writes. As the kernel's
+        balance_dirty_pages_ratelimited, the count is taken only once
+        `ratelimit_pages` pages were written since the last one (BDP_OK meanwhile)."""
+        if self._written_since_check < self.ratelimit_pages:
+            return BDP_OK
+        self._written_since_check = 0
         nr = self.nr_dirty()
         if nr <= self.dirty_background_thresh:
             return BDP_OK

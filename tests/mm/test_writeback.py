@@ -273,3 +273,17 @@ def test_emit_pages_writes_the_lines_emit_would(tmp_path) -> None:
         w.close()
         out.append((tmp_path / f"{use_batch}.jsonl").read_text())
     assert out[0] == out[1] and out[0].count("\n") == 4
+
+
+def test_balance_dirty_pages_is_ratelimited(make_mm) -> None:
+    """The dirty count (a pass over every struct page) is taken once per
+    ratelimit_pages pages written, as balance_dirty_pages_ratelimited does."""
+    mm, backing, ev = make_mm(dram_pages=1000, dirty_background_ratio=0.1, dirty_ratio=0.2)
+    assert mm.ratelimit_pages == 12
+    mm.write(2, 0, bytes(150 * PAGE))
+    assert mm.balance_dirty_pages(2) == BDP_BACKGROUND
+    got = []
+    for i in range(12):
+        mm.write(2, (150 + i) * PAGE, b"x")
+        got.append(mm.balance_dirty_pages(2))
+    assert got == [BDP_OK] * 11 + [BDP_BACKGROUND]
