@@ -13,6 +13,12 @@ ACCESS = "access"
 FAULT = "fault"
 ERROR = "error"
 UNMOUNT = "unmount"
+# Page-cache pages (and XIP ptes) dropped unwritten: truncate, O_TRUNC, evict.
+DROP = "drop"
+# Bytes of a page zeroed in place (the tail of the last page on truncate).
+ZERO_EV = "zero"
+# A store written straight into NVRAM (kernel=2.6.26: a raw pfn made writable).
+XIP_WRITE = "xip_write"
 THROTTLE = "throttle"
 
 EVENT_TYPES = (
@@ -26,6 +32,9 @@ EVENT_TYPES = (
     FAULT,
     ERROR,
     UNMOUNT,
+    DROP,
+    ZERO_EV,
+    XIP_WRITE,
     THROTTLE,
 )
 
@@ -45,6 +54,9 @@ REASON_FSYNC = "fsync"
 REASON_DEMOTE = "demote"
 REASON_DIRTY_EXPIRE = "dirty_expire"
 REASON_SYNC = "sync"
+REASON_TRUNCATE = "truncate"
+REASON_O_TRUNC = "o_trunc"
+REASON_EVICT = "evict"
 REASON_BACKGROUND = "background"
 
 # COW paths.
@@ -53,6 +65,9 @@ VIA_WP_PAGE_COPY = "wp_page_copy"
 # A store to an unmapped page cache page through a private vma (tests and
 # trace replays only): copied into an anonymous page before it is mapped.
 VIA_DO_COW_FAULT = "do_cow_fault"
+# kernel=2.6.26: do_wp_page made a raw pfn of a shared mapping writable in
+# place (the store reached NVRAM, as __xip_file_write did for write(2)).
+VIA_XIP_FILE_WRITE = "__xip_file_write"
 
 # Fault kinds (keys of counters.faults).
 FAULT_KINDS = ("xip_read", "pagecache_hit", "cow", "write_reuse", "hole")

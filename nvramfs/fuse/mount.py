@@ -205,6 +205,8 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
         kw["policy"] = opts.policy
     if "nr_nvram_pages" in params:
         kw["nr_nvram_pages"] = img.nr_blocks
+    if opts.kernel != "modern":
+        kw["kernel"] = opts.kernel
     if opts.writeback is not None:
         for name in ("writeback_seconds", "dirty_expire", "writeback", "dirty_expire_seconds"):
             if name in params:
@@ -323,6 +325,7 @@ def serve(
         page_size=PAGE_SIZE,
         policy=policy,
         pte_special=bool(getattr(getattr(mm, "machine", None), "pte_special", True)),
+        kernel=str(getattr(getattr(mm, "machine", None), "kernel", opts.kernel)),
         cache=opts.cache,
         sim=opts.sim,
         recovered=recovered,

@@ -683,6 +683,8 @@ class Operations(pyfuse3.Operations):
         entry = self._attr(inode)
         if stat.S_ISDIR(entry.st_mode):
             raise FUSEError(errno.EISDIR)
+        if stat.S_ISREG(entry.st_mode):
+            self.mm.set_size(inode, entry.st_size)  # mapped accesses fault against it
         fh = self._new_fh(OpenFile(inode, entry, writable, uid=ctx.uid))
         return self._file_info(fh)
 
@@ -694,6 +696,7 @@ class Operations(pyfuse3.Operations):
         self._check_new(parent_inode, name)
         uid, gid, mode = self._ctx_ids(parent_inode, ctx, mode)
         ino = self.img.create(parent_inode, name, mode, uid, gid, 0)
+        self.mm.set_size(ino, 0)
         entry = await self._new_entry(parent_inode, name, ino)
         fh = self._new_fh(OpenFile(ino, entry, True, uid=ctx.uid))
         return self._file_info(fh), entry

@@ -18,6 +18,9 @@ from nvramfs.errors import UsageError
 
 PAGE_SIZE = 4096
 DEFAULT_DRAM = 64 << 20
+# The kernels whose mm rules the simulation can run (nvramfs.mm.machine.KERNELS;
+# spelled here too so that parsing options does not import the simulation).
+KERNELS = ("2.6.26-rc1", "2.6.26", "modern")
 
 # Option help, in the order `nvramfs mount --help` lists it.
 OPTION_HELP = [
@@ -34,6 +37,9 @@ OPTION_HELP = [
     ("sim=on|off", "off: serve straight from the image, no simulation (benchmark baseline)"),
     ("trace_faults", "log one `fault` event per page fault (many)"),
     ("writeback=SECONDS", "write dirty frames back after this long (default 5)"),
+    ("kernel=NAME", "whose mm rules the simulation runs: modern (default), 2.6.26 (stores"),
+    ("", "to XIP pages go into NVRAM in place), 2.6.26-rc1 (needs ro: its write fault"),
+    ("", "copies XIP pages into anonymous memory); see docs/ARCHITECTURE.md"),
     ("dirty_background=PCT", "background writeback past this % of the DRAM budget dirty (10)"),
     ("dirty_limit=PCT", "writers wait for writeback at this % of the budget dirty (20)"),
     ("noatime, strictatime", "access times on read (default relatime)"),
@@ -91,6 +97,7 @@ class MountOptions:
     sim: bool = True
     trace_faults: bool = False
     writeback: float | None = None
+    kernel: str = "modern"
     dirty_background: float | None = None  # percent of the DRAM budget
     dirty_limit: float | None = None  # percent of the DRAM budget
     vfs_flags: list[str] = field(default_factory=list)
@@ -132,6 +139,10 @@ def parse_options(groups: list[str] | None) -> MountOptions:
             word = word.strip()
             if word:
                 _apply(opts, word)
+    if opts.kernel == "2.6.26-rc1" and not opts.readonly:
+        # Its do_wp_page copies a raw pfn into an anonymous page even in a shared
+        # mapping: every write to an XIP page would be lost (fixed in 2.6.26).
+        raise UsageError("kernel=2.6.26-rc1 loses writes to XIP pages: mount it with -o ro")
     return opts
 
 
@@ -167,6 +178,12 @@ def _apply(opts: MountOptions, word: str) -> None:
         if value not in ("on", "off"):
             raise UsageError(f"sim={value}: use sim=on or sim=off")
         opts.sim = value == "on"
+    elif key == "kernel" and eq:
+        if value not in KERNELS:
+            raise UsageError(
+                f"kernel={value}: use kernel=modern, kernel=2.6.26 or kernel=2.6.26-rc1"
+            )
+        opts.kernel = value
     elif key == "writeback" and eq:
         try:
             opts.writeback = float(value)

@@ -43,6 +43,11 @@ class Backing(Protocol):
         ...
 
 
+# Optional: a backing that also has `i_size(ino) -> int | None` tells mm each file's
+# size when mm first sees the file (MemBacking does); otherwise the FUSE layer tells
+# it with MemoryManager.set_size.
+
+
 class MemBacking:
     """An NVRAM device in a numpy array: block 0 is never a data block (0 means hole).
 
@@ -56,7 +61,8 @@ class MemBacking:
         self._dev = np.zeros((nr_blocks, PAGE_SIZE), dtype=np.uint8)
         self._view = memoryview(self._dev.reshape(-1)).toreadonly()
         self._files: dict[int, np.ndarray] = {}
-        self.sizes: dict[int, int] = {}  # each file's size on the device
+        self._sizes: dict[int, int] = {}
+        self.sizes = self._sizes  # each file's size on the device (tests read it)
         self._free: list[int] = list(range(nr_blocks - 1, 0, -1))
         self.bmap_calls = 0
         self.writes = 0
@@ -133,6 +139,21 @@ class MemBacking:
             self.advance_size(ino, size, still_dirty)
         return out
 
+    def i_size(self, ino: int) -> int | None:
+        """The file's size as last created or set (None: no such file)."""
+        return self._sizes.get(ino)
+
+    def set_size(self, ino: int, size: int) -> None:
+        """What the image's setattr(size) does on a real mount: free the blocks of pages past
+        the new end and zero the rest of the last partial block in place."""
+        self.truncate(ino, (size + PAGE_SIZE - 1) // PAGE_SIZE)
+        tail = size % PAGE_SIZE
+        if tail:
+            b = int(self.bmap(ino, size // PAGE_SIZE, 1)[0])
+            if b:
+                self._dev[b, tail:] = 0
+        self._sizes[ino] = size
+
     def advance_size(self, ino: int, size: int, still_dirty: np.ndarray | None) -> None:
         """The ordered-data size rule (as Image._advance_size)."""
         disk = self.sizes.get(ino, 0)
@@ -159,6 +180,7 @@ class MemBacking:
     def remove(self, ino: int) -> None:
         self.truncate(ino, 0)
         self._files.pop(ino, None)
+        self._sizes.pop(ino, None)
 
     def read_file(self, ino: int, npages: int) -> bytes:
         """The file's pages as NVRAM holds them (holes read as zeroes)."""

@@ -40,13 +40,14 @@ import numpy as np
 from ..events import schema
 from ..events.writer import NullEventWriter
 from .backing import Backing
-from .bug import BUG_ON, MMBug
+from .bug import BUG_ON, MMBug, VMFaultSignal
 from .filemap import (
     AddressSpace,
     cancel_dirty_page,
     delete_from_page_cache,
     dirty_indices,
     emit_page_events,
+    mapping_bmap,
     write_cache_pages,
     xip_file_vm_ops,
     xip_map_pages,
@@ -63,6 +64,8 @@ from .flags import (
     PTE_PFN_SHIFT,
     VM_FAULT_ERROR,
     VM_FAULT_OOM,
+    VM_FAULT_SIGBUS,
+    VM_FAULT_SIGSEGV,
     VM_MAYREAD,
     VM_MAYSHARE,
     VM_MAYWRITE,
@@ -72,6 +75,7 @@ from .flags import (
     VM_WRITE,
 )
 from .machine import (
+    KERNEL_MODERN,
     PG_ANON,
     PG_DIRTY,
     PG_LOCKED,
@@ -81,7 +85,7 @@ from .machine import (
     Machine,
 )
 from .memory import handle_mm_fault, unmap_mapping_pages
-from .migrate import demote, demote_clean_pages, promote
+from .migrate import demote, demote_clean_pages, promote, reclaimable_frames
 from .policy import Policy, make_policy
 from .stats import Stats, fault_kind
 from .vma import PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
@@ -107,6 +111,18 @@ BDP_BACKGROUND = 1  # over dirty_background: wake the flusher
 BDP_THROTTLE = 2  # at dirty_limit: the writer waits while the flusher writes back
 
 
+def _vma_name(vma: VMA, addr: int) -> str:
+    """The vma of a failed access, for an error message: the filesystem's own, or a process's."""
+    ino = vma.vm_file.host if vma.vm_file is not None else 0
+    index = vma.linear_page_index(addr)
+    if vma.fs_owned:
+        return f"the filesystem's own vma of ino {ino}, page {index}"
+    return (
+        f"process vma {vma.vm_mm.name or '?'} [{vma.vm_start:#x}, {vma.vm_end:#x}) of ino {ino}, "
+        f"address {addr:#x} (page {index})"
+    )
+
+
 class MemoryManager:
     """The simulated VM behind every FUSE read and write (docs/ARCHITECTURE.md)."""
 
@@ -116,9 +132,10 @@ class MemoryManager:
         dram_pages: int,
         policy: str = "2q",
         events: Any = None,
-        pte_special: bool = True,
+        pte_special: bool | None = None,
         nr_nvram_pages: int | None = None,
         *,
+        kernel: str = KERNEL_MODERN,
         writeback_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         max_promote_per_tick: int | None = None,
@@ -131,7 +148,7 @@ class MemoryManager:
                 f"< dirty_limit ({dirty_ratio:g}) <= 1"
             )
         self.backing = backing
-        m = self.machine = Machine(dram_pages, pte_special=pte_special)
+        m = self.machine = Machine(dram_pages, pte_special=pte_special, kernel=kernel)
         self.events = events if events is not None else NullEventWriter()
         m.events = self.events
         m.clock = clock
@@ -189,6 +206,11 @@ class MemoryManager:
         return self.machine.pte_special
 
     @property
+    def kernel(self) -> str:
+        """The kernel whose rules the machine runs: `2.6.26-rc1`, `2.6.26` or `modern`."""
+        return self.machine.kernel
+
+    @property
     def dram_pages(self) -> int:
         """The DRAM budget in frames."""
         return self.machine.dram_pages
@@ -231,6 +253,9 @@ class MemoryManager:
             if ino <= 0:
                 raise ValueError(f"inode number {ino} is not valid")
             mapping = self._spaces[ino] = AddressSpace(ino, self.machine, self.backing)
+            i_size = getattr(self.backing, "i_size", None)
+            if i_size is not None:
+                mapping.i_size = i_size(ino)
             mm = MMStruct(self.machine, f"fs:{ino}")
             vma = VMA(
                 vm_mm=mm,
@@ -280,8 +305,23 @@ class MemoryManager:
         vma.vm_mm.vmas.remove(vma)
 
     def access(self, vma: VMA, addr: int, write: bool) -> int:
-        """One load or store at `addr` of any vma: fault until the pte allows it; returns the pfn."""
+        """One load or store at `addr` of any vma: fault until the pte allows it; returns the pfn.
+        An access the kernel would answer with a signal raises VMFaultSignal."""
         return self._fault(vma, addr, write)
+
+    def set_size(self, ino: int, size: int) -> None:
+        """i_size_write: tell mm the file's size, which mapped accesses fault against (a page
+        wholly past it is SIGBUS). For sizes mm learns from elsewhere (a file opened or
+        created); `write` extends the size itself and `truncate` sets it, so a shrink goes
+        through `truncate` (which drops the pages past the new end)."""
+        if size < 0:
+            raise ValueError("negative size")
+        self.address_space(ino).i_size = size
+
+    def i_size(self, ino: int) -> int | None:
+        """The size mm knows for `ino` (None: never told)."""
+        mapping = self._spaces.get(ino)
+        return None if mapping is None else mapping.i_size
 
     # -- faults -----------------------------------------------------------------
 
@@ -300,7 +340,12 @@ class MemoryManager:
             if ret & VM_FAULT_ERROR:
                 if ret & VM_FAULT_OOM:
                     raise OSError(errno.ENOMEM, "mm: DRAM budget exhausted, nothing reclaimable")
-                raise MMBug("fault on the filesystem's own vma failed", f"vm_fault_t {ret:#x}")
+                where = f"{'store to' if write else 'load from'} {_vma_name(vma, addr)}"
+                if ret & VM_FAULT_SIGBUS:
+                    raise VMFaultSignal("SIGBUS", where)
+                if ret & VM_FAULT_SIGSEGV:
+                    raise VMFaultSignal("SIGSEGV", where)
+                raise MMBug(f"fault failed: {where}", f"vm_fault_t {ret:#x}")
         else:
             raise MMBug("fault did not converge", f"addr {addr:#x} write {write}")
         chunk, slot = mm.get_locked_pte(addr)
@@ -553,7 +598,16 @@ class MemoryManager:
         if vma is None:
             self.address_space(ino)
             vma = self._vmas[ino]
-        if n > PAGE_SIZE and self.store_batching:
+        # write(2) extends the file before its stores (so an append never faults
+        # past the end of the file).
+        mapping = vma.vm_file
+        size = mapping.i_size
+        if size is not None and offset + n > size:
+            mapping.i_size = offset + n
+        if offset + n > mapping.written_end:
+            mapping.written_end = offset + n
+        self._written_since_check += ((offset + n - 1) >> PAGE_SHIFT) - (offset >> PAGE_SHIFT) + 1
+        if n > PAGE_SIZE and self.store_batching and self.machine.modern:
             pos = 0
             while pos < n:
                 at = offset + pos
@@ -565,15 +619,12 @@ class MemoryManager:
                 pos += k
         else:
             self._write_pages(vma, offset, mv)
-        mapping = vma.vm_file
-        if offset + n > mapping.i_size:
-            mapping.i_size = offset + n
-        self._written_since_check += ((offset + n - 1) >> PAGE_SHIFT) - (offset >> PAGE_SHIFT) + 1
 
     def _write_pages(self, vma: VMA, offset: int, mv: memoryview) -> None:
         """Stores page by page: a writable pte is a hit, anything else faults."""
         n = len(mv)
-        ino = vma.vm_file.host
+        mapping = vma.vm_file
+        ino = mapping.host
         mm = vma.vm_mm
         st = self.stats_
         rw = self._data_rw
@@ -593,16 +644,50 @@ class MemoryManager:
                 pfn = pte >> PTE_PFN_SHIFT
             else:
                 pfn = self._fault(vma, addr, True)
-            BUG_ON(
-                not 0 < pfn < self._nr_frames,
-                "store through a writable pte that maps no frame",
-                f"ino {ino} index {index} pfn {pfn:#x}",
-            )
-            start = (pfn << 12) + off
-            rw[start : start + k] = mv[pos : pos + k]
+            if pfn >= self._base and not self.machine.modern:
+                # kernel=2.6.26: the raw pfn was made writable in place.
+                self._xip_store(mapping, index, pfn, off, mv[pos : pos + k])
+            else:
+                BUG_ON(
+                    not 0 < pfn < self._nr_frames,
+                    "store through a writable pte that maps no frame",
+                    f"ino {ino} index {index} pfn {pfn:#x}",
+                )
+                start = (pfn << 12) + off
+                rw[start : start + k] = mv[pos : pos + k]
             self._count(chunk, slot, True)
             st.writes += 1
             pos += k
+
+    def _xip_store(self, mapping: AddressSpace, index: int, pfn: int, off: int, data: Any) -> None:
+        """A store through a writable raw pfn (kernel=2.6.26): the bytes go straight into the
+        NVRAM block (the backing rewrites the page, durable on return), as 2.6.26's
+        __xip_file_write copied write(2) into XIP memory. A device that puts the page
+        elsewhere (log-structured) gets the file's ptes of the old pfn torn down."""
+        block = pfn - self._base
+        page = bytearray(self._block_view(block))
+        page[off : off + len(data)] = data
+        idx = np.array([index], dtype=np.int64)
+        new = int(np.asarray(self.backing.write_pages(mapping.host, idx, [page]))[0])
+        BUG_ON(new <= 0, "write_pages returned no block", f"ino {mapping.host} index {index}")
+        if new != block:
+            unmap_mapping_pages(mapping, index, 1, False)
+            vma = mapping.fs_vma
+            if vma is not None:
+                chunk, slot = vma.vm_mm.get_locked_pte(vma.page_address(index))
+                chunk.pte[slot] = ((self._base + new) << PTE_PFN_SHIFT) | _PAGE_BMAP
+        self.stats_.xip_writes += 1
+        self.events.emit(
+            schema.XIP_WRITE,
+            ino=mapping.host,
+            index=index,
+            pfn_from=pfn,
+            pfn_to=self._base + new,
+            offset=off,
+            length=len(data),
+            reason=schema.REASON_WRITE,
+            via=schema.VIA_XIP_FILE_WRITE,
+        )
 
     def _store_fault_batch(self, vma: VMA, offset: int, mv: memoryview) -> bool:
         """Stores into pages of one page-table chunk of the filesystem's vma that all
@@ -695,6 +780,21 @@ class MemoryManager:
         if chunk.gen != self._gen:
             chunk.gen = self._gen
             self._touched.append(chunk)
+        if nh:
+            # Each hole fill is a zeroed frame (_new_cache_page's `zero` event).
+            Stats.bump(st.zeroed, schema.REASON_WRITE, nh)
+            emit = self.events.emit
+            for k in np.flatnonzero(hole).tolist():
+                emit(
+                    schema.ZERO_EV,
+                    ino=ino,
+                    index=first + k,
+                    home=schema.PAGECACHE,
+                    pfn=frames_l[k],
+                    offset=0,
+                    length=PAGE_SIZE,
+                    reason=schema.REASON_WRITE,
+                )
         if nh < npg:
             Stats.bump(st.cow_via, schema.VIA_PFN_MKWRITE, npg - nh)
             cow = np.flatnonzero(~hole)
@@ -717,29 +817,60 @@ class MemoryManager:
 
     # -- truncate / evict -----------------------------------------------------
 
-    def _peek(self, mapping: AddressSpace, index: int) -> memoryview | None:
-        """The current contents of a file page without an access (None: a hole)."""
-        page = mapping.pages.get(index)
-        if page is not None:
-            return self._data_view[page << 12 : (page + 1) << 12]
-        from .filemap import mapping_bmap
+    def _xip_ptes(self, mapping: AddressSpace, first: int) -> int:
+        """How many present raw NVRAM ptes map file pages >= first, in every vma of the file."""
+        base = self._base
+        n = 0
+        for vma in mapping.i_mmap:
+            vlast = vma.vm_pgoff + vma.nr_pages - 1
+            lo = max(first, vma.vm_pgoff)
+            if lo > vlast:
+                continue
+            v0 = (vma.vm_start >> PAGE_SHIFT) + lo - vma.vm_pgoff
+            v1 = (vma.vm_start >> PAGE_SHIFT) + vlast - vma.vm_pgoff
+            c0, c1 = v0 >> PTE_SHIFT, v1 >> PTE_SHIFT
+            for no, chunk in vma.vm_mm.pgd.items():
+                if not c0 <= no <= c1:
+                    continue
+                s = v0 - (no << PTE_SHIFT) if no == c0 else 0
+                e = v1 - (no << PTE_SHIFT) + 1 if no == c1 else PTRS_PER_PTE
+                p = chunk.pte_np[s:e]
+                n += int(
+                    np.count_nonzero(((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) >= base))
+                )
+        return n
 
-        pfn = mapping_bmap(mapping, index)
-        if not pfn:
-            return None
-        if pfn < self._nr_frames:
-            return self._data_view[pfn << 12 : (pfn + 1) << 12]
-        return self._block_view(pfn - self._base)
-
-    def _drop_pages(self, mapping: AddressSpace, first: int) -> None:
-        """Take page-cache pages >= first out of the cache, unwritten; drop the vma's hints."""
+    def _drop_pages(self, mapping: AddressSpace, first: int, reason: str) -> None:
+        """Take page-cache pages >= first out of the cache, unwritten (truncate_inode_pages);
+        tear down every pte of them, private COWs too; drop the vma's hints. Logs one `drop`
+        event (which pages, how many dirty ones were discarded, how many XIP ptes went)."""
         m = self.machine
+        xip = self._xip_ptes(mapping, first)
         unmap_mapping_pages(mapping, first, 0, True)
-        for index in sorted(i for i in mapping.pages if i >= first):
+        indices = sorted(i for i in mapping.pages if i >= first)
+        pfns = []
+        dirty = 0
+        for index in indices:
             page = mapping.pages[index]
             BUG_ON(m.flags[page] & (PG_LOCKED | PG_WRITEBACK), "truncate: page busy")
+            if m.flags[page] & PG_DIRTY:
+                dirty += 1
             cancel_dirty_page(m, page)
             delete_from_page_cache(mapping, page)
+            pfns.append(page)
+        if indices or xip:
+            if indices:
+                Stats.bump(self.stats_.drops, reason, len(indices))
+            self.events.emit(
+                schema.DROP,
+                ino=mapping.host,
+                reason=reason,
+                first=first,
+                pages=indices,
+                pfns=pfns,
+                dirty=dirty,
+                xip_unmapped=xip,
+            )
         vma = mapping.fs_vma
         if vma is None:
             return
@@ -758,32 +889,55 @@ class MemoryManager:
                 chunk.pte_np[lo:] = 0
                 chunk.state[lo:] = 0
 
-    def truncate(self, ino: int, new_size: int) -> None:
-        """Unmap and drop pages past `new_size` (no writeback), zero the partial tail page."""
+    def _zero_tail(self, mapping: AddressSpace, size: int, reason: str) -> None:
+        """Zero the bytes past `size` in its page (truncate_inode_partial_folio): in the frame
+        that holds the page, in place (no COW, no access counted, the dirty state kept); an
+        XIP page's block is zeroed by the image in its own transaction (as dax_truncate_page),
+        so mm only logs it. One `zero` event either way; nothing for a hole."""
+        index = size >> PAGE_SHIFT
+        tail = size & (PAGE_SIZE - 1)
+        page = mapping.pages.get(index)
+        if page is not None:
+            self.machine.data[page, tail:] = 0
+            home, pfn = schema.PAGECACHE, page
+        else:
+            pfn = mapping_bmap(mapping, index)
+            if pfn < self._base:
+                return
+            home = schema.XIP
+        Stats.bump(self.stats_.zeroed, reason)
+        self.events.emit(
+            schema.ZERO_EV,
+            ino=mapping.host,
+            index=index,
+            home=home,
+            pfn=pfn,
+            offset=tail,
+            length=PAGE_SIZE - tail,
+            reason=reason,
+        )
+
+    def truncate(self, ino: int, new_size: int, reason: str = schema.REASON_TRUNCATE) -> None:
+        """truncate_setsize: the new size first, then the partial tail page zeroed in place and
+        every page past it unmapped and dropped unwritten. `reason` is `truncate`, or `o_trunc`
+        for an open with O_TRUNC; it names the `zero` and `drop` events."""
         if new_size < 0:
             raise ValueError("negative size")
-        tail = new_size & 4095
-        mapping = self._spaces.get(ino)
-        if mapping is None:
-            if not tail:
-                return
-            mapping = self.address_space(ino)
-        npages = (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT
-        if tail:
-            # First, so that the bmap hints its fault may read ahead past the new
+        mapping = self.address_space(ino)
+        mapping.i_size = new_size
+        if new_size & (PAGE_SIZE - 1):
+            # First, so that the bmap hints its lookup may read ahead past the new
             # EOF are dropped with the rest below.
-            cur = self._peek(mapping, new_size >> PAGE_SHIFT)
-            if cur is not None and any(cur[tail:]):
-                self.write(ino, new_size, bytes(PAGE_SIZE - tail))
-        self._drop_pages(mapping, npages)
-        mapping.i_size = new_size  # after the tail's zeroing store, which raised it
+            self._zero_tail(mapping, new_size, reason)
+        self._drop_pages(mapping, (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT, reason)
 
     def evict_inode(self, ino: int) -> None:
-        """The file is gone: drop its pages without writeback, and its vma."""
+        """The file is gone: drop its pages without writeback (a `drop` event, reason `evict`),
+        and its vmas."""
         mapping = self._spaces.get(ino)
         if mapping is None:
             return
-        self._drop_pages(mapping, 0)
+        self._drop_pages(mapping, 0, schema.REASON_EVICT)
         for vma in list(mapping.i_mmap):
             if vma.fs_owned:
                 continue
@@ -894,10 +1048,13 @@ class MemoryManager:
         return self._writeback(self._dirty_frames(), reason)
 
     def _cache_frames(self) -> np.ndarray:
-        """Page-cache frames that may be demoted now (not anon, locked or under writeback)."""
+        """Page-cache frames that may be demoted now: not anon, locked or under writeback,
+        and held by nobody but the page cache and their ptes (page_freezable: demoting a
+        page someone else holds would free no frame)."""
         m = self.machine
         busy = PG_ANON | PG_LOCKED | PG_WRITEBACK
-        return np.flatnonzero((m.mapping != 0) & ((m.flags & busy) == 0))
+        frames = np.flatnonzero((m.mapping != 0) & ((m.flags & busy) == 0))
+        return reclaimable_frames(m, frames)
 
     def _demote(self, page: int, reason: str) -> bool:
         m = self.machine
@@ -923,6 +1080,7 @@ class MemoryManager:
         pages = np.asarray(pages, dtype=np.int64)
         busy = PG_ANON | PG_LOCKED | PG_WRITEBACK
         pages = pages[(m.mapping[pages] != 0) & ((m.flags[pages] & busy) == 0)]
+        pages = reclaimable_frames(m, pages)  # held by someone else: no frame to free
         if not len(pages):
             return 0
         dirty = pages[(m.flags[pages] & PG_DIRTY) != 0]
@@ -995,6 +1153,7 @@ class MemoryManager:
             w = frames[pos : pos + 4 * n]
             ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
             ok &= (m.flags[w] & busy) == 0
+            ok &= m._refcount[w] == 1 + (m._mapcount[w] + 1)  # reclaimable_frames
             good = np.flatnonzero(ok)
             if not len(good):
                 self._inactive_pos = pos + len(w)
@@ -1133,7 +1292,7 @@ class MemoryManager:
 
     def stats(self) -> dict[str, Any]:
         """JSON-able: the `counters` object of EVENTS.md, plus `residency` totals, `policy`,
-        `pte_special` and `tick`."""
+        `pte_special`, `kernel` and `tick`."""
         m = self.machine
         cache = int(np.count_nonzero((m.mapping != 0) & ((m.flags & PG_ANON) == 0)))
         anon = int(np.count_nonzero((m.flags & PG_ANON) != 0))
@@ -1148,6 +1307,7 @@ class MemoryManager:
         }
         out["policy"] = self.policy.name
         out["pte_special"] = m.pte_special
+        out["kernel"] = m.kernel
         out["tick"] = self._tick
         return out
 
