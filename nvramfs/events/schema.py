@@ -13,6 +13,8 @@ ACCESS = "access"
 FAULT = "fault"
 ERROR = "error"
 UNMOUNT = "unmount"
+# The device model's wear and write amplification at the end of a session.
+WEAR = "wear"
 # Page-cache pages (and XIP ptes) dropped unwritten: truncate, O_TRUNC, evict.
 DROP = "drop"
 # Bytes of a page zeroed in place (the tail of the last page on truncate).
@@ -36,6 +38,7 @@ EVENT_TYPES = (
     ZERO_EV,
     XIP_WRITE,
     THROTTLE,
+    WEAR,
 )
 
 # Homes of a page.

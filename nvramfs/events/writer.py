@@ -1,9 +1,11 @@
 """The event log writer: buffered JSON Lines, appended whole lines at a time.
 
-`emit` only appends a small dict to an in-memory list, so it never blocks a
-fault; `flush` (called from mm's once-a-second tick, and at close) encodes
-the buffered events and appends them with one `os.write` on an `O_APPEND`
-descriptor. Only whole lines are ever written, so the file is valid JSON
+`emit` appends a small dict to an in-memory list; `flush` (called from mm's
+once-a-second tick, and at close) encodes the buffered events and appends
+them with one `os.write` on an `O_APPEND` descriptor. So that a session
+killed with SIGKILL keeps all but its last second even when the tick is
+late (a long request holds the loop), `emit` itself flushes when the oldest
+buffered event is `flush_seconds` old or `flush_events` are buffered. Only whole lines are ever written, so the file is valid JSON
 Lines at every moment and `tail -f LOG | jq` works while the filesystem runs
 (a crash in the middle of a write can at most cut the last line, which every
 reader skips).
@@ -119,14 +121,19 @@ class EventWriter:
         *,
         trace_faults: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        flush_seconds: float = 1.0,
+        flush_events: int = 65536,
     ) -> None:
         self.path = os.fspath(path)
+        self.flush_seconds = flush_seconds
+        self.flush_events = flush_events
         self.trace_faults = trace_faults
         self._clock = clock
         self._t0 = clock()
         self._seq = 0
         self._buf: list[Any] = []  # event dicts, and page-event batches (emit_pages)
         self._pending = 0
+        self._t_first = 0.0  # `t` of the oldest buffered event
         self._fd: int | None = os.open(
             self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
         )
@@ -137,13 +144,20 @@ class EventWriter:
         return self._t0
 
     def emit(self, ev: str, **fields: Any) -> int:
-        """Buffer one event (adds `v`, `seq`, `t`, `ev`); returns its seq. Never does I/O."""
+        """Buffer one event (adds `v`, `seq`, `t`, `ev`); returns its seq. Writes only when
+        the buffer is a second old or large (see the module's docstring)."""
         seq = self._seq
         self._seq = seq + 1
-        rec = {"v": schema.SCHEMA_VERSION, "seq": seq, "t": self._clock() - self._t0, "ev": ev}
+        t = self._clock() - self._t0
+        rec = {"v": schema.SCHEMA_VERSION, "seq": seq, "t": t, "ev": ev}
         rec.update(fields)
-        self._buf.append(rec)
+        buf = self._buf
+        if not buf:
+            self._t_first = t
+        buf.append(rec)
         self._pending += 1
+        if t - self._t_first >= self.flush_seconds or self._pending >= self.flush_events:
+            self.flush()
         return seq
 
     def emit_pages(
@@ -171,8 +185,13 @@ class EventWriter:
         self._seq = seq + n
         t = self._clock() - self._t0
         cols = (ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via)
-        self._buf.append((ev, seq, t, cols))
+        buf = self._buf
+        if not buf:
+            self._t_first = t
+        buf.append((ev, seq, t, cols))
         self._pending += n
+        if t - self._t_first >= self.flush_seconds or self._pending >= self.flush_events:
+            self.flush()
 
     @property
     def pending(self) -> int:

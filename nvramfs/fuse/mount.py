@@ -32,6 +32,7 @@ stderr), then `OK pid log` or `ERR exit_code text`.
 
 from __future__ import annotations
 
+import faulthandler
 import inspect
 import logging
 import os
@@ -179,6 +180,9 @@ def _detach(event_log: str, debug: bool) -> None:
         out = null
     os.dup2(out, 1)
     os.dup2(out, 2)
+    # A fatal signal (SIGBUS from a store into an unbacked page, SIGSEGV) leaves
+    # its traceback in the daemon log instead of a silent death.
+    faulthandler.enable()
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -197,9 +201,16 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
         from nvramfs.fuse.nosim import NoSim
 
         return NoSim(img)
+    from nvramfs.device import DeviceModel, load_medium
+    from nvramfs.device.meter import Meter
     from nvramfs.mm import MemoryManager
 
-    kw: dict[str, Any] = {"events": events}
+    # The device model prices what mm moves on the medium (docs/COSTS.md):
+    # blocks in use at the mount hold programmed data, the rest are erased.
+    meter = Meter(
+        DeviceModel(load_medium(opts.medium), img.nr_blocks, programmed=img.used_blocks())
+    )
+    kw: dict[str, Any] = {"events": events, "device": meter}
     params = inspect.signature(MemoryManager).parameters
     if opts.policy is not None:
         kw["policy"] = opts.policy
@@ -216,7 +227,7 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
         kw["dirty_background_ratio"] = opts.dirty_background / 100
     if opts.dirty_limit is not None:
         kw["dirty_ratio"] = opts.dirty_limit / 100
-    return MemoryManager(img, opts.dram_pages, **kw)
+    return MemoryManager(meter.backing(img), opts.dram_pages, **kw)
 
 
 def serve(
@@ -254,6 +265,14 @@ def serve(
     except OSError as exc:
         report("ERR", f"1 image {image}: {exc.strerror or exc}")
         return 1
+
+    if not opts.readonly:
+        from nvramfs.image.hostspace import growth_warning
+
+        warning = growth_warning(image)
+        if warning:
+            report("MSG", f"warning: {warning}")
+            log.warning("%s", warning)
 
     recovered = not img.was_clean
     lost: dict[str, Any] = {}
@@ -328,9 +347,11 @@ def serve(
         kernel=str(getattr(getattr(mm, "machine", None), "kernel", opts.kernel)),
         cache=opts.cache,
         sim=opts.sim,
+        medium=opts.medium if opts.sim else None,
         recovered=recovered,
         wall=time.time(),
         mountpoint=mountpoint,
+        **_image_uuid(img),
         **lost,
     )
     events.flush()
@@ -426,8 +447,21 @@ async def _signals(state: dict[str, bool]) -> None:
             return
 
 
+def _image_uuid(img: Any) -> dict[str, str]:
+    """{"uuid": ...} for the mount event: with it, files are known across mounts."""
+    try:
+        return {"uuid": str(img.uuid)}
+    except Exception:
+        return {}
+
+
 def _finish(ops: Any, mm: Any, events: Any, img: Any, *, unmount: bool) -> None:
-    """Unmount (if still mounted), write everything back, close log and image clean."""
+    """Unmount (if still mounted), write everything back, close log and image clean.
+
+    The `unmount` event says `clean: false` when a step here failed, or when a
+    fatal error (a broken invariant, a corrupt image) turned the mount
+    read-only while it ran: the log then says what the image's state says.
+    """
     try:
         pyfuse3.close(unmount=unmount)
     except Exception:
@@ -444,8 +478,18 @@ def _finish(ops: Any, mm: Any, events: Any, img: Any, *, unmount: bool) -> None:
         except Exception as exc:
             clean = False
             ops.translate(what, exc)
+    fatal = int(getattr(ops, "fatal_errors", 0) or 0)
+    if fatal or getattr(img, "corrupt", None):
+        clean = False
+    meter = getattr(mm, "device", None)
+    if meter is not None:
+        try:
+            t = float(getattr(events, "_clock", time.monotonic)() - getattr(events, "t0", 0.0))
+            events.emit(schema.WEAR, **meter.wear(t))
+        except Exception:
+            log.exception("cannot log the device model's wear")
     try:
-        events.emit(schema.UNMOUNT, clean=clean)
+        events.emit(schema.UNMOUNT, clean=clean, **({"fatal_errors": fatal} if fatal else {}))
         events.close()
     except Exception:
         log.exception("cannot close the event log")

@@ -40,6 +40,8 @@ OPTION_HELP = [
     ("kernel=NAME", "whose mm rules the simulation runs: modern (default), 2.6.26 (stores"),
     ("", "to XIP pages go into NVRAM in place), 2.6.26-rc1 (needs ro: its write fault"),
     ("", "copies XIP pages into anonymous memory); see docs/ARCHITECTURE.md"),
+    ("medium=NAME|FILE", "what the device model prices moves on: nor (default), pcm,"),
+    ("", "optane, dram, or a profile .toml file; see docs/COSTS.md"),
     ("dirty_background=PCT", "background writeback past this % of the DRAM budget dirty (10)"),
     ("dirty_limit=PCT", "writers wait for writeback at this % of the budget dirty (20)"),
     ("noatime, strictatime", "access times on read (default relatime)"),
@@ -98,6 +100,7 @@ class MountOptions:
     trace_faults: bool = False
     writeback: float | None = None
     kernel: str = "modern"
+    medium: str = "nor"
     dirty_background: float | None = None  # percent of the DRAM budget
     dirty_limit: float | None = None  # percent of the DRAM budget
     vfs_flags: list[str] = field(default_factory=list)
@@ -184,6 +187,11 @@ def _apply(opts: MountOptions, word: str) -> None:
                 f"kernel={value}: use kernel=modern, kernel=2.6.26 or kernel=2.6.26-rc1"
             )
         opts.kernel = value
+    elif key == "medium" and eq:
+        from nvramfs.device import load_medium
+
+        load_medium(value)  # a usage error (exit 2) naming the built-in media
+        opts.medium = value
     elif key == "writeback" and eq:
         try:
             opts.writeback = float(value)

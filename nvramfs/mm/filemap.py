@@ -58,6 +58,9 @@ class AddressSpace:
 
     def __init__(self, host: int, machine: Machine, backing: Backing) -> None:
         self.host = host  # the inode number
+        # inode->i_generation: with the number, the file's identity in the log
+        # (a number the filesystem frees and reuses names another file).
+        self.i_generation = 0
         self.machine = machine
         self.backing = backing
         self.pages: dict[int, int] = {}

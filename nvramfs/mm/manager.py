@@ -141,6 +141,7 @@ class MemoryManager:
         max_promote_per_tick: int | None = None,
         dirty_background_ratio: float = DIRTY_BACKGROUND_RATIO,
         dirty_ratio: float = DIRTY_RATIO,
+        device: Any = None,
     ) -> None:
         if not 0 < dirty_background_ratio < dirty_ratio <= 1:
             raise ValueError(
@@ -148,6 +149,9 @@ class MemoryManager:
                 f"< dirty_limit ({dirty_ratio:g}) <= 1"
             )
         self.backing = backing
+        # The device model (nvramfs.device.Meter or None): told what moved each
+        # time the counters are read; it prices, it never decides.
+        self.device = device
         m = self.machine = Machine(dram_pages, pte_special=pte_special, kernel=kernel)
         self.events = events if events is not None else NullEventWriter()
         m.events = self.events
@@ -253,6 +257,7 @@ class MemoryManager:
             if ino <= 0:
                 raise ValueError(f"inode number {ino} is not valid")
             mapping = self._spaces[ino] = AddressSpace(ino, self.machine, self.backing)
+            mapping.i_generation = self._generation(ino)
             i_size = getattr(self.backing, "i_size", None)
             if i_size is not None:
                 mapping.i_size = i_size(ino)
@@ -272,6 +277,16 @@ class MemoryManager:
             mapping.fs_vma = vma
             self._vmas[ino] = vma
         return mapping
+
+    def _generation(self, ino: int) -> int:
+        """The inode's generation, if the backing keeps one (the image does), else 0."""
+        get = getattr(self.backing, "inode_generation", None)
+        if get is None:
+            return 0
+        try:
+            return int(get(ino))
+        except Exception:  # a test backing, or an inode the backing no longer has
+            return 0
 
     def mmap(
         self, ino: int, pgoff: int, npages: int, flags: int, mm: MMStruct | None = None
@@ -1203,27 +1218,9 @@ class MemoryManager:
             old = dirty[m.dirtied_at[dirty] <= now - self.writeback_seconds]
             self._writeback(old, schema.REASON_DIRTY_EXPIRE)
         # The interval's accesses: histogram events, policy scan.
-        touched, self._touched = self._touched, []
-        self._gen += 1
-        t0, t1 = self._t_interval - self.events_t0, now - self.events_t0
-        self._t_interval = now
-        per_ino: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         cands: list[tuple[np.ndarray, int, np.ndarray]] = []
         nr_frames, base = self._nr_frames, self._base
-        for chunk in sorted(touched, key=lambda c: (id(c.owner), c.no)):
-            reads = chunk.reads_np.astype(np.int64)
-            writes = chunk.writes_np.astype(np.int64)
-            hits = reads + writes
-            idx = np.flatnonzero(hits)
-            vma = chunk.owner.vmas[0] if chunk.owner.vmas else None
-            live = vma is not None and vma.vm_mm.pgd.get(chunk.no) is chunk
-            if len(idx) and vma is not None and vma.vm_file is not None:
-                ino = vma.vm_file.host
-                per_ino.setdefault(ino, []).append(
-                    ((chunk.no << PTE_SHIFT) + idx, reads[idx], writes[idx])
-                )
-            chunk.reads_np[:] = 0
-            chunk.writes_np[:] = 0
+        for chunk, vma, live, hits in self._end_interval(now):
             if not live:
                 continue
             ptes = chunk.pte_np
@@ -1237,21 +1234,53 @@ class MemoryManager:
             c = np.flatnonzero(scores > 0)
             if len(c):
                 cands.append(((chunk.no << PTE_SHIFT) + c, vma.vm_file.host, scores[c]))
-        for ino in sorted(per_ino):
-            parts = per_ino[ino]
+        self._run_policy(cands)
+        policy.end_tick()
+        self.events.emit(schema.COUNTERS, **self._counters())
+        self.events.flush()
+
+    def _end_interval(self, now: float) -> list[tuple[Any, Any, bool, np.ndarray]]:
+        """Close the access interval at `now`: log its histograms, zero its counters.
+
+        One `access` event per file touched (docs/EVENTS.md), keyed by
+        (inode, generation). Returns (chunk, vma, live, hits) of every touched
+        page-table chunk, for the policy's scan; unmount calls it to log the
+        last, partial interval.
+        """
+        touched, self._touched = self._touched, []
+        self._gen += 1
+        t0, t1 = self._t_interval - self.events_t0, now - self.events_t0
+        self._t_interval = now
+        per_file: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        out = []
+        for chunk in sorted(touched, key=lambda c: (id(c.owner), c.no)):
+            reads = chunk.reads_np.astype(np.int64)
+            writes = chunk.writes_np.astype(np.int64)
+            hits = reads + writes
+            idx = np.flatnonzero(hits)
+            vma = chunk.owner.vmas[0] if chunk.owner.vmas else None
+            live = vma is not None and vma.vm_mm.pgd.get(chunk.no) is chunk
+            if len(idx) and vma is not None and vma.vm_file is not None:
+                f = vma.vm_file
+                per_file.setdefault((f.host, f.i_generation), []).append(
+                    ((chunk.no << PTE_SHIFT) + idx, reads[idx], writes[idx])
+                )
+            chunk.reads_np[:] = 0
+            chunk.writes_np[:] = 0
+            out.append((chunk, vma, live, hits))
+        for ino, gen in sorted(per_file):
+            parts = per_file[(ino, gen)]
             self.events.emit(
                 schema.ACCESS,
                 ino=ino,
+                gen=gen,
                 t0=round(t0, 6),
                 t1=round(t1, 6),
                 pages=np.concatenate([p[0] for p in parts]).tolist(),
                 reads=np.concatenate([p[1] for p in parts]).tolist(),
                 writes=np.concatenate([p[2] for p in parts]).tolist(),
             )
-        self._run_policy(cands)
-        policy.end_tick()
-        self.events.emit(schema.COUNTERS, **self.stats_.snapshot(m))
-        self.events.flush()
+        return out
 
     @property
     def events_t0(self) -> float:
@@ -1290,13 +1319,20 @@ class MemoryManager:
 
     # -- reporting ------------------------------------------------------------------
 
+    def _counters(self) -> dict[str, Any]:
+        """The `counters` object, with `modelled_ns` when a device model listens."""
+        out = self.stats_.snapshot(self.machine)
+        if self.device is not None:
+            out["modelled_ns"] = self.device.account(out)
+        return out
+
     def stats(self) -> dict[str, Any]:
         """JSON-able: the `counters` object of EVENTS.md, plus `residency` totals, `policy`,
         `pte_special`, `kernel` and `tick`."""
         m = self.machine
         cache = int(np.count_nonzero((m.mapping != 0) & ((m.flags & PG_ANON) == 0)))
         anon = int(np.count_nonzero((m.flags & PG_ANON) != 0))
-        out = self.stats_.snapshot(m)
+        out = self._counters()
         out["residency"] = {
             "files": len(self._spaces),
             "pagecache": cache,
@@ -1332,6 +1368,7 @@ class MemoryManager:
         if self._closed:
             return
         self.sync_all(schema.REASON_UNMOUNT)
-        self.events.emit(schema.COUNTERS, **self.stats_.snapshot(self.machine))
+        self._end_interval(self.clock())  # the last, partial interval's histograms
+        self.events.emit(schema.COUNTERS, **self._counters())
         self.events.flush()
         self._closed = True
