@@ -202,6 +202,8 @@ def format_summary(s: dict[str, Any], *, timeline: bool = True, top: bool = True
             f"errors       {s['errors']} ({s['fatal_errors']} fatal): see `filter --ev error`"
         )
     out.append("events       " + ", ".join(f"{k} {_i(v)}" for k, v in s["by_event"].items()))
+    if s.get("device"):
+        out += format_device(s["device"], phases=timeline)
     if timeline and s["timeline"]["rows"] and s["duration_s"] > 0:
         w = s["timeline"]["bucket_s"]
         out.append("")
@@ -218,6 +220,62 @@ def format_summary(s: dict[str, Any], *, timeline: bool = True, top: bool = True
         out.append("")
         out.append(format_files(s["hottest_files"], title="hottest files"))
     return "\n".join(out)
+
+
+def _dur(ns: float) -> str:
+    """Modelled nanoseconds, in the unit a person reads."""
+    for unit, div in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if abs(ns) >= div:
+            return f"{ns / div:.3g} {unit}"
+    return f"{ns:.0f} ns"
+
+
+def _shares(ns: dict[str, int]) -> str:
+    total = sum(ns.values())
+    if not total:
+        return "nothing"
+    top = sorted(((v, k) for k, v in ns.items() if v), reverse=True)
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for v, k in top)
+
+
+def format_device(d: dict[str, Any], *, phases: bool = True) -> list[str]:
+    """The device model's lines of the summary (docs/COSTS.md)."""
+    out = [
+        f"modelled     {_dur(d['modelled_ns_total'])} on {d['medium']}: "
+        + _shares(d["modelled_ns"])
+    ]
+    for w in d.get("wear") or []:
+        wa = w.get("write_amplification") or {}
+        if wa.get("programmed") is not None:
+            out.append(
+                f"{'wear':<12} {_i(w.get('erases') or 0)} erases; written back "
+                f"{human_bytes(w.get('bytes_written_back') or 0)}, programmed "
+                f"{wa['programmed']:.2f}x and erased {wa['erased']:.2f}x that"
+            )
+        worst = w.get("worst_sectors") or []
+        if worst:
+            out.append(
+                f"{'':<12} most worn: "
+                + ", ".join(
+                    f"sector {x['sector']} ({x['erases']} erases, {x['programs']} programs)"
+                    for x in worst[:3]
+                )
+            )
+        life = w.get("lifetime_years")
+        if life is not None:
+            out.append(f"{'':<12} lifetime at this write rate: {life:.3g} years")
+    if phases and d.get("phases"):
+        kinds = [k for k in d["modelled_ns"] if any(p["modelled_ns"].get(k) for p in d["phases"])]
+        rows = [
+            [p["phase"], f"{p['wall_s']:g}", _dur(p["modelled_ns_total"]),
+             *(_dur(p["modelled_ns"].get(k, 0)) for k in kinds)]
+            for p in d["phases"]
+        ]  # fmt: skip
+        cols = [("phase", "left"), ("wall (s)", "right"), ("modelled", "right")]
+        cols += [(k, "right") for k in kinds]
+        out.append("")
+        out.append(_table("modelled time by phase", cols, rows))
+    return out
 
 
 def format_files(rows: list[dict[str, Any]], *, title: str) -> str:

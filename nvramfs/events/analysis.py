@@ -54,6 +54,8 @@ class SessionInfo:
     events: int = 0
     unmount: dict[str, Any] | None = None
     counters: list[dict[str, Any]] = field(default_factory=list)
+    marks: list[dict[str, Any]] = field(default_factory=list)
+    wear: dict[str, Any] | None = None
 
     @property
     def uuid(self) -> str | None:
@@ -71,6 +73,23 @@ class SessionInfo:
 
 
 _DICT_COLS = ("faults", "accesses", "migrations", "writebacks", "modelled_ns")
+# The device model's `wear` event (JSON text columns, decoded like _DICT_COLS).
+_WEAR_JSON = ("write_amplification", "worst_sectors")
+_WEAR_COLS = (
+    "modelled_ns_total",
+    "bytes_written_back",
+    "bytes_programmed",
+    "bytes_erased",
+    "erases",
+    "lifetime_years",
+    "seconds",
+    "sector_pages",
+    "nr_sectors",
+    "sectors_per_bin",
+    "erase_bins",
+    "program_bins",
+    *_WEAR_JSON,
+)
 _ROW_COLS = (
     "seq",
     "t",
@@ -93,13 +112,15 @@ _ROW_COLS = (
     "dirty",
     "struct_page_bytes_used",
     "struct_page_bytes_avoided",
+    "name",
     *_DICT_COLS,
+    *_WEAR_COLS,
 )
 
 
 def _row_dict(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in row.items() if v is not None}
-    for k in _DICT_COLS:
+    for k in (*_DICT_COLS, *_WEAR_JSON):
         if k in out:
             out[k] = json.loads(out[k])
     return out
@@ -153,7 +174,9 @@ class Sessions:
         df = df.with_columns(session.cast(pl.Int32))
         # The few rows that shape sessions: mounts, unmounts, counters.
         special = df.filter(
-            pl.col("ev").is_in([schema.MOUNT, schema.UNMOUNT, schema.COUNTERS])
+            pl.col("ev").is_in(
+                [schema.MOUNT, schema.UNMOUNT, schema.COUNTERS, schema.MARK, schema.WEAR]
+            )
         ).select("session", *_ROW_COLS)
         per = (
             df.group_by("session", maintain_order=True)
@@ -176,6 +199,10 @@ class Sessions:
                     info.unmount = r
                 elif r["ev"] == schema.COUNTERS:
                     info.counters.append(r)
+                elif r["ev"] == schema.MARK:
+                    info.marks.append(r)
+                elif r["ev"] == schema.WEAR:
+                    info.wear = r
                 elif r["ev"] == schema.MOUNT and info.mount is None:
                     info.mount = r
         numbers = [n for n, _, _ in per]
@@ -827,9 +854,93 @@ def summarize(
         "errors": n_err,
         "fatal_errors": n_fatal,
         "timeline": {"bucket_s": width, "rows": timeline},
+        "device": device_summary(chosen, width),
         "hottest_files": hottest_files(scan, chosen, top),
         "note": note,
         "skipped": scan.report.as_dict(),
+    }
+
+
+def _ns(c: dict[str, Any] | None) -> dict[str, int]:
+    ns = (c or {}).get("modelled_ns")
+    return {str(k): int(v) for k, v in ns.items()} if isinstance(ns, dict) else {}
+
+
+def _sub(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) - b.get(k, 0) for k in sorted(set(a) | set(b))}
+
+
+def _phases(s: SessionInfo, width: float) -> list[dict[str, Any]]:
+    """One session's phases with the modelled time of each (docs/COSTS.md, Phases).
+
+    With `mark` events a phase runs from one mark to the next (the first from
+    the mount, named `start`, when anything happened before the first mark),
+    the last to the session's last counters; each mark carries the cumulative
+    modelled time at that instant. Without marks, phases are time buckets of
+    `width` seconds, each ending at the last counters snapshot inside it.
+    """
+    snaps = [(float(c.get("t", 0.0)), _ns(c)) for c in s.counters if _ns(c)]
+    if not snaps:
+        return []
+    end_t, end_ns = snaps[-1]
+    cuts: list[tuple[str, float, dict[str, int]]] = [("start", 0.0, {})]
+    if s.marks:
+        for mk in s.marks:
+            cuts.append((str(mk.get("name", "")), float(mk.get("t", 0.0)), _ns(mk)))
+    else:
+        n = max(1, math.ceil(end_t / width - 1e-9)) if end_t > 0 else 1
+        for i in range(1, n):
+            t = i * width
+            inside = [ns for ts, ns in snaps if ts <= t]
+            cuts.append((f"{t:g}s", t, inside[-1] if inside else {}))
+    cuts.append(("", max(end_t, cuts[-1][1]), end_ns))
+    out = []
+    for (name, t0, ns0), (_, t1, ns1) in zip(cuts, cuts[1:], strict=False):
+        d = _sub(ns1, ns0)
+        if name == "start" and s.marks and not any(d.values()):
+            continue
+        label = name if s.marks or name != "start" else "0s"
+        out.append(
+            {
+                "session": s.number,
+                "phase": label,
+                "t0": round(t0, 3),
+                "t1": round(t1, 3),
+                "wall_s": round(t1 - t0, 3),
+                "modelled_ns": d,
+                "modelled_ns_total": sum(d.values()),
+            }
+        )
+    return out
+
+
+def device_summary(chosen: list[SessionInfo], width: float) -> dict[str, Any] | None:
+    """The device model's figures (docs/COSTS.md): modelled time by kind and by phase,
+    and the wear of each session that logged one; None when no session was priced."""
+    total: dict[str, int] = {}
+    phases: list[dict[str, Any]] = []
+    wear = []
+    media = []
+    for s in chosen:
+        last = _ns(s.counters[-1]) if s.counters else {}
+        if not last:
+            continue
+        media.append((s.mount or {}).get("medium"))
+        for k, v in last.items():
+            total[k] = total.get(k, 0) + v
+        phases += _phases(s, width)
+        if s.wear:
+            w = {k: s.wear.get(k) for k in _WEAR_COLS if k not in ("erase_bins", "program_bins")}
+            w["session"] = s.number
+            wear.append(w)
+    if not media:
+        return None
+    return {
+        "medium": media[0] if len(set(media)) == 1 else sorted({str(m) for m in media}),
+        "modelled_ns": total,
+        "modelled_ns_total": sum(total.values()),
+        "phases": phases,
+        "wear": wear,
     }
 
 

@@ -90,6 +90,22 @@ FIELDS: dict[str, pl.DataType | type[pl.DataType]] = {
     "pfn": pl.Int64,
     "offset": pl.Int64,
     "length": pl.Int64,
+    # mark (a phase starts), wear (the device model at unmount)
+    "name": pl.String,
+    "modelled_ns_total": pl.Int64,
+    "bytes_written_back": pl.Int64,
+    "bytes_programmed": pl.Int64,
+    "bytes_erased": pl.Int64,
+    "erases": pl.Int64,
+    "write_amplification": pl.String,  # JSON text: {"programmed", "erased"}
+    "worst_sectors": pl.String,  # JSON text: a list of {sector, first_block, erases, programs}
+    "lifetime_years": pl.Float64,
+    "seconds": pl.Float64,
+    "sector_pages": pl.Int64,
+    "nr_sectors": pl.Int64,
+    "sectors_per_bin": pl.Int64,
+    "erase_bins": pl.List(pl.Int64),
+    "program_bins": pl.List(pl.Int64),
     # fault
     "kind": pl.String,
     "write": pl.Boolean,

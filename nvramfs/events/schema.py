@@ -13,6 +13,8 @@ ACCESS = "access"
 FAULT = "fault"
 ERROR = "error"
 UNMOUNT = "unmount"
+# A phase starts (`mark NAME` written to .nvramfs/ctl; the demo between phases).
+MARK = "mark"
 # The device model's wear and write amplification at the end of a session.
 WEAR = "wear"
 # Page-cache pages (and XIP ptes) dropped unwritten: truncate, O_TRUNC, evict.
@@ -39,6 +41,7 @@ EVENT_TYPES = (
     XIP_WRITE,
     THROTTLE,
     WEAR,
+    MARK,
 )
 
 # Homes of a page.
