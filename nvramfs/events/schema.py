@@ -23,6 +23,7 @@ DROP = "drop"
 ZERO_EV = "zero"
 # A store written straight into NVRAM (kernel=2.6.26: a raw pfn made writable).
 XIP_WRITE = "xip_write"
+THROTTLE = "throttle"
 
 EVENT_TYPES = (
     MOUNT,
@@ -38,6 +39,7 @@ EVENT_TYPES = (
     DROP,
     ZERO_EV,
     XIP_WRITE,
+    THROTTLE,
     WEAR,
     MARK,
 )
@@ -63,6 +65,7 @@ REASON_READPAGE = "readpage"
 REASON_TRUNCATE = "truncate"
 REASON_O_TRUNC = "o_trunc"
 REASON_EVICT = "evict"
+REASON_BACKGROUND = "background"
 
 # COW paths.
 VIA_PFN_MKWRITE = "pfn_mkwrite"
