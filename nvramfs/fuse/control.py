@@ -169,7 +169,24 @@ class Control:
         }
         if "residency" in counters:
             out["residency"] = counters["residency"]
+        out["writeback"] = self.writeback_stats(counters)
         return out
+
+    def writeback_stats(self, counters: dict[str, Any]) -> dict[str, Any]:
+        """Pages written back, the image's msync calls (persist), and the flusher."""
+        img = getattr(self.ops, "img", None) if self.ops is not None else None
+        msyncs = int(getattr(getattr(img, "persist", None), "msyncs", 0))
+        pages = int(sum(counters.get("writebacks", {}).values()))
+        flusher = getattr(self.ops, "flusher", None) if self.ops is not None else None
+        return {
+            "pages": pages,
+            "msyncs": msyncs,
+            "msyncs_per_page": round(msyncs / pages, 6) if pages else None,
+            "throttles": int(counters.get("throttles", 0)),
+            "flusher_batches": int(getattr(flusher, "batches", 0)),
+            "dirty_background": getattr(self.mm, "dirty_background_thresh", None),
+            "dirty_limit": getattr(self.mm, "dirty_thresh", None),
+        }
 
     def stats_bytes(self) -> bytes:
         """The stats, with the event log flushed at the same instant: what the
