@@ -309,6 +309,16 @@ class Control:
         n = self.mm.demote_all(schema.REASON_CTL) or 0
         return f"demoted {n} page{'s' * (n != 1)} to XIP"
 
+    def _mark(self, args: list[str]) -> str:
+        """A phase starts: a `mark` event with the cumulative modelled time at this
+        instant, so `log summary` prices each phase exactly (docs/COSTS.md)."""
+        if not args:
+            raise CtlError("usage: mark NAME")
+        name = " ".join(args)
+        counters = self.mm.stats() if hasattr(self.mm, "stats") else {}
+        self._emit(schema.MARK, name=name, modelled_ns=counters.get("modelled_ns") or {})
+        return f"mark {name}"
+
     def _policy(self, args: list[str]) -> str:
         if not args:
             return f"policy {self.info.get('policy')}"
@@ -428,6 +438,7 @@ _USAGE = {
     "promote-cap": "[PAGES]",
     "dram": "[SIZE]",
     "remount": "OPTIONS",
+    "mark": "NAME",
 }
 _COMMANDS = {
     "help": Control._help,
@@ -438,5 +449,6 @@ _COMMANDS = {
     "promote-cap": Control._promote_cap,
     "dram": Control._dram,
     "remount": Control._remount,
+    "mark": Control._mark,
 }
 _WRITING = {"sync"}

@@ -433,6 +433,7 @@ def serve(
         "dram_pages": opts.dram_pages,
         "recovered": recovered,
         "image_readonly": opts.readonly,
+        "medium": opts.medium if opts.sim else None,
     }
     control = Control(mm, events, info)
     ops = Operations(
