@@ -13,6 +13,8 @@ ACCESS = "access"
 FAULT = "fault"
 ERROR = "error"
 UNMOUNT = "unmount"
+CTL = "ctl"  # a command to .nvramfs/ctl and its answer
+POLICY = "policy"  # the migration policy switched (ctl or remount)
 # A phase starts (`mark NAME` written to .nvramfs/ctl; the demo between phases).
 MARK = "mark"
 # The device model's wear and write amplification at the end of a session.
@@ -23,6 +25,7 @@ DROP = "drop"
 ZERO_EV = "zero"
 # A store written straight into NVRAM (kernel=2.6.26: a raw pfn made writable).
 XIP_WRITE = "xip_write"
+THROTTLE = "throttle"
 
 EVENT_TYPES = (
     MOUNT,
@@ -38,6 +41,9 @@ EVENT_TYPES = (
     DROP,
     ZERO_EV,
     XIP_WRITE,
+    CTL,
+    POLICY,
+    THROTTLE,
     WEAR,
     MARK,
 )
@@ -58,11 +64,13 @@ REASON_FSYNC = "fsync"
 REASON_DEMOTE = "demote"
 REASON_DIRTY_EXPIRE = "dirty_expire"
 REASON_SYNC = "sync"
+REASON_REMOUNT = "remount"
 # A page read into a frame on demand (lru, opt, opt-nox) or pinned (static).
 REASON_READPAGE = "readpage"
 REASON_TRUNCATE = "truncate"
 REASON_O_TRUNC = "o_trunc"
 REASON_EVICT = "evict"
+REASON_BACKGROUND = "background"
 
 # COW paths.
 VIA_PFN_MKWRITE = "pfn_mkwrite"

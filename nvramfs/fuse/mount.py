@@ -7,7 +7,9 @@
                                  (or prints the child's one-line error, exit 1).
     serving                      trio.run: pyfuse3.main, a ticker calling
                                  mm.tick() once a second (policy pass, dirty
-                                 expiry, counters) and flushing the log, and a
+                                 expiry, counters) and flushing the log, the
+                                 flusher (background writeback past
+                                 dirty_background, fuse/flusher.py), and a
                                  signal watcher (SIGINT/SIGTERM/SIGHUP end the
                                  loop as an unmount would).
     the end                      the kernel mount goes (fusermount3 -u, or we
@@ -34,6 +36,7 @@ import faulthandler
 import inspect
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -52,8 +55,12 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 
 
-def check_mountpoint(mountpoint: str) -> str:
-    """The absolute mountpoint, or a one-line NvramfsError (exit 1) saying what is wrong."""
+def check_mountpoint(mountpoint: str, warn: Any = None) -> str:
+    """The absolute mountpoint, or a one-line NvramfsError (exit 1) saying what is wrong.
+
+    A non-empty directory is allowed, as libfuse 3 and mount(8) allow it: its
+    entries are hidden (not lost) while the mount lasts, which `warn` is told
+    in one line."""
     path = os.path.abspath(mountpoint)
     try:
         st = os.stat(path)
@@ -70,7 +77,21 @@ def check_mountpoint(mountpoint: str) -> str:
         raise NvramfsError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(path) or path in mounted_paths():
         raise NvramfsError(f"mountpoint {mountpoint} is already a mountpoint")
+    if warn is not None:
+        try:
+            with os.scandir(path) as it:
+                nonempty = any(True for _ in it)
+        except OSError:
+            nonempty = False
+        if nonempty:
+            warn(f"mountpoint {mountpoint} is not empty: its entries are hidden until unmount")
     return path
+
+
+def unescape_mounts_field(field: str) -> str:
+    """A /proc/mounts field as the path it stands for: the kernel writes space, tab,
+    newline and backslash as the octal escapes \\040 \\011 \\012 \\134."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def mounted_paths(fstype_prefix: str = "") -> set[str]:
@@ -81,7 +102,7 @@ def mounted_paths(fstype_prefix: str = "") -> set[str]:
             for line in f:
                 parts = line.split()
                 if len(parts) >= 3 and parts[2].startswith(fstype_prefix):
-                    out.add(parts[1].replace("\\040", " ").replace("\\011", "\t"))
+                    out.add(unescape_mounts_field(parts[1]))
     except OSError:
         pass
     return out
@@ -103,7 +124,9 @@ def mount(
     image = os.path.abspath(image)
     if not os.path.exists(image):
         raise NvramfsError(f"image {image} does not exist")
-    mountpoint = check_mountpoint(mountpoint)
+    mountpoint = check_mountpoint(
+        mountpoint, warn=lambda text: print(f"nvramfs: warning: {text}", file=sys.stderr)
+    )
     if opts.sim and opts.policy is not None:
         from nvramfs.mm.policy import POLICIES
 
@@ -231,6 +254,8 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
         kw["policy"] = static_policy(img, opts)
     if "nr_nvram_pages" in params:
         kw["nr_nvram_pages"] = img.nr_blocks
+    if opts.promote_cap is not None:
+        kw["max_promote_per_tick"] = opts.promote_cap
     if opts.kernel != "modern":
         kw["kernel"] = opts.kernel
     if opts.writeback is not None:
@@ -238,6 +263,10 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
             if name in params:
                 kw[name] = opts.writeback
                 break
+    if opts.dirty_background is not None:
+        kw["dirty_background_ratio"] = opts.dirty_background / 100
+    if opts.dirty_limit is not None:
+        kw["dirty_ratio"] = opts.dirty_limit / 100
     backing = meter.backing(img)
     if opts.trace is None:
         return MemoryManager(backing, opts.dram_pages, **kw)
@@ -403,6 +432,8 @@ def serve(
         "policy": policy,
         "dram_pages": opts.dram_pages,
         "recovered": recovered,
+        "image_readonly": opts.readonly,
+        "medium": opts.medium if opts.sim else None,
     }
     control = Control(mm, events, info)
     ops = Operations(
@@ -412,6 +443,11 @@ def serve(
     recorder = getattr(mm, "recorder", None)
     if recorder is not None:
         recorder.path_of = ops._paths.get  # each file's path at first touch
+    flusher = None
+    if hasattr(mm, "writeback_batch"):
+        from nvramfs.fuse.flusher import Flusher
+
+        flusher = ops.flusher = Flusher(mm, on_error=ops.translate)
     try:
         pyfuse3.init(ops, mountpoint, opts.fuse_options(image))
     except RuntimeError as exc:
@@ -445,7 +481,7 @@ def serve(
 
     signalled = False
     try:
-        signalled = trio.run(_serve, ops, mm, events)
+        signalled = trio.run(_serve, ops, mm, events, flusher)
     except BaseException as exc:
         log.exception("the FUSE main loop failed: %s", exc)
     finally:
@@ -457,11 +493,13 @@ def serve(
     return 0
 
 
-async def _serve(ops: Any, mm: Any, events: Any) -> bool:
-    """pyfuse3.main with the ticker and the signal watcher beside it."""
+async def _serve(ops: Any, mm: Any, events: Any, flusher: Any = None) -> bool:
+    """pyfuse3.main with the ticker, the flusher and the signal watcher beside it."""
     state = {"signalled": False}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_ticker, ops, mm, events)
+        if flusher is not None:
+            nursery.start_soon(flusher.run)
         nursery.start_soon(_signals, state)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
@@ -552,6 +590,8 @@ def _finish(ops: Any, mm: Any, events: Any, img: Any, *, unmount: bool) -> None:
     for what, step in (
         ("shutdown", ops.shutdown),
         ("mm.close", mm.close),
+        # Sizes the ordered-data rule held back are now covered by written-back data.
+        ("flush_meta", getattr(ops, "flush_all_meta", lambda: None)),
     ):
         try:
             step()
