@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         dest="options",
         action="append",
         metavar="OPTIONS",
-        help="dram=SIZE, policy=NAME, writeback=SECONDS (default: as recorded)",
+        help="dram=SIZE, policy=NAME (also lru, opt, opt-nox), static=PROFILE, "
+        "writeback=SECONDS (default: as recorded)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--log", metavar="PATH", help="write the replay's own event log here")
@@ -62,13 +63,17 @@ def parse_replay_options(groups: list[str] | None) -> dict[str, Any]:
                 out["dram_pages"] = size // PAGE_SIZE
             elif key == "policy":
                 out["policy"] = value
+            elif key == "static":
+                out["static"] = value
             elif key == "writeback":
                 try:
                     out["writeback_seconds"] = float(value)
                 except ValueError:
                     raise UsageError(f"writeback={value}: give seconds") from None
             else:
-                raise UsageError(f"unknown replay option {key!r} (dram=, policy=, writeback=)")
+                raise UsageError(
+                    f"unknown replay option {key!r} (dram=, policy=, static=, writeback=)"
+                )
     return out
 
 

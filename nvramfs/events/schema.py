@@ -32,6 +32,8 @@ REASON_FSYNC = "fsync"
 REASON_DEMOTE = "demote"
 REASON_DIRTY_EXPIRE = "dirty_expire"
 REASON_SYNC = "sync"
+# A page read into a frame on demand (lru, opt, opt-nox) or pinned (static).
+REASON_READPAGE = "readpage"
 
 # COW paths.
 VIA_PFN_MKWRITE = "pfn_mkwrite"
@@ -41,4 +43,4 @@ VIA_WP_PAGE_COPY = "wp_page_copy"
 VIA_DO_COW_FAULT = "do_cow_fault"
 
 # Fault kinds (keys of counters.faults).
-FAULT_KINDS = ("xip_read", "pagecache_hit", "cow", "write_reuse", "hole")
+FAULT_KINDS = ("xip_read", "pagecache_hit", "cow", "write_reuse", "hole", "readpage")
