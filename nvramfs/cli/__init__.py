@@ -36,6 +36,7 @@ COMMANDS = [
     "demo",
     "replay",
     "trace",
+    "sweep",
 ]
 
 
