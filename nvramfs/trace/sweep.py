@@ -713,3 +713,68 @@ def plot(rows: list[dict[str, Any]], prefix: str) -> list[str]:
         plt.close(fig)
         out.append(path)
     return out
+
+
+def run_bounded(
+    trace: str, configs: Sequence[Config], seconds: float, jobs: int | None = None
+) -> list[dict[str, Any] | None]:
+    """The rows of `configs`, each in its own process, waiting at most `seconds` in all:
+    a configuration not finished by then is None (its process is terminated)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a caller's threads
+    todo, where = distinct(configs)
+    with ctx.Pool(processes=max(1, min(len(todo), jobs or os.cpu_count() or 1))) as pool:
+        pending = [pool.apply_async(run_config, (trace, asdict(c))) for c in todo]
+        deadline = time.monotonic() + seconds
+        got: list[dict[str, Any] | None] = []
+        for p in pending:
+            try:
+                got.append(p.get(timeout=max(0.0, deadline - time.monotonic())))
+            except multiprocessing.TimeoutError:
+                got.append(None)
+        pool.terminate()
+    out: list[dict[str, Any] | None] = []
+    for c, i in zip(configs, where, strict=True):
+        r = got[i]
+        out.append(None if r is None else {**r, "policy": c.policy, "xip": c.xip})
+    return out
+
+
+def xip_line(
+    policy: str, dram_pages: int, on: dict | None, off: dict | None, opt: dict | None
+) -> str:
+    """The demo's one line: what XIP saves for `policy` at its budget against the same
+    policy without XIP (DRAM copies, struct page bytes), and how close it comes to opt."""
+    head = f"XIP at {dram_pages * PAGE / 2**20:g} MiB, {policy}: "
+    if on is None or on.get("error"):
+        return head + "the sweep did not finish (" + ((on or {}).get("error") or "time") + ")"
+    parts = []
+    if off is not None and not off.get("error"):
+        parts.append(
+            f"DRAM copies {on['promotions']:,} against {off['promotions']:,} without XIP "
+            f"(peak {_human(PAGE * on['peak_frames'])} of frames against "
+            f"{_human(PAGE * off['peak_frames'])}); struct page {_human(on['mixedmap_bytes'])} "
+            f"against {_human(off['mixedmap_bytes'])} without XIP and "
+            f"{_human(on['memmap_device_bytes'])} for a memmap of the whole device "
+            f"(saved {_human(on['saved_bytes'])})"
+        )
+    else:
+        parts.append("no run without XIP in time")
+    hr = on["hit_ratio"]
+    if opt is None:
+        parts.append(f"hit ratio {hr:.3f}; opt: not in this nvramfs or not in time")
+    elif opt.get("error"):
+        parts.append(f"hit ratio {hr:.3f}; opt failed ({opt['error']})")
+    else:
+        o = opt["hit_ratio"]
+        parts.append(f"hit ratio {hr:.3f}, opt's {o:.3f} ({hr / o:.0%} of the optimum)" if o else
+                     f"hit ratio {hr:.3f}, opt's 0")  # fmt: skip
+    return head + "; ".join(parts)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"

@@ -198,3 +198,19 @@ def test_a_dask_cluster_gives_the_local_table(zipf_trace: str) -> None:
     ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
         remote = run_dask(zipf_trace, configs, client, variants=2)
     _same(local, remote)
+
+
+def test_the_demos_bounded_sweep_and_its_line(zipf_trace: str) -> None:
+    from nvramfs.trace.sweep import run_bounded, xip_line
+
+    configs = [Config("2q", 16, True), Config("2q", 16, False), Config("opt", 16, True)]
+    rows = run_bounded(zipf_trace, configs, 120)
+    local = run_local(zipf_trace, configs, jobs=1)
+    _same([{**r, "nox_dram_bytes": None} for r in local], [{**r} for r in rows])
+    line = xip_line("2q", 16, *rows)
+    on, off, opt = rows
+    assert f"DRAM copies {on['promotions']:,} against {off['promotions']:,} without XIP" in line
+    assert f"opt's {opt['hit_ratio']:.3f}" in line
+    # Out of time: the line says so, no row is made up.
+    assert run_bounded(zipf_trace, configs[:1], 0) == [None]
+    assert "did not finish" in xip_line("2q", 16, None, None, None)
