@@ -530,7 +530,10 @@ def check_versions(client: Any) -> None:
     """Every worker runs this nvramfs version (NvramfsError otherwise, before any work)."""
     import nvramfs
 
-    versions = client.run(_worker_version)
+    try:
+        versions = client.run(_worker_version)
+    except Exception as exc:  # noqa: BLE001 - e.g. a worker with no nvramfs to import
+        raise NvramfsError(f"workers: cannot run nvramfs ({_one_line(exc)})") from None
     if not versions:
         raise NvramfsError("scheduler: no workers")
     bad = {w: v for w, v in versions.items() if v != nvramfs.__version__}

@@ -12,7 +12,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+import nvramfs
 from nvramfs.cli import run
+from nvramfs.errors import NvramfsError
 from nvramfs.trace import replay, synth
 from nvramfs.trace.format import part_files
 from nvramfs.trace.sweep import (
@@ -187,16 +189,20 @@ def test_unreachable_scheduler_is_one_line_exit_1(zipf_trace: str, capsys) -> No
     assert len(err) == 1 and "unreachable" in err[0]
 
 
-def test_a_dask_cluster_gives_the_local_table(zipf_trace: str) -> None:
+def test_a_dask_cluster_gives_the_local_table(zipf_trace: str, monkeypatch) -> None:
     distributed = pytest.importorskip("distributed")
     from nvramfs.trace.sweep import run_dask
 
-    configs = configurations(["2q", "opt"], [8, 32], [True, False], [1, 3])
+    configs = configurations(["2q", "opt"], [16], [True, False], [1, 3])
     local = run_local(zipf_trace, configs, jobs=1, variants=2)
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
         remote = run_dask(zipf_trace, configs, client, variants=2)
+        # Workers of another nvramfs version: refused before anything runs.
+        monkeypatch.setattr(nvramfs, "__version__", "0.0.0-other")
+        with pytest.raises(NvramfsError, match="runs nvramfs"):
+            run_dask(zipf_trace, configs[:1], client)
     _same(local, remote)
 
 
