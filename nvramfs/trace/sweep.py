@@ -435,6 +435,23 @@ def distinct(configs: Sequence[Config]) -> tuple[list[Config], list[int]]:
     return todo, where
 
 
+# Policies that see every page access in Python (mm/demand.py): the slow replays.
+PER_ACCESS = ("lru", "opt", "opt-nox")
+
+
+def longest_first(configs: Sequence[Config]) -> list[int]:
+    """Indices of `configs`, the likely longest replays first (more guests, per-access
+    policies, larger budgets), so that the last ones to finish are short."""
+    return sorted(
+        range(len(configs)),
+        key=lambda i: (
+            -configs[i].guests,
+            configs[i].policy_run not in PER_ACCESS,
+            -configs[i].dram_pages,
+        ),
+    )
+
+
 def _spread(configs: Sequence[Config], where: list[int], rows: list[dict]) -> list[dict]:
     out = []
     for c, i in zip(configs, where, strict=True):
@@ -477,7 +494,8 @@ def _run_local(
         return [r for r in rows if r is not None]
     with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
         futures = {
-            pool.submit(run_config, trace, asdict(c), **kw): i for i, c in enumerate(configs)
+            pool.submit(run_config, trace, asdict(configs[i]), **kw): i
+            for i in longest_first(configs)
         }
         for fut in as_completed(futures):
             i = futures[fut]
@@ -578,8 +596,11 @@ def _run_dask(
             extra["guest_traces"] = [
                 client.scatter(pack_trace(t), broadcast=True) for t in extra["guest_traces"]
             ]
-        futures = [client.submit(run_config, blob, asdict(c), pure=False, **extra) for c in configs]
-        index = {f.key: i for i, f in enumerate(futures)}
+        order = longest_first(configs)
+        futures = [
+            client.submit(run_config, blob, asdict(configs[i]), pure=False, **extra) for i in order
+        ]
+        index = {f.key: i for f, i in zip(futures, order, strict=True)}
         rows: list[dict[str, Any] | None] = [None] * len(configs)
         done = 0
         for fut in as_completed(futures):
