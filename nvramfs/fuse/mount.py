@@ -249,7 +249,7 @@ def static_policy(img: Any, opts: MountOptions) -> Any:
 
     profile = load_profile(opts.static)
     policy = make_policy("static", opts.dram_pages + 1, profile=profile)
-    for path in profile.pages:
+    for path in policy.chosen:
         ino = img.root_ino
         try:
             for name in path.strip("/").split("/"):

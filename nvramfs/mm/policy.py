@@ -387,8 +387,8 @@ class LRUPolicy(Policy):
         return found
 
     def victims(self, frames: np.ndarray) -> np.ndarray:
-        order = [f for f in self.lru if f in set(frames.tolist())]
-        return np.asarray(order, dtype=np.int64)
+        want = set(frames.tolist())
+        return np.asarray([f for f in self.lru if f in want], dtype=np.int64)
 
 
 NEVER = np.iinfo(np.int64).max
@@ -516,20 +516,30 @@ class OptNoXPolicy(OptPolicy):
         return True
 
 
-class Profile:
-    """Pages a profile names: `path,offset,count` lines (offset and count in bytes,
-    as `nvramfs log profile` prints them), as page indices per path, in file order."""
+def profile_path(path: str) -> str:
+    """A profile's path as an absolute path in the image (`./a/b` and `a/b` are `/a/b`)."""
+    if path.startswith("./"):
+        path = path[1:]
+    return path if path.startswith("/") else "/" + path
 
-    def __init__(self, pages: dict[str, list[int]], source: str = "") -> None:
-        self.pages = pages
+
+class Profile:
+    """Pages a profile names: `path,offset,count` lines as `nvramfs log profile` prints
+    them (AXFS's mkfs -i format): the page at byte `offset` of `path` (relative to the
+    image root, `./` prefixed), accessed `count` times. Kept most counted first
+    (ties in file order): the order static pins them in."""
+
+    def __init__(self, entries: list[tuple[str, int, int]], source: str = "") -> None:
+        order = sorted(range(len(entries)), key=lambda k: -entries[k][2])
+        self.entries = [entries[k] for k in order]  # (path, index, count)
         self.source = source
 
     @classmethod
     def parse(cls, text: str, source: str = "profile") -> Profile:
         """ValueError (one line, with the line number) for a line that is not
-        `path,offset,count`; `#` comments and blank lines are skipped."""
-        pages: dict[str, list[int]] = {}
-        seen: set[tuple[str, int]] = set()
+        `path,offset,count`; `#` comments and blank lines are skipped; a page named
+        twice keeps the sum of its counts."""
+        seen: dict[tuple[str, int], int] = {}
         for no, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
@@ -542,15 +552,9 @@ class Profile:
                 raise ValueError(f"{source}:{no}: not `path,offset,count`: {line!r}") from None
             if not path or offset < 0 or count < 0:
                 raise ValueError(f"{source}:{no}: not `path,offset,count`: {line!r}")
-            if not path.startswith("/"):
-                path = "/" + path
-            first, last = offset >> 12, (offset + count - 1) >> 12
-            out = pages.setdefault(path, [])
-            for index in range(first, last + 1 if count else first):
-                if (path, index) not in seen:
-                    seen.add((path, index))
-                    out.append(index)
-        return cls(pages, source)
+            key = (profile_path(path), offset >> 12)
+            seen[key] = seen.get(key, 0) + count
+        return cls([(p, i, c) for (p, i), c in seen.items()], source)
 
     @classmethod
     def load(cls, path: str) -> Profile:
@@ -558,16 +562,25 @@ class Profile:
             return cls.parse(f.read(), path)
 
     @property
+    def pages(self) -> dict[str, list[int]]:
+        """Page indices per path, most counted first."""
+        out: dict[str, list[int]] = {}
+        for path, index, _ in self.entries:
+            out.setdefault(path, []).append(index)
+        return out
+
+    @property
     def nr_pages(self) -> int:
-        return sum(len(v) for v in self.pages.values())
+        return len(self.entries)
 
 
 class StaticPolicy(Policy):
     """`static=PROFILE`: the pages a profile names are pinned in DRAM, the rest stay XIP.
 
-    AXFS chose XIP pages offline from a profile; here the profile's pages are
-    read into frames when mm first meets their file (before its first access)
-    and are never demoted by the budget or at ticks; no page is ever promoted.
+    AXFS chose XIP pages offline from a profile; here the profile's most counted
+    pages, as many as fit, are read into frames when mm first meets their file
+    (before its first access), and are never demoted by the budget or at ticks;
+    no page is ever promoted.
     Pins stop when only the write reserve (1/16 of the budget, at least one
     frame) is left: writes to the other pages COW into the unpinned frames."""
 
@@ -582,12 +595,15 @@ class StaticPolicy(Policy):
         self.pinned = np.zeros(nr_frames, dtype=bool)
         dram = nr_frames - 1
         self.max_pinned = max(0, dram - max(1, dram // 16))
+        # The pages to pin: the profile's most counted, as many as the budget allows.
+        chosen: dict[str, list[int]] = {}
+        for path, index, _ in profile.entries[: self.max_pinned]:
+            chosen.setdefault(path, []).append(index)
+        self.chosen = {path: sorted(v) for path, v in chosen.items()}
 
     def bind(self, ino: int, path: str) -> None:
         """File `path` is inode `ino` (from the image at mount, from `file` records in a replay)."""
-        if not path.startswith("/"):
-            path = "/" + path
-        pages = self.profile.pages.get(path)
+        pages = self.chosen.get(profile_path(path))
         if pages:
             self.by_ino[ino] = pages
 

@@ -75,16 +75,16 @@ def load_profile(path: Any) -> Profile:
 
 
 def trace_profile(trace: str, top: int) -> list[tuple[str, int, int]]:
-    """The `top` most accessed pages of a trace as profile lines (path, offset, count):
-    most accessed first, ties by path and offset; runs of adjacent pages of equal rank
-    are not merged (one line a page, so `--top` counts pages)."""
+    """The `top` most accessed pages of a trace as profile lines, in the format of
+    `nvramfs log profile` (AXFS's mkfs -i): (`./path`, byte offset of the page, accesses),
+    sorted by path and offset; among equal counts the lower page wins the cut."""
     read_header(trace)
     keys = trace_accesses(trace)
     paths: dict[int, str] = {}
     for part in iter_parts(trace):
         for i in np.flatnonzero(part.cols["op"] == OP["file"]).tolist():
             path = part.text.get(i)
-            if path:
+            if path and "," not in path and "\n" not in path:
                 paths.setdefault(int(part.cols["ino"][i]), path)
     if not len(keys):
         return []
@@ -92,7 +92,10 @@ def trace_profile(trace: str, top: int) -> list[tuple[str, int, int]]:
     named = np.array([int(k) >> 32 in paths for k in uniq.tolist()], dtype=bool)
     uniq, counts = uniq[named], counts[named]
     order = np.lexsort((uniq, -counts))[:top]
-    out = []
-    for k in uniq[order].tolist():
-        out.append((paths[k >> 32], (k & 0xFFFFFFFF) << 12, 4096))
-    return out
+    rows = []
+    for k, n in zip(uniq[order].tolist(), counts[order].tolist(), strict=True):
+        path = paths[k >> 32]
+        rows.append(
+            ("." + (path if path.startswith("/") else "/" + path), (k & 0xFFFFFFFF) << 12, n)
+        )
+    return sorted(rows)

@@ -183,8 +183,8 @@ def test_opt_refuses_a_sequence_that_is_not_its_future() -> None:
 
 def test_static_pins_the_profile_and_never_moves_it(tmp_path: Path) -> None:
     b, acc = _mixed()
-    prof = Profile.parse("/a,0,8192\n# comment\n/b,40960,4096\n/a,4096,1\n")
-    assert prof.pages == {"/a": [0, 1], "/b": [10]}
+    prof = Profile.parse("./a,0,5\n# comment\n/b,40960,9\n./a,4096,1\na,100,2\n")
+    assert prof.entries == [("/b", 10, 9), ("/a", 0, 7), ("/a", 1, 1)]  # most counted first
     pol = StaticPolicy(33, profile=prof)
     pol.bind(1, "/a")
     pol.bind(2, "b")
@@ -204,10 +204,12 @@ def test_trace_profile_and_static_replay(zipf_trace: Path, tmp_path: Path) -> No
     out = nvramfs("trace", "profile", str(zipf_trace), "--top", "40", "-o", str(prof))
     assert out.returncode == 0, out.stderr
     lines = prof.read_text().splitlines()
-    assert len(lines) == 40 and all(line.startswith("/synthetic,") for line in lines)
+    assert len(lines) == 40 and all(line.startswith("./synthetic,") for line in lines)
+    assert lines == sorted(lines, key=lambda x: int(x.split(",")[1]))  # by offset, as log profile
     keys = np.array([int(line.split(",")[1]) >> 12 for line in lines])
     pages = zipf_pages(1500, 12000, 0.9, seed=3)
     counts = np.bincount(pages, minlength=1500)
+    assert [int(line.split(",")[2]) for line in lines] == counts[keys].tolist()
     assert counts[keys].min() >= np.sort(counts)[-40]  # the 40 most accessed
     r = replay(str(zipf_trace), {"dram_pages": 64, "static": str(prof)}, summary=False)
     assert r.config["policy"] == "static"
@@ -291,7 +293,7 @@ def test_lru_and_static_mounts_serve_right_and_replay_exactly(mounter, tmp_path:
     m.umount()
     # static: the profile's pages are in frames before their first access, and stay.
     prof = tmp_path / "hot.profile"
-    prof.write_text("/d/f,0,8192\n/d/f,40960,100\n/missing,0,4096\n")
+    prof.write_text("./d/f,0,50\n./d/f,4096,40\n/d/f,40960,100\n./missing,0,4096\n")
     trace = tmp_path / "static.trace"
     m = mounter(image, f"dram=256K,static={prof},trace={trace}")
     with open(m.p("d", "f"), "rb", buffering=0) as f:
