@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -521,6 +522,11 @@ def _error_row(config: Config, error: str) -> dict[str, Any]:
     return row
 
 
+def _key(c: Config, run: str) -> str:
+    """A future's name on the cluster (its dashboard shows it): the configuration."""
+    return f"sweep-{c.policy}-{'xip' if c.xip else 'noxip'}-{c.dram_pages}p-{c.guests}g-{run}"
+
+
 def _worker_version() -> str:
     import nvramfs
 
@@ -597,8 +603,10 @@ def _run_dask(
                 client.scatter(pack_trace(t), broadcast=True) for t in extra["guest_traces"]
             ]
         order = longest_first(configs)
+        run = uuid.uuid4().hex[:8]
         futures = [
-            client.submit(run_config, blob, asdict(configs[i]), pure=False, **extra) for i in order
+            client.submit(run_config, blob, asdict(configs[i]), key=_key(configs[i], run), **extra)
+            for i in order
         ]
         index = {f.key: i for f, i in zip(futures, order, strict=True)}
         rows: list[dict[str, Any] | None] = [None] * len(configs)

@@ -220,3 +220,46 @@ def test_the_demos_bounded_sweep_and_its_line(zipf_trace: str) -> None:
     # Out of time: the line says so, no row is made up.
     assert run_bounded(zipf_trace, configs[:1], 0) == [None]
     assert "did not finish" in xip_line("2q", 16, None, None, None)
+
+
+def test_a_lost_worker_is_reported_in_its_row(tmp_path: Path) -> None:
+    """A worker dies under a configuration: Dask retries it (here: no retries allowed)
+    and the row says KilledWorker; the other rows are there."""
+    import os
+    import threading
+
+    import dask
+
+    distributed = pytest.importorskip("distributed")
+    from nvramfs.trace.sweep import run_dask
+
+    trace = tmp_path / "long.trace"
+    synth.read_trace(str(trace), synth.zipf_pages(4096, 60_000, 1.2), 4096, dram_pages=64)
+    configs = [Config("none", 16), Config("lru", 64)]  # lru: seconds of per-access Python
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+            stop = threading.Event()
+
+            def kill_the_lru_worker() -> None:
+                while not stop.is_set():
+                    for addr, keys in client.processing().items():
+                        if any(str(k).startswith("sweep-lru-") for k in keys):
+                            try:
+                                client.run(os._exit, 1, workers=[addr])
+                            except Exception:  # noqa: BLE001 - the worker died answering
+                                pass
+                            return
+                    stop.wait(0.05)
+
+            killer = threading.Thread(target=kill_the_lru_worker, daemon=True)
+            killer.start()
+            try:
+                rows = run_dask(str(trace), configs, client)
+            finally:
+                stop.set()
+                killer.join(10)
+    assert rows[0]["error"] is None and rows[0]["accesses"] == 60_000
+    assert rows[1]["error"].startswith("KilledWorker"), rows[1]["error"]
+    assert rows[1]["policy"] == "lru" and rows[1]["accesses"] is None
