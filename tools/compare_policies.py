@@ -5,7 +5,7 @@
 
 Without TRACE a synthetic one is made (nvramfs.trace.synth: one file read 4 KiB
 at a time, Zipf(--theta) over --pages pages). For each DRAM budget, each
-policy's replay prints: the hit ratio (faults.pagecache_hit over page
+policy's replay prints: the hit ratio (events.numbers.hit_ratio: pagecache_hit over page
 accesses, docs/EVENTS.md), the page accesses not served by a frame
 (docs/POLICIES.md: what opt bounds), its promotions at ticks (the slack of the
 bound for the tick policies), and page accesses per CPU second of the replay.
@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from nvramfs.events.numbers import hit_ratio  # noqa: E402
 from nvramfs.trace import replay, synth  # noqa: E402
 from nvramfs.trace.convert import export_trace, libcachesim_reader  # noqa: E402
 
@@ -75,7 +76,7 @@ def main() -> int:
                         libcachesim_reader(str(oracle), "oracle")
                     )
                     ref = f"{1 - miss:.4f}"
-                print(f"{name:<10}{hits / n:>11.4f}{ref:>13}{served:>14,}{promos:>13,}"
+                print(f"{name:<10}{hit_ratio(c):>11.4f}{ref:>13}{served:>14,}{promos:>13,}"
                       f"{n / cpu if cpu else 0:>12,.0f}")  # fmt: skip
     return 0
 

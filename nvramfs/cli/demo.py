@@ -39,12 +39,11 @@ from nvramfs.cli.log import (
     PAGE_SIZE,
     format_summary,
     human_bytes,
-    split_sessions,
-    summarize,
 )
+from nvramfs.device import DEFAULT_MEDIUM
 from nvramfs.errors import NvramfsError, UsageError
 from nvramfs.events import schema
-from nvramfs.events.reader import ReadReport, load_events, parse_line
+from nvramfs.events.reader import ReadReport, parse_line
 
 DEFAULT_DRAM = "8M"  # the zipf hot set of the default image is a little bigger: it fills
 QUICK_DRAM = "2M"  # the quick phases warm fewer pages; a smaller budget still fills
@@ -361,18 +360,21 @@ def counters_delta(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[s
     def mig(c: dict[str, Any], d: str) -> int:
         return sum(int(x) for x in ((c.get("migrations") or {}).get(d) or {}).values())
 
+    from nvramfs.events.numbers import hit_ratio
+
     acc = tot(b, "accesses") - tot(a, "accesses")
-    hits = (b.get("faults") or {}).get("pagecache_hit", 0) - (a.get("faults") or {}).get(
-        "pagecache_hit", 0
-    )
     return {
         "accesses": acc,
-        "hit_ratio": hits / acc if acc > 0 else None,
+        "hit_ratio": hit_ratio(b, a),
         "promote": mig(b, "promote") - mig(a, "promote"),
         "demote": mig(b, "demote") - mig(a, "demote"),
         "cow": (b.get("faults") or {}).get("cow", 0) - (a.get("faults") or {}).get("cow", 0),
         "writebacks": tot(b, "writebacks") - tot(a, "writebacks"),
         "frames_used": b.get("frames_used"),
+        "modelled_ns": {
+            k: int(v) - int((a.get("modelled_ns") or {}).get(k, 0))
+            for k, v in (b.get("modelled_ns") or {}).items()
+        },
     }
 
 
@@ -504,12 +506,39 @@ def phase_table(phases: list[Phase]) -> str:
     return "\n".join(out)
 
 
-def phase_spans(sessions: list[Any], phases: list[Phase]) -> list[tuple[str, float, float]]:
-    """The phases on the log's time axis (seconds since the mount), from wall clock times."""
+def modelled_lines(phases: list[Phase], medium: str) -> list[str]:
+    """Modelled time per phase on the demo's medium (docs/COSTS.md), and what share
+    of each writing phase went to COW, writeback and erase."""
+    from nvramfs.cli.log import _dur, _shares
+
+    rows = [(ph, ph.stats.get("modelled_ns") or {}) for ph in phases]
+    if not any(ns for _, ns in rows):
+        return []
+    out = [f"modelled time on {medium} (the device model, not the daemon's wall time):"]
+    for ph, ns in rows:
+        total = sum(ns.values())
+        out.append(f"  {ph.name:<10} {_dur(total):>10}   {_shares(ns)}")
+        writes = ns.get("cow", 0) + ns.get("writeback", 0) + ns.get("erase", 0)
+        if total and ns.get("cow", 0) + ns.get("writeback", 0):
+            out.append(
+                f"  {'':<10} {'':>10}   COW {100 * ns.get('cow', 0) / total:.0f}%, writeback "
+                f"{100 * ns.get('writeback', 0) / total:.0f}%, erase "
+                f"{100 * ns.get('erase', 0) / total:.0f}%: {100 * writes / total:.0f}% of "
+                f"this phase's modelled time went to writing"
+            )
+    return out
+
+
+def phase_spans(
+    sessions: list[Any], phases: list[Phase], *, on_log_axis: bool = True
+) -> list[tuple[str, float, float]]:
+    """The phases on the plots' time axis, from wall clock times: seconds since the
+    mount of the last session (placed at its offset when several sessions share the axis)."""
     mount = sessions[-1].mount if sessions else None
     if not mount or not isinstance(mount.get("wall"), int | float):
         return []
-    base = float(mount["wall"]) - float(mount.get("t", 0.0)) - sessions[-1].offset
+    offset = sessions[-1].offset if on_log_axis else 0.0
+    base = float(mount["wall"]) - float(mount.get("t", 0.0)) - offset
     return [(ph.name, ph.wall[0] - base, ph.wall[1] - base) for ph in phases if ph.wall[1] > 0]
 
 
@@ -651,10 +680,12 @@ def main(args: argparse.Namespace) -> int:
         time.sleep(1.2)  # one tick: the log holds the last second's events
     elapsed = time.monotonic() - t_start
 
-    events, report = load_events(log)
-    if not events:
+    from nvramfs.events.analysis import summarize_log
+
+    summary, scan = summarize_log(log)
+    report = scan.report
+    if not scan.sessions.infos:
         raise NvramfsError(f"{log}: the mount wrote no events")
-    summary = summarize(split_sessions(events), report, log=str(log))
     summary["demo"] = {
         "elapsed_s": round(elapsed, 2),
         "phases": [
@@ -672,16 +703,22 @@ def main(args: argparse.Namespace) -> int:
     plot_paths: list[Path] = []
     plot_note = None
     try:
-        from nvramfs.cli.plot import make_plots
+        from nvramfs.cli.plot import load_view, make_plots
 
-        sessions = split_sessions(events)
-        plot_paths = make_plots(sessions, plots, per_file=1, spans=phase_spans(sessions, phases))
+        view = load_view(log, "all", ReadReport())
+        if view is not None:
+            spans = phase_spans(view.sessions, phases, on_log_axis=view.time == "t_log")
+            plot_paths = make_plots(view, plots, per_file=1, spans=spans)
     except NvramfsError as exc:
         plot_note = str(exc)
 
     print()
     print(f"nvramfs demo: {len(phases)} phases in {elapsed:.0f} s")
     print(phase_table(phases))
+    lines = modelled_lines(phases, DEFAULT_MEDIUM)
+    if lines:
+        print()
+        print("\n".join(lines))
     print()
     print(format_summary(summary, timeline=False))
     print()

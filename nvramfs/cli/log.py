@@ -4,244 +4,56 @@
     nvramfs log LOG top [-n N] [--by reads|writes|total] [--json]   hottest files and pages
     nvramfs log LOG filter [--ev E] [--path P] [--ino N] [--since T] [--until T] [-o OUT]
     nvramfs log LOG follow [--from-start] [--raw]    a live view, one line per event
-    nvramfs log LOG export --csv [-o OUT]           flat CSV (one row per event; access: per page)
+    nvramfs log LOG export [--csv|--parquet] [-o OUT]   flat CSV, or typed Parquet
     nvramfs log LOG profile [-o OUT]                AXFS mkfs profile: path,offset,count lines
 
 `nvramfs log ACTION LOG ...` works too. Every action takes `--session
-N|last|all` (a log beside an image collects one session per mount). Every
-action works on a log that is still being written and on one a crash cut:
-skipped lines are counted and said in one line on stderr. The analysis
-functions here (`split_sessions`, `summarize`, `hottest_files`, ...) are also
-what `nvramfs demo` and `nvramfs plot` use, so their numbers are the same as
-this command's.
+N|last|all` (a log beside an image collects one session per mount; `all`
+reads the sessions of one image, the last, and says so when the log holds
+others). Every action works on a log that is still being written and on one
+a crash cut: skipped lines are counted and said in one line on stderr.
+
+This module parses arguments and prints: the numbers come from
+`nvramfs.events.analysis` (the columnar engine, also used by `nvramfs demo`
+and `nvramfs plot`), the passed-through events from `nvramfs.events.records`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import fnmatch
+import io
 import json
-import math
+import os
 import sys
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from nvramfs.errors import NvramfsError, UsageError
 from nvramfs.events import schema
+from nvramfs.events.numbers import hit_ratio
 from nvramfs.events.reader import ReadReport, check_log, load_events, read_events
+from nvramfs.events.records import (
+    PAGE_SIZE,
+    Session,
+    export_csv,
+    name_of,
+    pick_sessions,
+    select_events,
+    split_sessions,
+)
+from nvramfs.events.records import _direction as _direction
 
-PAGE_SIZE = 4096
 ACTIONS = ("summary", "top", "filter", "follow", "export", "profile")
 
-# --------------------------------------------------------------------------- sessions
-
-
-@dataclass
-class Session:
-    """The events of one mount: from its `mount` line to the next (or the end)."""
-
-    number: int  # 1-based, in file order
-    events: list[dict[str, Any]] = field(default_factory=list)
-    mount: dict[str, Any] | None = None
-    offset: float = 0.0  # start, in seconds after the first session's start
-
-    @property
-    def duration(self) -> float:
-        return max((float(e.get("t", 0.0)) for e in self.events[-1:]), default=0.0)
-
-    @property
-    def unmount(self) -> dict[str, Any] | None:
-        for e in reversed(self.events):
-            if e["ev"] == schema.UNMOUNT:
-                return e
-        return None
-
-    @property
-    def clean(self) -> bool:
-        u = self.unmount
-        return bool(u and u.get("clean", True))
-
-    def abs_t(self, ev: dict[str, Any]) -> float:
-        return self.offset + float(ev.get("t", 0.0))
-
-
-def split_sessions(events: Iterable[dict[str, Any]]) -> list[Session]:
-    """Cut a log into mount sessions: at each `mount` event, or where `seq` starts over."""
-    sessions: list[Session] = []
-    cur: Session | None = None
-    last_seq = -1
-    for ev in events:
-        seq = ev.get("seq", last_seq + 1)
-        seq = seq if isinstance(seq, int) else last_seq + 1
-        new = ev["ev"] == schema.MOUNT or cur is None or seq <= last_seq
-        if new:
-            cur = Session(number=len(sessions) + 1)
-            sessions.append(cur)
-        assert cur is not None
-        if ev["ev"] == schema.MOUNT and cur.mount is None:
-            cur.mount = ev
-        cur.events.append(ev)
-        last_seq = seq
-    # Place sessions on one time axis: by wall clock when known, never overlapping.
-    end = 0.0
-    wall0 = None
-    for s in sessions:
-        wall = s.mount.get("wall") if s.mount else None
-        if isinstance(wall, int | float) and wall0 is None:
-            wall0 = float(wall) - end
-        start = end
-        if isinstance(wall, int | float) and wall0 is not None:
-            start = max(end, float(wall) - wall0)
-        s.offset = start
-        end = start + s.duration
-    return sessions
-
-
-def pick_sessions(sessions: list[Session], which: str) -> list[Session]:
-    """`all`, `last`, or a 1-based number (a UsageError if there is no such session)."""
-    if which == "all" or not sessions:
-        return sessions
-    if which == "last":
-        return sessions[-1:]
-    try:
-        n = int(which)
-    except ValueError:
-        raise UsageError(f"--session {which}: use a number, 'last' or 'all'") from None
-    if not 1 <= n <= len(sessions):
-        raise UsageError(f"--session {n}: the log has {len(sessions)} session(s)")
-    return [sessions[n - 1]]
-
-
-def path_names(sessions: Iterable[Session]) -> dict[int, str]:
-    """ino -> path, from `path` events (a later one, e.g. after a rename, wins)."""
-    names: dict[int, str] = {}
-    for s in sessions:
-        for ev in s.events:
-            if ev["ev"] == schema.PATH and "ino" in ev and "path" in ev:
-                names[int(ev["ino"])] = str(ev["path"])
-    return names
-
-
-def name_of(names: dict[int, str], ino: int) -> str:
-    return names.get(ino, f"<ino {ino}>")
-
-
-# --------------------------------------------------------------------------- analysis
-
-
-def _add_nested(into: dict[str, Any], add: dict[str, Any]) -> None:
-    for k, v in add.items():
-        if isinstance(v, dict):
-            _add_nested(into.setdefault(k, {}), v)
-        elif isinstance(v, int | float) and not isinstance(v, bool):
-            into[k] = into.get(k, 0) + v
-
-
-def _last_counters(s: Session) -> dict[str, Any] | None:
-    for ev in reversed(s.events):
-        if ev["ev"] == schema.COUNTERS:
-            return ev
-    return None
-
-
-def file_access(sessions: Iterable[Session]) -> dict[int, dict[str, Any]]:
-    """Per inode: reads, writes, and per page [reads, writes], from `access` histograms."""
-    files: dict[int, dict[str, Any]] = {}
-    for s in sessions:
-        for ev in s.events:
-            if ev["ev"] != schema.ACCESS:
-                continue
-            ino = int(ev.get("ino", 0))
-            f = files.setdefault(
-                ino, {"reads": 0, "writes": 0, "pages": defaultdict(lambda: [0, 0])}
-            )
-            pages = ev.get("pages") or []
-            reads = ev.get("reads") or [0] * len(pages)
-            writes = ev.get("writes") or [0] * len(pages)
-            for p, r, w in zip(pages, reads, writes, strict=False):
-                cell = f["pages"][int(p)]
-                cell[0] += int(r)
-                cell[1] += int(w)
-                f["reads"] += int(r)
-                f["writes"] += int(w)
-    return files
-
-
-def _score(reads: int, writes: int, by: str) -> int:
-    return reads if by == "reads" else writes if by == "writes" else reads + writes
-
-
-def hottest_files(sessions: list[Session], n: int = 10, by: str = "total") -> list[dict[str, Any]]:
-    """The `n` most accessed files: path, ino, reads, writes, pages touched, migrations, cow."""
-    names = path_names(sessions)
-    files = file_access(sessions)
-    moved: Counter[tuple[int, str]] = Counter()
-    for s in sessions:
-        for ev in s.events:
-            if ev["ev"] == schema.MIGRATE:
-                moved[(int(ev.get("ino", 0)), _direction(ev))] += 1
-            elif ev["ev"] == schema.COW:
-                moved[(int(ev.get("ino", 0)), "cow")] += 1
-    rows = [
-        {
-            "path": name_of(names, ino),
-            "ino": ino,
-            "accesses": f["reads"] + f["writes"],
-            "reads": f["reads"],
-            "writes": f["writes"],
-            "pages": len(f["pages"]),
-            "promote": moved[(ino, "promote")],
-            "demote": moved[(ino, "demote")],
-            "cow": moved[(ino, "cow")],
-        }
-        for ino, f in files.items()
-    ]
-    rows.sort(key=lambda r: (-_score(r["reads"], r["writes"], by), r["path"]))
-    return rows[:n] if n > 0 else rows
-
-
-def hottest_pages(sessions: list[Session], n: int = 10, by: str = "total") -> list[dict[str, Any]]:
-    """The `n` most accessed pages (path, ino, index, offset, reads, writes)."""
-    names = path_names(sessions)
-    rows = []
-    for ino, f in file_access(sessions).items():
-        for index, (r, w) in f["pages"].items():
-            rows.append(
-                {
-                    "path": name_of(names, ino),
-                    "ino": ino,
-                    "index": index,
-                    "offset": index * PAGE_SIZE,
-                    "accesses": r + w,
-                    "reads": r,
-                    "writes": w,
-                }
-            )
-    rows.sort(key=lambda r: (-_score(r["reads"], r["writes"], by), r["path"], r["index"]))
-    return rows[:n] if n > 0 else rows
-
-
-def _direction(ev: dict[str, Any]) -> str:
-    if ev.get("from") == schema.XIP and ev.get("to") == schema.PAGECACHE:
-        return "promote"
-    if ev.get("from") == schema.PAGECACHE and ev.get("to") == schema.XIP:
-        return "demote"
-    return f"{ev.get('from')}->{ev.get('to')}"
-
-
-_NICE_BUCKETS = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
-
-
-def choose_bucket(duration: float, max_buckets: int = 12) -> float:
-    """A round bucket width that cuts `duration` into at most `max_buckets` rows."""
-    for b in _NICE_BUCKETS:
-        if duration / b <= max_buckets:
-            return float(b)
-    return float(math.ceil(duration / max_buckets))
+__all__ = [
+    "PAGE_SIZE",
+    "Session",
+    "format_summary",
+    "human_bytes",
+    "split_sessions",
+    "summarize",
+    "pick_sessions",
+]
 
 
 def summarize(
@@ -252,155 +64,13 @@ def summarize(
     top: int = 10,
     log: str | None = None,
 ) -> dict[str, Any]:
-    """Everything `log summary` and the demo print, as one JSON-able dict.
+    """The summary of sessions already read as dicts (the engine's `summarize`)."""
+    from nvramfs.events import analysis
 
-    Migrations, COW and writebacks are counted from their events; faults,
-    accesses and struct page memory come from the `counters` snapshots (the
-    last one of each session, summed; peaks over all of them).
-    """
-    by_event: Counter[str] = Counter()
-    migrations: dict[str, Counter[str]] = {"promote": Counter(), "demote": Counter()}
-    cow_via: Counter[str] = Counter()
-    cow_to: Counter[str] = Counter()
-    writebacks: Counter[str] = Counter()
-    errors: list[dict[str, Any]] = []
-    totals: dict[str, Any] = {}
-    peak = {
-        "frames_used": 0,
-        "dirty": 0,
-        "struct_page_bytes_used": 0,
-        "struct_page_bytes_avoided": 0,
-    }
-    dram_pages = None
-    timed: list[tuple[float, str, dict[str, Any]]] = []
-    for s in sessions:
-        for ev in s.events:
-            kind = ev["ev"]
-            by_event[kind] += 1
-            if kind == schema.MIGRATE:
-                migrations.setdefault(_direction(ev), Counter())[str(ev.get("reason"))] += 1
-            elif kind == schema.COW:
-                cow_via[str(ev.get("via"))] += 1
-                cow_to[str(ev.get("to"))] += 1
-            elif kind == schema.WRITEBACK:
-                writebacks[str(ev.get("reason"))] += 1
-            elif kind == schema.ERROR:
-                errors.append(ev)
-            elif kind == schema.COUNTERS:
-                for k in peak:
-                    v = ev.get(k)
-                    if isinstance(v, int | float):
-                        peak[k] = max(peak[k], v)
-                if isinstance(ev.get("dram_pages"), int):
-                    dram_pages = ev["dram_pages"]
-            elif kind == schema.MOUNT and isinstance(ev.get("dram_pages"), int):
-                dram_pages = dram_pages or ev["dram_pages"]
-            if kind in (
-                schema.MIGRATE,
-                schema.COW,
-                schema.WRITEBACK,
-                schema.ACCESS,
-                schema.COUNTERS,
-            ):
-                timed.append((s.abs_t(ev), kind, ev))
-        last = _last_counters(s)
-        if last is not None:
-            _add_nested(
-                totals,
-                {
-                    k: last[k]
-                    for k in ("faults", "accesses", "migrations", "writebacks")
-                    if isinstance(last.get(k), dict)
-                },
-            )
-
-    faults = {k: int(totals.get("faults", {}).get(k, 0)) for k in schema.FAULT_KINDS}
-    for k, v in totals.get("faults", {}).items():
-        faults.setdefault(k, int(v))
-    acc = totals.get("accesses", {})
-    accesses = {"read": int(acc.get("read", 0)), "write": int(acc.get("write", 0))}
-    n_acc = accesses["read"] + accesses["write"] or sum(faults.values())
-    hit_ratio = faults.get("pagecache_hit", 0) / n_acc if n_acc else None
-
-    duration = max((s.offset + s.duration for s in sessions), default=0.0)
-    width = bucket or choose_bucket(duration)
-    timeline = _timeline(timed, width, duration)
-
-    mount = sessions[0].mount if sessions and sessions[0].mount else {}
-    counted_mig = {
-        d: {str(k): int(v) for k, v in (totals.get("migrations", {}).get(d) or {}).items()}
-        for d in ("promote", "demote")
-    }
-    return {
-        "log": log,
-        "sessions": len(sessions),
-        "clean_unmount": [s.clean for s in sessions],
-        "unmounted": [s.unmount is not None for s in sessions],
-        "duration_s": round(duration, 3),
-        "events": sum(by_event.values()),
-        "by_event": dict(sorted(by_event.items())),
-        "image": mount.get("image"),
-        "policy": mount.get("policy"),
-        "cache": mount.get("cache"),
-        "dram_pages": dram_pages,
-        "faults": faults,
-        "accesses": accesses,
-        "pagecache_hit_ratio": None if hit_ratio is None else round(hit_ratio, 6),
-        "migrations": {d: dict(sorted(c.items())) for d, c in migrations.items()},
-        "migrations_counters": counted_mig,
-        "cow": {"total": sum(cow_via.values()), "via": dict(cow_via), "to": dict(cow_to)},
-        "writebacks": dict(sorted(writebacks.items())),
-        "writebacks_counters": {
-            str(k): int(v) for k, v in (totals.get("writebacks") or {}).items()
-        },
-        "peak": peak,
-        "struct_page": {
-            "bytes_used_peak": peak["struct_page_bytes_used"],
-            "bytes_avoided_peak": peak["struct_page_bytes_avoided"],
-        },
-        "errors": len(errors),
-        "fatal_errors": sum(1 for e in errors if e.get("fatal")),
-        "timeline": {"bucket_s": width, "rows": timeline},
-        "hottest_files": hottest_files(sessions, top),
-        "skipped": report.as_dict() if report else None,
-    }
-
-
-def _timeline(
-    timed: list[tuple[float, str, dict[str, Any]]], width: float, duration: float
-) -> list[dict[str, Any]]:
-    n = max(1, math.ceil(duration / width - 1e-9)) if duration > 0 else 1
-    rows = [
-        {
-            "t0": round(i * width, 3),
-            "t1": round((i + 1) * width, 3),
-            "reads": 0,
-            "writes": 0,
-            "promote": 0,
-            "demote": 0,
-            "cow": 0,
-            "writeback": 0,
-            "frames_used": None,
-        }
-        for i in range(n)
-    ]
-    for t, kind, ev in timed:
-        i = min(n - 1, max(0, int(t // width)))
-        row = rows[i]
-        if kind == schema.MIGRATE:
-            d = _direction(ev)
-            if d in ("promote", "demote"):
-                row[d] += 1
-        elif kind == schema.COW:
-            row["cow"] += 1
-        elif kind == schema.WRITEBACK:
-            row["writeback"] += 1
-        elif kind == schema.ACCESS:
-            row["reads"] += sum(int(x) for x in ev.get("reads") or [])
-            row["writes"] += sum(int(x) for x in ev.get("writes") or [])
-        elif kind == schema.COUNTERS and isinstance(ev.get("frames_used"), int):
-            row["frames_used"] = ev["frames_used"]
-    return rows
+    scan = analysis.Scan.of_events(
+        (ev for s in sessions for ev in s.events), report, unit=bucket or 0.5
+    )
+    return analysis.summarize(scan, bucket=bucket, top=top, log=log)
 
 
 # --------------------------------------------------------------------------- text output
@@ -425,6 +95,31 @@ def _reasons(c: dict[str, int]) -> str:
     return ", ".join(f"{k} {_i(v)}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def _table(title: str, columns: list[tuple[str, str]], rows: list[list[str]]) -> str:
+    """A plain-text table made by rich (no colour, no box lines: it reads in a pipe too)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title=title,
+        title_justify="left",
+        title_style=None,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        header_style=None,
+    )
+    for name, justify in columns:
+        t.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        t.add_row(*r)
+    buf = io.StringIO()
+    Console(file=buf, width=200, color_system=None, force_terminal=False, soft_wrap=True).print(t)
+    return "\n".join("  " + ln.rstrip() if k else ln.rstrip() for k, ln in
+                     enumerate(buf.getvalue().rstrip("\n").splitlines()))  # fmt: skip
+
+
 def format_summary(s: dict[str, Any], *, timeline: bool = True, top: bool = True) -> str:
     """The summary a person reads in ten seconds."""
     out: list[str] = []
@@ -441,8 +136,14 @@ def format_summary(s: dict[str, Any], *, timeline: bool = True, top: bool = True
     else:
         state = "some sessions were not cleanly unmounted"
     n_sess = s["sessions"]
+    nums = s.get("session_numbers") or []
+    which = ""
+    if nums and nums[0] != 1:
+        which = f" (session{'s' if len(nums) > 1 else ''} {nums[0]}" + (
+            f"-{nums[-1]})" if len(nums) > 1 else ")"
+        )
     out.append(
-        f"event log    {s['log'] or '-'}: {n_sess} session{'s' if n_sess != 1 else ''}, "
+        f"event log    {s['log'] or '-'}: {n_sess} session{'s' if n_sess != 1 else ''}{which}, "
         f"{s['duration_s']:.1f} s, {_i(s['events'])} events, {state}"
     )
     if s.get("image"):
@@ -501,57 +202,101 @@ def format_summary(s: dict[str, Any], *, timeline: bool = True, top: bool = True
             f"errors       {s['errors']} ({s['fatal_errors']} fatal): see `filter --ev error`"
         )
     out.append("events       " + ", ".join(f"{k} {_i(v)}" for k, v in s["by_event"].items()))
+    if s.get("device"):
+        out += format_device(s["device"], phases=timeline)
     if timeline and s["timeline"]["rows"] and s["duration_s"] > 0:
         w = s["timeline"]["bucket_s"]
         out.append("")
-        out.append(f"over time ({w:g} s buckets)")
-        out.append(
-            f"  {'t (s)':>11} {'reads':>9} {'writes':>9} {'promote':>8} {'demote':>8} "
-            f"{'cow':>7} {'wb':>7} {'frames':>8}"
-        )
+        rows = []
         for r in s["timeline"]["rows"]:
             fr = "" if r["frames_used"] is None else _i(r["frames_used"])
-            span = f"{r['t0']:g}-{r['t1']:g}"
-            out.append(
-                f"  {span:>11} {_i(r['reads']):>9} {_i(r['writes']):>9} "
-                f"{_i(r['promote']):>8} {_i(r['demote']):>8} {_i(r['cow']):>7} "
-                f"{_i(r['writeback']):>7} {fr:>8}"
-            )
+            rows.append(
+                [f"{r['t0']:g}-{r['t1']:g}", _i(r["reads"]), _i(r["writes"]), _i(r["promote"]),
+                 _i(r["demote"]), _i(r["cow"]), _i(r["writeback"]), fr]
+            )  # fmt: skip
+        cols = ["t (s)", "reads", "writes", "promote", "demote", "cow", "wb", "frames"]
+        out.append(_table(f"over time ({w:g} s buckets)", [(c, "right") for c in cols], rows))
     if top and s["hottest_files"]:
         out.append("")
         out.append(format_files(s["hottest_files"], title="hottest files"))
     return "\n".join(out)
 
 
-def format_files(rows: list[dict[str, Any]], *, title: str) -> str:
-    width = max([len(r["path"]) for r in rows] + [4])
-    width = min(width, 60)
+def _dur(ns: float) -> str:
+    """Modelled nanoseconds, in the unit a person reads."""
+    for unit, div in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if abs(ns) >= div:
+            return f"{ns / div:.3g} {unit}"
+    return f"{ns:.0f} ns"
+
+
+def _shares(ns: dict[str, int]) -> str:
+    total = sum(ns.values())
+    if not total:
+        return "nothing"
+    top = sorted(((v, k) for k, v in ns.items() if v), reverse=True)
+    shown = [(v, k) for v, k in top if 100 * v / total >= 0.5]
+    rest = total - sum(v for v, _ in shown)
+    text = ", ".join(f"{k} {100 * v / total:.0f}%" for v, k in shown)
+    return text + (f", the rest {100 * rest / total:.1g}%" if rest else "")
+
+
+def format_device(d: dict[str, Any], *, phases: bool = True) -> list[str]:
+    """The device model's lines of the summary (docs/COSTS.md)."""
     out = [
-        f"{title}",
-        f"  {'path':<{width}} {'accesses':>10} {'reads':>10} {'writes':>9} {'pages':>8} "
-        f"{'promote':>8} {'demote':>7} {'cow':>6}",
+        f"modelled     {_dur(d['modelled_ns_total'])} on {d['medium']}: "
+        + _shares(d["modelled_ns"])
     ]
-    for r in rows:
-        out.append(
-            f"  {_clip(r['path'], width):<{width}} {_i(r['accesses']):>10} {_i(r['reads']):>10} "
-            f"{_i(r['writes']):>9} {_i(r['pages']):>8} {_i(r['promote']):>8} "
-            f"{_i(r['demote']):>7} {_i(r['cow']):>6}"
-        )
-    return "\n".join(out)
+    for w in d.get("wear") or []:
+        wa = w.get("write_amplification") or {}
+        if wa.get("programmed") is not None:
+            out.append(
+                f"{'wear':<12} {_i(w.get('erases') or 0)} erases; written back "
+                f"{human_bytes(w.get('bytes_written_back') or 0)}, programmed "
+                f"{wa['programmed']:.2f}x and erased {wa['erased']:.2f}x that"
+            )
+        worst = w.get("worst_sectors") or []
+        if worst:
+            out.append(
+                f"{'':<12} most worn: "
+                + ", ".join(
+                    f"sector {x['sector']} ({x['erases']} erases, {x['programs']} programs)"
+                    for x in worst[:3]
+                )
+            )
+        life = w.get("lifetime_years")
+        if life is not None:
+            out.append(f"{'':<12} lifetime at this write rate: {life:.3g} years")
+    if phases and d.get("phases"):
+        kinds = [k for k in d["modelled_ns"] if any(p["modelled_ns"].get(k) for p in d["phases"])]
+        rows = [
+            [p["phase"], f"{p['wall_s']:g}", _dur(p["modelled_ns_total"]),
+             *(_dur(p["modelled_ns"].get(k, 0)) for k in kinds)]
+            for p in d["phases"]
+        ]  # fmt: skip
+        cols = [("phase", "left"), ("wall (s)", "right"), ("modelled", "right")]
+        cols += [(k, "right") for k in kinds]
+        out.append("")
+        out.append(_table("modelled time by phase", cols, rows))
+    return out
+
+
+def format_files(rows: list[dict[str, Any]], *, title: str) -> str:
+    cols = ["accesses", "reads", "writes", "pages", "promote", "demote", "cow"]
+    body = [[_clip(r["path"], 60), *(_i(r[c]) for c in cols)] for r in rows]
+    return _table(title, [("path", "left")] + [(c, "right") for c in cols], body)
 
 
 def format_pages(rows: list[dict[str, Any]], *, title: str) -> str:
-    width = min(max([len(r["path"]) for r in rows] + [4]), 60)
-    out = [
-        title,
-        f"  {'path':<{width}} {'page':>8} {'offset':>12} {'accesses':>9} {'reads':>9} {'writes':>8}",
+    body = [
+        [_clip(r["path"], 60), str(r["index"]), str(r["offset"]), _i(r["accesses"]),
+         _i(r["reads"]), _i(r["writes"])]
+        for r in rows
+    ]  # fmt: skip
+    cols = [("path", "left")] + [
+        (c, "right") for c in ("page", "offset", "accesses", "reads", "writes")
     ]
-    for r in rows:
-        out.append(
-            f"  {_clip(r['path'], width):<{width}} {r['index']:>8} {r['offset']:>12} "
-            f"{_i(r['accesses']):>9} {_i(r['reads']):>9} {_i(r['writes']):>8}"
-        )
-    return "\n".join(out)
+    return _table(title, cols, body)
 
 
 def _clip(text: str, width: int) -> str:
@@ -578,9 +323,11 @@ def format_event(ev: dict[str, Any], names: dict[int, str]) -> str:
             f"mount      {ev.get('image')}  policy={ev.get('policy')} "
             f"dram={ev.get('dram_pages')} frames cache={ev.get('cache')} sim={ev.get('sim')} "
             f"pte_special={ev.get('pte_special')} recovered={ev.get('recovered')}"
+            + (f" uuid={ev['uuid']}" if ev.get("uuid") else "")
         )
     elif kind == schema.PATH:
-        body = f"path       ino {ino} is {ev.get('path')}"
+        gen = f" (gen {ev['gen']})" if isinstance(ev.get("gen"), int) else ""
+        body = f"path       ino {ino}{gen} is {ev.get('path')}"
     elif kind == schema.MIGRATE:
         body = (
             f"{_direction(ev):<10} {where}  {ev.get('from')}→{ev.get('to')}  "
@@ -600,9 +347,8 @@ def format_event(ev: dict[str, Any], names: dict[int, str]) -> str:
         )
     elif kind == schema.COUNTERS:
         f = ev.get("faults") or {}
-        tot = sum(v for v in f.values() if isinstance(v, int))
-        hit = f.get("pagecache_hit", 0)
-        ratio = f"hit {100 * hit / tot:.1f}%" if tot else "hit -"
+        h = hit_ratio(ev)
+        ratio = f"hit {100 * h:.1f}%" if h is not None else "hit -"
         body = (
             f"counters   {ratio}  faults "
             + " ".join(f"{k}={v}" for k, v in f.items())
@@ -675,17 +421,34 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     f.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
 
-    fo = sub.add_parser("follow", help="a live view, one line per event (all sessions)")
+    fo = sub.add_parser(
+        "follow",
+        help="a live view, one line per event (all sessions)",
+        description="Print each event as it is appended, as tail -F: a log that does not "
+        "exist yet is waited for, a log replaced by a new one is read from its start.",
+    )
     fo.add_argument("--from-start", action="store_true", help="show the log from its start")
     fo.add_argument("--ev", action="append", metavar="EV[,EV]", help="only these event types")
     fo.add_argument("--raw", action="store_true", help="print the JSON lines as they are")
     fo.add_argument("--until-unmount", action="store_true", help="stop after an unmount event")
     fo.add_argument(
-        "--idle-exit", type=float, metavar="SECONDS", help="stop after this long with no new event"
+        "--idle-exit",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long with no page access (no access, migrate, cow, writeback "
+        "or fault event, and the counters' accesses unchanged)",
     )
 
-    e = sub.add_parser("export", parents=[common], help="flat CSV for spreadsheets and pandas")
-    e.add_argument("--csv", action="store_true", help="CSV (the default and only format)")
+    e = sub.add_parser(
+        "export",
+        parents=[common],
+        help="flat CSV, or Parquet (one row per event, typed columns)",
+        description="--csv (the default): one row per event, one per page of an access event. "
+        "--parquet: the DataFrame of nvramfs.events.load() (docs/EVENTS.md), needs -o FILE.",
+    )
+    fmt = e.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="CSV (the default)")
+    fmt.add_argument("--parquet", action="store_true", help="Parquet, to -o FILE")
     e.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
 
     pr = sub.add_parser(
@@ -727,34 +490,76 @@ def main(args: argparse.Namespace) -> int:
     action = args.action
     if action == "follow":
         return _follow(args)
-    events, report = load_events(args.logfile)
-    sessions = pick_sessions(split_sessions(events), args.session)
-    _say_skipped(args.logfile, report)
-    if not events:
-        raise NvramfsError(
-            f"{args.logfile}: the event log is empty"
-            if report.lines == 0
-            else f"{args.logfile}: no readable events"
-        )
+    if action in ("filter", "export") and not getattr(args, "parquet", False):
+        return _records(args)
+    if action == "export":
+        return _parquet(args)
+    from nvramfs.events import analysis
+
     if action == "summary":
-        summary = summarize(sessions, report, bucket=args.bucket, top=args.top, log=args.logfile)
+        summary, scan = analysis.summarize_log(
+            args.logfile, args.session, bucket=args.bucket, top=args.top
+        )
+        _check_read(args.logfile, scan.report, scan.sessions.infos, summary.get("note"))
         if args.json:
             json.dump(summary, sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
             print(format_summary(summary))
         return 0
+    scan = analysis.Scan.of_log(args.logfile)
+    chosen, note = analysis.choose(scan.sessions.infos, args.session)
+    _check_read(args.logfile, scan.report, scan.sessions.infos, note)
     if action == "top":
-        return _top(args, sessions)
-    if action == "filter":
-        return _filter(args, sessions)
-    if action == "export":
-        with _output(args.output) as out:
-            export_csv(sessions, out)
-        return 0
+        return _top(args, scan, chosen)
     if action == "profile":
-        return _profile(args, sessions)
+        return _profile(args, scan, chosen)
     raise UsageError(f"unknown action {action}")
+
+
+def _check_read(logfile: str, report: ReadReport, infos: list[Any], note: str | None) -> None:
+    """Say what was skipped; a log with nothing readable is an error (exit 1)."""
+    _say_skipped(logfile, report)
+    if not infos:
+        raise NvramfsError(
+            f"{logfile}: the event log is empty"
+            if report.lines == 0
+            else f"{logfile}: no readable events"
+        )
+    if note:
+        print(f"nvramfs log: {logfile}: {note}", file=sys.stderr)
+
+
+def _records(args: argparse.Namespace) -> int:
+    events, report = load_events(args.logfile)
+    sessions = pick_sessions(split_sessions(events), args.session)
+    _check_read(args.logfile, report, sessions, None)
+    if args.action == "filter":
+        return _filter(args, sessions)
+    with _output(args.output) as out:
+        export_csv(sessions, out)
+    return 0
+
+
+def _parquet(args: argparse.Namespace) -> int:
+    from nvramfs.events import analysis, loader
+
+    if not args.output or args.output == "-":
+        raise UsageError("export --parquet: give the output file with -o FILE")
+    report = ReadReport()
+    df = loader.load(args.logfile, report)
+    infos = sorted(set(df["session"].drop_nulls().to_list())) if df.height else []
+    _check_read(args.logfile, report, infos, None)
+    if args.session != "all":
+        scan_infos = [analysis.SessionInfo(n) for n in infos]
+        keep = [s.number for s in analysis.pick(scan_infos, args.session)]
+        df = df.filter(df["session"].is_in(keep))
+    try:
+        df.write_parquet(args.output, use_pyarrow=True)
+    except OSError as exc:
+        raise NvramfsError(f"{args.output}: {exc.strerror or exc}") from None
+    print(f"{df.height} events written to {args.output}", file=sys.stderr)
+    return 0
 
 
 def _say_skipped(logfile: str, report: ReadReport) -> None:
@@ -784,9 +589,11 @@ class _output:
             self.f.close()
 
 
-def _top(args: argparse.Namespace, sessions: list[Session]) -> int:
-    files = hottest_files(sessions, args.n, args.by) if args.what != "pages" else []
-    pages = hottest_pages(sessions, args.n, args.by) if args.what != "files" else []
+def _top(args: argparse.Namespace, scan: Any, chosen: list[Any]) -> int:
+    from nvramfs.events.analysis import hottest_files, hottest_pages
+
+    files = hottest_files(scan, chosen, args.n, args.by) if args.what != "pages" else []
+    pages = hottest_pages(scan, chosen, args.n, args.by) if args.what != "files" else []
     if args.json:
         json.dump({"files": files, "pages": pages}, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -805,71 +612,6 @@ def _top(args: argparse.Namespace, sessions: list[Session]) -> int:
 
 def _split_list(values: list[str] | None) -> set[str]:
     return {v.strip() for group in values or [] for v in group.split(",") if v.strip()}
-
-
-def _path_matches(path: str | None, patterns: list[str]) -> bool:
-    if path is None:
-        return False
-    for pat in patterns:
-        if any(c in pat for c in "*?["):
-            if fnmatch.fnmatchcase(path, pat):
-                return True
-        else:
-            norm = "/" + pat.strip("/") if pat.strip("/") else "/"
-            if path == norm or path.startswith(norm.rstrip("/") + "/"):
-                return True
-    return False
-
-
-def select_events(
-    sessions: list[Session],
-    *,
-    evs: set[str] | None = None,
-    paths: list[str] | None = None,
-    inos: set[int] | None = None,
-    reasons: set[str] | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    context: bool = False,
-) -> Iterator[dict[str, Any]]:
-    """The events that pass every given test (the `filter` action)."""
-    unknown = (evs or set()) - set(schema.EVENT_TYPES)
-    if unknown:
-        raise UsageError(
-            f"unknown event type {', '.join(sorted(unknown))} (one of {', '.join(schema.EVENT_TYPES)})"
-        )
-    final = path_names(sessions)
-    for s in sessions:
-        names: dict[int, str] = {}
-        for ev in s.events:
-            kind = ev["ev"]
-            ino = ev.get("ino")
-            if kind == schema.PATH and isinstance(ino, int):
-                names[ino] = str(ev.get("path"))
-            if context and kind in (schema.MOUNT, schema.UNMOUNT):
-                yield ev
-                continue
-            if evs and kind not in evs:
-                if not (context and kind == schema.PATH):
-                    continue
-            if inos or paths:
-                if not isinstance(ino, int):
-                    continue
-                ok_ino = bool(inos) and ino in inos
-                ok_path = bool(paths) and _path_matches(names.get(ino, final.get(ino)), paths or [])
-                if not (ok_ino or ok_path):
-                    continue
-            if context and kind == schema.PATH:
-                yield ev
-                continue
-            if reasons and str(ev.get("reason")) not in reasons:
-                continue
-            t = ev.get("t")
-            if since is not None and (not isinstance(t, int | float) or t < since):
-                continue
-            if until is not None and (not isinstance(t, int | float) or t > until):
-                continue
-            yield ev
 
 
 def _filter(args: argparse.Namespace, sessions: list[Session]) -> int:
@@ -892,211 +634,94 @@ def _filter(args: argparse.Namespace, sessions: list[Session]) -> int:
     return 0
 
 
+# Events that mean pages were touched: what `--idle-exit` waits for the absence of.
+_ACTIVITY = (schema.ACCESS, schema.MIGRATE, schema.COW, schema.WRITEBACK, schema.FAULT)
+
+
+def _accesses(ev: dict[str, Any]) -> int | None:
+    a = ev.get("accesses")
+    if not isinstance(a, dict):
+        return None
+    return sum(v for v in a.values() if isinstance(v, int))
+
+
 def _follow(args: argparse.Namespace) -> int:
-    path = check_log(args.logfile)
+    """tail -F for events: wait for the log, print each event, stop when asked."""
+    logfile = os.fspath(args.logfile)
     evs = _split_list(args.ev) or None
-    report = ReadReport()
-    names: dict[int, str] = {}
-    if not args.from_start:
-        # Name the files of what follows from the path events already written.
-        for ev in read_events(path, report=ReadReport()):
-            if ev["ev"] == schema.PATH and isinstance(ev.get("ino"), int):
-                names[ev["ino"]] = str(ev.get("path"))
-    state = {"unmounted": False, "last": time.monotonic()}
+    state: dict[str, Any] = {"unmounted": False, "last": time.monotonic(), "acc": None}
 
     def stop() -> bool:
         if args.until_unmount and state["unmounted"]:
             return True
         return args.idle_exit is not None and time.monotonic() - state["last"] > args.idle_exit
 
-    shown = 0
     try:
+        if not _wait_for(logfile, stop):
+            return 0
+        path = check_log(logfile)
+        report = ReadReport()
+        names: dict[int, str] = {}
+        if not args.from_start:
+            # Name the files of what follows from the path events already written.
+            for ev in read_events(path, report=ReadReport()):
+                if ev["ev"] == schema.PATH and isinstance(ev.get("ino"), int):
+                    names[ev["ino"]] = str(ev.get("path"))
         for ev in read_events(
             path, follow=True, from_start=args.from_start, report=report, stop=stop
         ):
-            state["last"] = time.monotonic()
-            if ev["ev"] == schema.PATH and isinstance(ev.get("ino"), int):
+            kind = ev["ev"]
+            if kind in _ACTIVITY:
+                state["last"] = time.monotonic()
+            elif kind == schema.COUNTERS:
+                n = _accesses(ev)
+                if n is not None and state["acc"] is not None and n > state["acc"]:
+                    state["last"] = time.monotonic()
+                state["acc"] = n
+            elif kind == schema.MOUNT:
+                state["acc"] = None
+                state["last"] = time.monotonic()
+            if kind == schema.PATH and isinstance(ev.get("ino"), int):
                 names[ev["ino"]] = str(ev.get("path"))
-            if ev["ev"] == schema.UNMOUNT:
+            if kind == schema.UNMOUNT:
                 state["unmounted"] = True
-            if evs and ev["ev"] not in evs:
+            if evs and kind not in evs:
                 continue
             if args.raw:
                 print(json.dumps(ev, separators=(",", ":")), flush=True)
             else:
                 print(format_event(ev, names), flush=True)
-            shown += 1
+        _say_skipped(args.logfile, report)
     except KeyboardInterrupt:
         pass  # the normal way to stop following
-    _say_skipped(args.logfile, report)
     return 0
 
 
-# --------------------------------------------------------------------------- export, profile
+def _wait_for(logfile: str, stop: Any, poll: float = 0.2) -> bool:
+    """Wait until `logfile` exists (tail -F); False if `stop()` came first.
 
-CSV_COLUMNS = [
-    "session",
-    "seq",
-    "t",
-    "ev",
-    "ino",
-    "path",
-    "index",
-    "offset",
-    "from",
-    "to",
-    "pfn_from",
-    "pfn_to",
-    "reason",
-    "via",
-    "refcount",
-    "mapcount",
-    "kind",
-    "write",
-    "t0",
-    "t1",
-    "page",
-    "reads",
-    "writes",
-    *(f"faults.{k}" for k in schema.FAULT_KINDS),
-    "accesses.read",
-    "accesses.write",
-    "migrations.promote",
-    "migrations.demote",
-    "writebacks",
-    "frames_used",
-    "dram_pages",
-    "dirty",
-    "struct_page_bytes_used",
-    "struct_page_bytes_avoided",
-    "image",
-    "policy",
-    "page_size",
-    "pte_special",
-    "cache",
-    "sim",
-    "recovered",
-    "wall",
-    "what",
-    "fatal",
-    "clean",
-    "extra",
-]
-_BASE = {"v", "seq", "t", "ev"}
+    Says once on stderr that it waits. A directory in the way, or a parent
+    that cannot exist, is the usual one-line error.
+    """
+    said = False
+    while not os.path.exists(logfile):
+        parent = os.path.dirname(os.path.abspath(logfile))
+        if not os.path.isdir(parent):
+            raise NvramfsError(f"{logfile}: no such event log (and no directory {parent})")
+        if not said:
+            print(f"nvramfs log: {logfile}: waiting for the log to appear", file=sys.stderr)
+            said = True
+        if stop():
+            return False
+        time.sleep(poll)
+    return True
 
 
-def export_rows(sessions: list[Session]) -> Iterator[dict[str, Any]]:
-    """Flat rows of CSV_COLUMNS: one per event; an `access` event gives one row per page."""
-    known = set(CSV_COLUMNS)
-    for s in sessions:
-        names: dict[int, str] = {}
-        for ev in s.events:
-            kind = ev["ev"]
-            ino = ev.get("ino")
-            if kind == schema.PATH and isinstance(ino, int):
-                names[ino] = str(ev.get("path"))
-            row: dict[str, Any] = {"session": s.number}
-            extra: dict[str, Any] = {}
-            for k, v in ev.items():
-                if k == "v":
-                    continue
-                if kind == schema.COUNTERS and k in ("faults", "accesses") and isinstance(v, dict):
-                    for kk, vv in v.items():
-                        col = f"{k}.{kk}"
-                        if col in known:
-                            row[col] = vv
-                        else:
-                            extra[col] = vv
-                elif kind == schema.COUNTERS and k == "migrations" and isinstance(v, dict):
-                    for d in ("promote", "demote"):
-                        row[f"migrations.{d}"] = sum((v.get(d) or {}).values())
-                elif kind == schema.COUNTERS and k == "writebacks" and isinstance(v, dict):
-                    row["writebacks"] = sum(v.values())
-                elif kind == schema.ACCESS and k in ("pages", "reads", "writes"):
-                    continue
-                elif k in known and not isinstance(v, dict | list):
-                    row[k] = v
-                else:
-                    extra[k] = v
-            if isinstance(ino, int):
-                row["path"] = names.get(ino, "")
-                if isinstance(ev.get("index"), int):
-                    row["offset"] = ev["index"] * PAGE_SIZE
-            if kind == schema.COUNTERS:
-                extra.update(
-                    {
-                        f"migrations.{d}.{r}": n
-                        for d, rs in (ev.get("migrations") or {}).items()
-                        for r, n in (rs or {}).items()
-                    }
-                )
-                extra.update(
-                    {f"writebacks.{r}": n for r, n in (ev.get("writebacks") or {}).items()}
-                )
-            row["extra"] = json.dumps(extra, separators=(",", ":")) if extra else ""
-            if kind == schema.ACCESS:
-                pages = ev.get("pages") or []
-                reads = ev.get("reads") or [0] * len(pages)
-                writes = ev.get("writes") or [0] * len(pages)
-                for p, r, w in zip(pages, reads, writes, strict=False):
-                    yield {**row, "page": p, "offset": int(p) * PAGE_SIZE, "reads": r, "writes": w}
-            else:
-                yield row
+def _profile(args: argparse.Namespace, scan: Any, chosen: list[Any]) -> int:
+    from nvramfs.events.analysis import profile_lines
 
-
-def export_csv(sessions: list[Session], out: TextIO) -> int:
-    """Write the CSV (header + rows); returns the number of rows."""
-    w = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    n = 0
-    for row in export_rows(sessions):
-        w.writerow(row)
-        n += 1
-    return n
-
-
-def profile_lines(
-    sessions: list[Session], *, reads_only: bool = False, min_count: int = 1, top: int = 0
-) -> tuple[list[str], list[str]]:
-    """AXFS profile lines (`./path,offset,count`) and notes on what could not be written."""
-    names = path_names(sessions)
-    rows: list[tuple[str, int, int]] = []
-    nameless: set[int] = set()
-    unwritable: set[str] = set()
-    for ino, f in file_access(sessions).items():
-        path = names.get(ino)
-        if path is None:
-            nameless.add(ino)
-            continue
-        if "," in path or "\n" in path or "\r" in path:
-            unwritable.add(path)
-            continue
-        rel = "." + (path if path.startswith("/") else "/" + path)
-        for index, (r, w) in f["pages"].items():
-            count = r if reads_only else r + w
-            if count >= max(1, min_count):
-                rows.append((rel, index * PAGE_SIZE, count))
-    if top > 0:
-        rows.sort(key=lambda x: (-x[2], x[0], x[1]))
-        rows = rows[:top]
-    rows.sort(key=lambda x: (x[0], x[1]))
-    notes = []
-    if nameless:
-        notes.append(
-            f"left out the pages of {len(nameless)} inode(s) with no path event "
-            f"({', '.join(str(i) for i in sorted(nameless)[:5])})"
-        )
-    if unwritable:
-        notes.append(
-            f"left out {len(unwritable)} file(s) whose path has a comma or newline "
-            "(the AXFS profile format cannot say it)"
-        )
-    return [f"{p},{o},{c}" for p, o, c in rows], notes
-
-
-def _profile(args: argparse.Namespace, sessions: list[Session]) -> int:
     lines, notes = profile_lines(
-        sessions, reads_only=args.reads, min_count=args.min_count, top=args.top
+        scan, chosen, reads_only=args.reads, min_count=args.min_count, top=args.top
     )
     for note in notes:
         print(f"nvramfs log: profile: {note}", file=sys.stderr)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from nvramfs.errors import NvramfsError
+from nvramfs.image.hostspace import growth_warning
 from nvramfs.image.mkfs import mkfs, parse_size
 
 HELP = """\
@@ -17,7 +18,11 @@ directories, symlinks as symlinks, hard links, modes, owners, ns times; device
 nodes, fifos and sockets are skipped and listed). The default size is what the
 tree needs plus the larger of that again and 64 MiB (room to grow). Without
 --from, --size is required and the image is empty. Images are sparse files:
-an empty 16G image takes almost no disk.
+an empty 16G image takes almost no disk, and the daemon allocates host space
+as it needs it (a full host filesystem is ENOSPC for the writer); mkfs warns
+when the host has less free space than the image could grow to.
+--preallocate allocates the whole image on the host now, as a device has its
+size.
 """
 
 
@@ -35,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--size", metavar="SIZE", help="image size: 16G, 512M, 4096 (bytes) ...")
     p.add_argument("--force", action="store_true", help="overwrite IMAGE if it exists")
+    p.add_argument(
+        "--preallocate",
+        action="store_true",
+        help="allocate the whole image on the host filesystem now (not sparse)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
     p.set_defaults(func=main)
     return p
@@ -82,15 +92,32 @@ def main(args: argparse.Namespace) -> int:
                 if sys.stderr.isatty():
                     print(f"mkfs: building the tree of {args.recipe}", file=sys.stderr)
                 build_tree(Path(args.recipe), tree)
-                res = mkfs(image, size=size, src=tree, force=args.force, progress=bar)
+                res = mkfs(
+                    image,
+                    size=size,
+                    src=tree,
+                    force=args.force,
+                    progress=bar,
+                    preallocate=args.preallocate,
+                )
         else:
             if args.src is not None and not Path(args.src).is_dir():
                 raise NvramfsError(f"{args.src}: no such directory")
-            res = mkfs(image, size=size, src=args.src, force=args.force, progress=bar)
+            res = mkfs(
+                image,
+                size=size,
+                src=args.src,
+                force=args.force,
+                progress=bar,
+                preallocate=args.preallocate,
+            )
     finally:
         bar.end()
     for s in res.skipped:
         print(f"mkfs: skipped {s}", file=sys.stderr)
+    warning = growth_warning(res.path)
+    if warning:
+        print(f"mkfs: warning: {warning}", file=sys.stderr)
     if not args.quiet:
         what = f"{res.files} entries" if (args.src or args.recipe) else "empty"
         print(

@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "stat",
         help="show a mount's live counters",
         description="Print MOUNTPOINT/.nvramfs/stats: faults, migrations, writebacks, the DRAM "
-        "budget and the struct page bytes used and avoided.",
+        "budget, the struct page bytes used and avoided, and the memmap VM_MIXEDMAP saves.",
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -37,7 +37,9 @@ def format_stats(s: dict[str, Any]) -> str:
     lines = [
         f"{s.get('mountpoint')}: {s.get('image')}  (pid {s.get('pid')})",
         f"  sim {'on' if s.get('sim') else 'off'}, cache={s.get('cache')}, "
-        f"policy {s.get('policy')}{', READ-ONLY' if s.get('readonly') else ''}",
+        f"policy {s.get('policy')}"
+        f"{', kernel ' + str(c['kernel']) if c.get('kernel') else ''}"
+        f"{', READ-ONLY' if s.get('readonly') else ''}",
         f"  event log      {s.get('log')}",
     ]
     if s.get("sim"):
@@ -47,6 +49,14 @@ def format_stats(s: dict[str, Any]) -> str:
             f"{b.get('dirty', 0):,} dirty",
             f"  struct page    {_kib(sp.get('bytes_used', 0))} used, "
             f"{_kib(sp.get('bytes_avoided', 0))} avoided by XIP",
+        ]
+        if "memmap_device_bytes" in sp:
+            lines += [
+                f"  memmap         memmap_device {_kib(sp['memmap_device_bytes'])} (whole device), "
+                f"mixedmap {_kib(sp['mixedmap_bytes'])} (frames in use), "
+                f"saved {_kib(sp['saved_bytes'])}",
+            ]
+        lines += [
             f"  faults         {_pairs(c.get('faults'))}",
             f"  accesses       {_pairs(c.get('accesses'))}",
             f"  migrations     {_pairs(c.get('migrations'))}",

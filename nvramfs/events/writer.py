@@ -1,9 +1,11 @@
 """The event log writer: buffered JSON Lines, appended whole lines at a time.
 
-`emit` only appends a small dict to an in-memory list, so it never blocks a
-fault; `flush` (called from mm's once-a-second tick, and at close) encodes
-the buffered events and appends them with one `os.write` on an `O_APPEND`
-descriptor. Only whole lines are ever written, so the file is valid JSON
+`emit` appends a small dict to an in-memory list; `flush` (called from mm's
+once-a-second tick, and at close) encodes the buffered events and appends
+them with one `os.write` on an `O_APPEND` descriptor. So that a session
+killed with SIGKILL keeps all but its last second even when the tick is
+late (a long request holds the loop), `emit` itself flushes when the oldest
+buffered event is `flush_seconds` old or `flush_events` are buffered. Only whole lines are ever written, so the file is valid JSON
 Lines at every moment and `tail -f LOG | jq` works while the filesystem runs
 (a crash in the middle of a write can at most cut the last line, which every
 reader skips).
@@ -29,8 +31,12 @@ class EventWriter:
         *,
         trace_faults: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        flush_seconds: float = 1.0,
+        flush_events: int = 65536,
     ) -> None:
         self.path = os.fspath(path)
+        self.flush_seconds = flush_seconds
+        self.flush_events = flush_events
         self.trace_faults = trace_faults
         self._clock = clock
         self._t0 = clock()
@@ -46,12 +52,17 @@ class EventWriter:
         return self._t0
 
     def emit(self, ev: str, **fields: Any) -> int:
-        """Buffer one event (adds `v`, `seq`, `t`, `ev`); returns its seq. Never does I/O."""
+        """Buffer one event (adds `v`, `seq`, `t`, `ev`); returns its seq. Writes only when
+        the buffer is a second old or large (see the module's docstring)."""
         seq = self._seq
         self._seq = seq + 1
-        rec = {"v": schema.SCHEMA_VERSION, "seq": seq, "t": self._clock() - self._t0, "ev": ev}
+        t = self._clock() - self._t0
+        rec = {"v": schema.SCHEMA_VERSION, "seq": seq, "t": t, "ev": ev}
         rec.update(fields)
-        self._buf.append(rec)
+        buf = self._buf
+        buf.append(rec)
+        if t - buf[0]["t"] >= self.flush_seconds or len(buf) >= self.flush_events:
+            self.flush()
         return seq
 
     @property

@@ -154,6 +154,7 @@ class Control:
         out["struct_page"] = {
             "bytes_used": counters.get("struct_page_bytes_used", 64 * frames),
             "bytes_avoided": counters.get("struct_page_bytes_avoided", 0),
+            **counters.get("struct_page", {}),
         }
         if "residency" in counters:
             out["residency"] = counters["residency"]

@@ -30,6 +30,7 @@ stderr), then `OK pid log` or `ERR exit_code text`.
 
 from __future__ import annotations
 
+import faulthandler
 import inspect
 import logging
 import os
@@ -193,6 +194,9 @@ def _detach(event_log: str, debug: bool) -> None:
         out = null
     os.dup2(out, 1)
     os.dup2(out, 2)
+    # A fatal signal (SIGBUS from a store into an unbacked page, SIGSEGV) leaves
+    # its traceback in the daemon log instead of a silent death.
+    faulthandler.enable()
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -211,9 +215,15 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
         from nvramfs.fuse.nosim import NoSim
 
         return NoSim(img)
+    from nvramfs.device import DeviceModel, load_medium
+    from nvramfs.device.meter import Meter
     from nvramfs.mm import MemoryManager
 
-    kw: dict[str, Any] = {"events": events}
+    # The device model prices what mm moves on the medium (docs/COSTS.md):
+    # blocks in use at the mount hold programmed data, the rest are erased.
+    programmed = img.used_blocks()
+    meter = Meter(DeviceModel(load_medium(opts.medium), img.nr_blocks, programmed=programmed))
+    kw: dict[str, Any] = {"events": events, "device": meter}
     params = inspect.signature(MemoryManager).parameters
     if opts.policy is not None:
         kw["policy"] = opts.policy
@@ -221,22 +231,28 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
         kw["policy"] = static_policy(img, opts)
     if "nr_nvram_pages" in params:
         kw["nr_nvram_pages"] = img.nr_blocks
+    if opts.kernel != "modern":
+        kw["kernel"] = opts.kernel
     if opts.writeback is not None:
         for name in ("writeback_seconds", "dirty_expire", "writeback", "dirty_expire_seconds"):
             if name in params:
                 kw[name] = opts.writeback
                 break
+    backing = meter.backing(img)
     if opts.trace is None:
-        return MemoryManager(img, opts.dram_pages, **kw)
+        return MemoryManager(backing, opts.dram_pages, **kw)
     # Recording: mm runs on the recorder's backing proxy and clock, and the FUSE
     # layer calls the recording proxy instead of mm (docs/TRACE.md).
-    from nvramfs.trace.record import Recorder
+    from nvramfs.trace.record import Recorder, save_programmed
 
     config = trace_config(img, opts, params, kw)
     t0 = getattr(events, "t0", None)
     if isinstance(t0, float):
         config["events_t0_us"] = round(t0 * 1e6)  # the event log's time 0 (same clock)
-    rec = Recorder(opts.trace, img, config, size_of=lambda ino: img.getattr(ino).size)
+    medium_file = "/" in opts.medium or opts.medium.endswith(".toml")
+    config["medium"] = os.path.abspath(opts.medium) if medium_file else opts.medium
+    rec = Recorder(opts.trace, backing, config, size_of=lambda ino: img.getattr(ino).size)
+    save_programmed(opts.trace, programmed)  # the device model's starting state
     mm = MemoryManager(rec.backing, opts.dram_pages, clock=rec.clock, **kw)
     return rec.wrap(mm)
 
@@ -269,16 +285,15 @@ def trace_config(img: Any, opts: MountOptions, params: Any, kw: dict[str, Any]) 
         p = params.get(name)
         return fallback if p is None or p.default is inspect.Parameter.empty else p.default
 
-    sb = getattr(img, "superblock", {}) or {}
     config = {
         "dram_pages": opts.dram_pages,
         "policy": opts.policy or default("policy", "2q"),
         "writeback_seconds": float(opts.writeback or default("writeback_seconds", 5.0)),
         "tick_seconds": TICK_SECONDS,
         "cache": opts.cache,
-        "pte_special": bool(default("pte_special", True)),
+        "pte_special": kw.get("pte_special", default("pte_special", None)),  # None: the kernel's
         "image": getattr(img, "path", None),
-        "uuid": sb.get("uuid"),
+        "uuid": _image_uuid(img).get("uuid"),  # as the mount event spells it
         "nr_blocks": int(img.nr_blocks),
         "block_size": PAGE_SIZE,
         "readonly": opts.readonly,
@@ -336,6 +351,14 @@ def serve(
     except OSError as exc:
         report("ERR", f"1 image {image}: {exc.strerror or exc}")
         return 1
+
+    if not opts.readonly:
+        from nvramfs.image.hostspace import growth_warning
+
+        warning = growth_warning(image)
+        if warning:
+            report("MSG", f"warning: {warning}")
+            log.warning("%s", warning)
 
     recovered = not img.was_clean
     lost: dict[str, Any] = {}
@@ -405,11 +428,14 @@ def serve(
         page_size=PAGE_SIZE,
         policy=policy,
         pte_special=bool(getattr(getattr(mm, "machine", None), "pte_special", True)),
+        kernel=str(getattr(getattr(mm, "machine", None), "kernel", opts.kernel)),
         cache=opts.cache,
         sim=opts.sim,
+        medium=opts.medium if opts.sim else None,
         recovered=recovered,
         wall=time.time(),
         mountpoint=mountpoint,
+        **_image_uuid(img),
         **lost,
     )
     events.flush()
@@ -503,8 +529,21 @@ async def _signals(state: dict[str, bool]) -> None:
             return
 
 
+def _image_uuid(img: Any) -> dict[str, str]:
+    """{"uuid": ...} for the mount event: with it, files are known across mounts."""
+    try:
+        return {"uuid": str(img.uuid)}
+    except Exception:
+        return {}
+
+
 def _finish(ops: Any, mm: Any, events: Any, img: Any, *, unmount: bool) -> None:
-    """Unmount (if still mounted), write everything back, close log and image clean."""
+    """Unmount (if still mounted), write everything back, close log and image clean.
+
+    The `unmount` event says `clean: false` when a step here failed, or when a
+    fatal error (a broken invariant, a corrupt image) turned the mount
+    read-only while it ran: the log then says what the image's state says.
+    """
     try:
         pyfuse3.close(unmount=unmount)
     except Exception:
@@ -519,8 +558,18 @@ def _finish(ops: Any, mm: Any, events: Any, img: Any, *, unmount: bool) -> None:
         except Exception as exc:
             clean = False
             ops.translate(what, exc)
+    fatal = int(getattr(ops, "fatal_errors", 0) or 0)
+    if fatal or getattr(img, "corrupt", None):
+        clean = False
+    meter = getattr(mm, "device", None)
+    if meter is not None:
+        try:
+            t = float(getattr(events, "_clock", time.monotonic)() - getattr(events, "t0", 0.0))
+            events.emit(schema.WEAR, **meter.wear(t))
+        except Exception:
+            log.exception("cannot log the device model's wear")
     try:
-        events.emit(schema.UNMOUNT, clean=clean)
+        events.emit(schema.UNMOUNT, clean=clean, **({"fatal_errors": fatal} if fatal else {}))
         events.close()
     except Exception:
         log.exception("cannot close the event log")

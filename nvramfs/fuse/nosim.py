@@ -80,7 +80,10 @@ class NoSim:
             pages = [view[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in range(n)]
         self.img.write_pages(ino, np.arange(first, last + 1, dtype=np.int64), pages)
 
-    def truncate(self, ino: int, new_size: int) -> None:
+    def set_size(self, ino: int, size: int) -> None:
+        pass  # the image keeps the size; nothing here faults against it
+
+    def truncate(self, ino: int, new_size: int, reason: str = "truncate") -> None:
         """Zero the tail of a partial last page, so a later extension reads zeros."""
         tail = new_size & (PAGE_SIZE - 1)
         if not tail:

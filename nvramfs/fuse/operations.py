@@ -74,6 +74,14 @@ def _fs_error_type() -> type[BaseException] | None:
     return FsError
 
 
+def _host_full_type() -> type[BaseException] | None:
+    try:
+        from nvramfs.image import HostFull
+    except ImportError:
+        return None
+    return HostFull
+
+
 def _fatal_types() -> tuple[type[BaseException], ...]:
     """Exceptions after which nothing may be written: a broken mm invariant (BUG),
     or an image structure that cannot be trusted (the image latches it too)."""
@@ -182,7 +190,11 @@ class Operations(pyfuse3.Operations):
         self.atime = atime
         self.errors = 0
         self._fs_error = _fs_error_type()
+        self._host_full = _host_full_type()
         self._fatal = _fatal_types()
+        # Fatal errors (a broken invariant, a corrupt image): the mount went
+        # read-only, and its unmount is not clean.
+        self.fatal_errors = 0
         self._root = int(img.root_ino)
         if self._root != pyfuse3.ROOT_INODE:
             raise RuntimeError(
@@ -209,6 +221,12 @@ class Operations(pyfuse3.Operations):
         """Turn an exception from a lower layer into the FUSEError to answer with."""
         if isinstance(exc, FUSEError):
             return exc
+        if self._host_full is not None and isinstance(exc, self._host_full):
+            # The host filesystem under the image is full: ENOSPC for the caller,
+            # nothing was stored, the daemon carries on. Said once per refusal.
+            log.warning("%s: %s", what, exc.strerror)
+            self.emit(schema.ERROR, what=f"{what}: {exc.strerror}", fatal=False)
+            return FUSEError(errno.ENOSPC)
         if self._fs_error is not None and isinstance(exc, self._fs_error):
             return FUSEError(getattr(exc, "errno", None) or errno.EIO)
         if type(exc) is OSError and exc.errno in (errno.ENOMEM, errno.ENOSPC, errno.EFBIG):
@@ -219,6 +237,8 @@ class Operations(pyfuse3.Operations):
         fatal = bool(self._fatal) and isinstance(exc, self._fatal)
         self.errors += 1
         log.error("%s: unexpected %s: %s", what, type(exc).__name__, exc, exc_info=exc)
+        if fatal:
+            self.fatal_errors += 1
         if fatal and not self.readonly:
             self.readonly = True
             log.error("%s: the mount is read-only from now on", exc)
@@ -285,6 +305,7 @@ class Operations(pyfuse3.Operations):
     def _freed(self, ino: int) -> None:
         """The image freed `ino` (its number may come back for another inode)."""
         self._gens[ino] = self._gens.get(ino, 0) + 1
+        self._paths.pop(ino, None)  # a file that reuses the number is named anew
         entry = self._attrs.pop(ino, None)
         self._meta_dirty.discard(ino)
         if entry is not None and self._nlookup.get(ino):
@@ -329,7 +350,14 @@ class Operations(pyfuse3.Operations):
             return
         path = (base.rstrip("/") + "/" + os.fsdecode(name)) if name else base
         self._paths[ino] = path
-        self.emit(schema.PATH, ino=ino, path=path)
+        try:
+            gen = self.img.inode_generation(ino)
+        except Exception:
+            gen = None
+        if gen is None:
+            self.emit(schema.PATH, ino=ino, path=path)
+        else:
+            self.emit(schema.PATH, ino=ino, gen=gen, path=path)
 
     def _maybe_reap(self, ino: int) -> None:
         """Free an orphan once neither the kernel nor an open file knows it."""
@@ -657,6 +685,8 @@ class Operations(pyfuse3.Operations):
         entry = self._attr(inode)
         if stat.S_ISDIR(entry.st_mode):
             raise FUSEError(errno.EISDIR)
+        if stat.S_ISREG(entry.st_mode):
+            self.mm.set_size(inode, entry.st_size)  # mapped accesses fault against it
         fh = self._new_fh(OpenFile(inode, entry, writable, uid=ctx.uid))
         return self._file_info(fh)
 
@@ -668,6 +698,7 @@ class Operations(pyfuse3.Operations):
         self._check_new(parent_inode, name)
         uid, gid, mode = self._ctx_ids(parent_inode, ctx, mode)
         ino = self.img.create(parent_inode, name, mode, uid, gid, 0)
+        self.mm.set_size(ino, 0)
         entry = await self._new_entry(parent_inode, name, ino)
         fh = self._new_fh(OpenFile(ino, entry, True, uid=ctx.uid))
         return self._file_info(fh), entry

@@ -18,6 +18,9 @@ from nvramfs.errors import UsageError
 
 PAGE_SIZE = 4096
 DEFAULT_DRAM = 64 << 20
+# The kernels whose mm rules the simulation can run (nvramfs.mm.machine.KERNELS;
+# spelled here too so that parsing options does not import the simulation).
+KERNELS = ("2.6.26-rc1", "2.6.26", "modern")
 
 # Option help, in the order `nvramfs mount --help` lists it.
 OPTION_HELP = [
@@ -37,6 +40,11 @@ OPTION_HELP = [
     ("trace_faults", "log one `fault` event per page fault (many)"),
     ("writeback=SECONDS", "write dirty frames back after this long (default 5)"),
     ("trace=DIR", "record every MemoryManager call into DIR (a new directory; docs/TRACE.md)"),
+    ("kernel=NAME", "whose mm rules the simulation runs: modern (default), 2.6.26 (stores"),
+    ("", "to XIP pages go into NVRAM in place), 2.6.26-rc1 (needs ro: its write fault"),
+    ("", "copies XIP pages into anonymous memory); see docs/ARCHITECTURE.md"),
+    ("medium=NAME|FILE", "what the device model prices moves on: nor (default), pcm,"),
+    ("", "optane, dram, or a profile .toml file; see docs/COSTS.md"),
     ("noatime, strictatime", "access times on read (default relatime)"),
 ]
 
@@ -94,6 +102,8 @@ class MountOptions:
     writeback: float | None = None
     trace: str | None = None
     static: str | None = None  # policy static: the profile file
+    kernel: str = "modern"
+    medium: str = "nor"
     vfs_flags: list[str] = field(default_factory=list)
 
     @property
@@ -133,6 +143,10 @@ def parse_options(groups: list[str] | None) -> MountOptions:
             word = word.strip()
             if word:
                 _apply(opts, word)
+    if opts.kernel == "2.6.26-rc1" and not opts.readonly:
+        # Its do_wp_page copies a raw pfn into an anonymous page even in a shared
+        # mapping: every write to an XIP page would be lost (fixed in 2.6.26).
+        raise UsageError("kernel=2.6.26-rc1 loses writes to XIP pages: mount it with -o ro")
     return opts
 
 
@@ -173,6 +187,17 @@ def _apply(opts: MountOptions, word: str) -> None:
         if value not in ("on", "off"):
             raise UsageError(f"sim={value}: use sim=on or sim=off")
         opts.sim = value == "on"
+    elif key == "kernel" and eq:
+        if value not in KERNELS:
+            raise UsageError(
+                f"kernel={value}: use kernel=modern, kernel=2.6.26 or kernel=2.6.26-rc1"
+            )
+        opts.kernel = value
+    elif key == "medium" and eq:
+        from nvramfs.device import load_medium
+
+        load_medium(value)  # a usage error (exit 2) naming the built-in media
+        opts.medium = value
     elif key == "writeback" and eq:
         try:
             opts.writeback = float(value)

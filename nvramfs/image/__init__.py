@@ -4,7 +4,7 @@ Public API (docs/ARCHITECTURE.md): `Image`, `Attr`, `StatFs`, `FsError`,
 `CorruptImage`, `NotAnImage`; `persist` is the one module that stores to an image.
 """
 
-from nvramfs.image.errors import CorruptImage, FsError, NotAnImage
+from nvramfs.image.errors import CorruptImage, FsError, HostFull, NotAnImage
 from nvramfs.image.image import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -19,6 +19,7 @@ __all__ = [
     "Attr",
     "CorruptImage",
     "FsError",
+    "HostFull",
     "Image",
     "NotAnImage",
     "RENAME_EXCHANGE",

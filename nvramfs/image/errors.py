@@ -3,11 +3,13 @@
 `FsError` is a namespace error the FUSE layer returns as an errno (ENOENT,
 EEXIST, ENOSPC...). `CorruptImage` means the image cannot be trusted at some
 structure: the message is one line naming the structure and where it is.
-`NotAnImage` is the extreme case: nothing recognisable (fsck exits 8).
+`HostFull` is the ENOSPC of a full host filesystem (docs/FORMAT.md, "Host
+space"). `NotAnImage` is the extreme case: nothing recognisable (fsck exits 8).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 
 from nvramfs.errors import NvramfsError
@@ -18,6 +20,15 @@ class FsError(OSError):
 
     def __init__(self, err: int, message: str | None = None) -> None:
         super().__init__(err, message or os.strerror(err))
+
+
+class HostFull(FsError):
+    """ENOSPC because the *host* filesystem under the image has no room to back
+    the blocks a call needs (the image itself may have free blocks). The FUSE
+    layer answers ENOSPC and logs an `error` event; nothing was stored."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, f"host filesystem full: {message}")
 
 
 class CorruptImage(NvramfsError):

@@ -178,6 +178,7 @@ class Image(Allocator, ExtentMaps, Directories):
     # ------------------------------------------------------------------ open
     def __init__(self) -> None:  # use Image.open / mkfs
         self._mm: mmap.mmap | None = None
+        self._fd = -1  # writable opens keep the file open: persist.allocate backs it
         self._txn: _Txn | None = None
         self._attrs: dict[int, Attr] = {}
         self._parents: dict[int, int] = {}
@@ -239,9 +240,16 @@ class Image(Allocator, ExtentMaps, Directories):
                 raise NotAnImage(f"{path}: not an nvramfs image ({size} bytes, too short)")
             access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
             mm = mmap.mmap(fd, size, access=access)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        if readonly:
+            os.close(fd)
+            fd = -1
         img._attach(mm, size, persist)
+        if fd >= 0:
+            img._fd = fd
+            img.persist.attach_file(fd)
         try:
             img._mount(size)
         except BaseException:
@@ -265,6 +273,9 @@ class Image(Allocator, ExtentMaps, Directories):
         with contextlib.suppress(BufferError):  # a caller still holds a block_view
             self._mm.close()
         self._mm = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     @staticmethod
     def _check_sb(raw: memoryview, size: int) -> tuple[np.void | None, str]:
@@ -345,6 +356,8 @@ class Image(Allocator, ExtentMaps, Directories):
             self.was_clean = False
         if replay and self.readonly:
             self._remap_private()
+        if not self.readonly:  # host space first: replay stores to home blocks
+            self._host_prepare(jt[1] if replay else ())
         if replay:
             self._replay(jt)
             self.recovery.append(f"journal replayed (transaction {jt[0]}, {len(jt[1])} blocks)")
@@ -538,6 +551,18 @@ class Image(Allocator, ExtentMaps, Directories):
             self._attrs[ino] = a
         return a
 
+    def inode_generation(self, ino: int) -> int:
+        """The inode's generation (`igen`): with the number and the image uuid, a file's
+        identity across mounts (a freed number comes back with another generation)."""
+        return int(self._inode(ino)["igen"])
+
+    @property
+    def uuid(self) -> str:
+        """The image's uuid (mkfs chose it), as 8-4-4-4-12 hex."""
+        import uuid as uuid_
+
+        return str(uuid_.UUID(bytes=bytes(self._sb["uuid"].tobytes())))
+
     def bmap(self, ino: int, first: int, count: int) -> np.ndarray:
         """NVRAM block of each page [first, first+count) of `ino`; 0 = hole."""
         e = self._ext(ino)
@@ -567,14 +592,14 @@ class Image(Allocator, ExtentMaps, Directories):
         assert self._txn is None, "nested transaction"
         txn = _Txn()
         snap = self._sb.copy()
-        hints = (self._ihint, self._bhint)
+        hints = self._alloc_snapshot()
         self._txn = txn
         try:
             yield txn
         except BaseException:
             self._txn = None
             self._sb = snap
-            self._ihint, self._bhint = hints
+            self._alloc_restore(hints)
             for ino in txn.inos:
                 self._attrs.pop(ino, None)
                 self._parents.pop(ino, None)
@@ -710,6 +735,7 @@ class Image(Allocator, ExtentMaps, Directories):
             raise ValueError("negative reservation")
         if int(self._sb["free_blocks"]) - self.reserved - nblocks < META_HEADROOM:
             raise FsError(errno.ENOSPC)
+        self._host_reserve(nblocks)  # and backed on the host (HostFull otherwise)
         self.reserved += nblocks
 
     def unreserve(self, nblocks: int) -> None:

@@ -1,7 +1,8 @@
 """Make an image: empty of a given size, or from a directory tree.
 
 The image is built in a temporary file beside the target (sparse: ftruncate,
-then only metadata and data blocks are written), populated through the
+then the fixed metadata regions are allocated on the host and only metadata
+and data blocks are written; `preallocate` allocates the whole file), populated through the
 ordinary `Image` API in bulk mode (no per-transaction flushes; one msync at
 the end), closed cleanly with a journaled transaction, and renamed into place,
 so a failed mkfs never leaves a half-made image under the target's name.
@@ -22,7 +23,9 @@ import numpy as np
 
 from nvramfs.errors import NvramfsError
 from nvramfs.image import format as F
-from nvramfs.image.errors import FsError
+from nvramfs.image.errors import FsError, HostFull
+from nvramfs.image.hostspace import human as _hsize
+from nvramfs.image.hostspace import preallocate as _preallocate
 from nvramfs.image.image import Image
 from nvramfs.image.lock import ImageInUse, lock_fd, lock_image, unlock_image
 from nvramfs.image.persist import Persist
@@ -172,10 +175,36 @@ def _plan(nr_bytes: int, inodes_needed: int) -> F.Layout:
     return F.Layout.compute(nr_blocks, nr_inodes)
 
 
-def format_image(path: Path, lay: F.Layout, uid: int = 0, gid: int = 0) -> None:
-    """Write an empty filesystem of layout `lay` into the (sparse) file `path`."""
+def format_image(
+    path: Path,
+    lay: F.Layout,
+    uid: int = 0,
+    gid: int = 0,
+    *,
+    preallocate: bool = False,
+    name: Path | None = None,
+) -> None:
+    """Write an empty filesystem of layout `lay` into the (sparse) file `path`.
+
+    What the daemon stores into without allocating first (superblocks,
+    journal, bitmaps, the root's inode-table block) is allocated on the host
+    here, so a mount on a host that filled up later cannot die storing there.
+    `name` is what error messages call the image (mkfs builds a temporary file).
+    """
+    name = name or path
     with open(path, "r+b") as f:
         f.truncate(lay.nr_blocks * BS)
+        if preallocate:
+            _preallocate(f.fileno(), lay.nr_blocks * BS, name)
+        else:
+            fixed = (lay.itable_start + 1) * BS
+            try:
+                os.posix_fallocate(f.fileno(), 0, fixed)
+            except OSError as exc:
+                raise NvramfsError(
+                    f"{name}: the host filesystem has no room for the image's metadata "
+                    f"({_hsize(fixed)}): {exc.strerror}"
+                ) from None
         now = time.time_ns()
 
         def put(block: int, data: bytes) -> None:
@@ -267,6 +296,7 @@ def mkfs(
     src: str | os.PathLike | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    preallocate: bool = False,
 ) -> MkfsResult:
     """Make an image (empty of `size`, or holding the tree `src`); see module doc."""
     t0 = time.monotonic()
@@ -319,7 +349,12 @@ def mkfs(
         lock_fd(new_lock)
         st0 = sc.nodes[0].st if sc else None
         format_image(
-            tmp, lay, st0.st_uid if st0 else os.getuid(), st0.st_gid if st0 else os.getgid()
+            tmp,
+            lay,
+            st0.st_uid if st0 else os.getuid(),
+            st0.st_gid if st0 else os.getgid(),
+            preallocate=preallocate,
+            name=path,
         )
         files = 0
         if sc is not None:
@@ -327,8 +362,9 @@ def mkfs(
         else:
             Image.open(tmp, _tool=True).close()  # one journaled transaction: the journal is valid
         os.replace(tmp, path)
-    except FsError as exc:
-        raise NvramfsError(f"mkfs: {exc.strerror} while copying the tree") from None
+    except FsError as exc:  # HostFull included: its message says the host is full
+        where = " while copying the tree" if sc is not None else ""
+        raise NvramfsError(f"mkfs: {exc.strerror}{where}") from None
     except OSError as exc:
         raise NvramfsError(f"{path}: {exc.strerror or exc}") from None
     finally:
@@ -413,7 +449,7 @@ def _populate(tmp: Path, sc: Scan, progress: Progress | None) -> int:
                 ctime_ns=st.st_ctime_ns,
             )
     except OSError as exc:
-        if isinstance(exc, FsError) and exc.errno == errno.ENOSPC:
+        if isinstance(exc, FsError) and exc.errno == errno.ENOSPC and not isinstance(exc, HostFull):
             img.close(clean=False)
             raise NvramfsError("mkfs: the image ran out of space copying the tree") from None
         img.close(clean=False)

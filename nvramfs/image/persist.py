@@ -17,6 +17,7 @@ one of those images.
 from __future__ import annotations
 
 import mmap
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,10 +31,28 @@ class Persist:
     def __init__(self) -> None:
         self._mm: mmap.mmap | None = None
         self.bulk = False  # mkfs: no flushes until the final sync()
+        self.fd: int | None = None  # the image file, for `allocate` (None: nothing to back)
 
     def attach(self, mm: mmap.mmap) -> None:
         """Bind to the image mapping (Image.open does this)."""
         self._mm = mm
+
+    def attach_file(self, fd: int) -> None:
+        """The image file's descriptor, which `allocate` backs (the caller keeps it open)."""
+        self.fd = fd
+
+    def allocate(self, offset: int, length: int) -> None:
+        """Back [offset, offset+length) of the image file with host space.
+
+        Images are sparse: a store into a page of the mapping that the host
+        filesystem has not allocated must allocate it then, and on a full host
+        that store is SIGBUS, which kills the process. `posix_fallocate`
+        allocates ahead (already-allocated parts cost nothing), so it is the
+        one place a full host can say so: OSError(ENOSPC), nothing stored.
+        """
+        if self.fd is None or length <= 0:
+            return
+        os.posix_fallocate(self.fd, offset, length)
 
     def store(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         n = len(data)

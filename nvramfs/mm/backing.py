@@ -30,6 +30,11 @@ class Backing(Protocol):
         ...
 
 
+# Optional: a backing that also has `i_size(ino) -> int | None` tells mm each file's
+# size when mm first sees the file (MemBacking does); otherwise the FUSE layer tells
+# it with MemoryManager.set_size.
+
+
 class MemBacking:
     """An NVRAM device in a numpy array: block 0 is never a data block (0 means hole).
 
@@ -43,6 +48,7 @@ class MemBacking:
         self._dev = np.zeros((nr_blocks, PAGE_SIZE), dtype=np.uint8)
         self._view = memoryview(self._dev.reshape(-1)).toreadonly()
         self._files: dict[int, np.ndarray] = {}
+        self._sizes: dict[int, int] = {}
         self._free: list[int] = list(range(nr_blocks - 1, 0, -1))
         self.bmap_calls = 0
         self.writes = 0
@@ -64,6 +70,7 @@ class MemBacking:
     def create(self, ino: int, data: bytes | bytearray, *, holes: Sequence[int] = ()) -> None:
         """Make file `ino` hold `data` (page indices in `holes` stay unallocated)."""
         npages = (len(data) + PAGE_SIZE - 1) // PAGE_SIZE
+        self._sizes[ino] = len(data)
         m = self._map(ino, npages)
         for i in range(npages):
             if i in holes:
@@ -106,6 +113,21 @@ class MemBacking:
             self.writes += 1
         return out
 
+    def i_size(self, ino: int) -> int | None:
+        """The file's size as last created or set (None: no such file)."""
+        return self._sizes.get(ino)
+
+    def set_size(self, ino: int, size: int) -> None:
+        """What the image's setattr(size) does on a real mount: free the blocks of pages past
+        the new end and zero the rest of the last partial block in place."""
+        self.truncate(ino, (size + PAGE_SIZE - 1) // PAGE_SIZE)
+        tail = size % PAGE_SIZE
+        if tail:
+            b = int(self.bmap(ino, size // PAGE_SIZE, 1)[0])
+            if b:
+                self._dev[b, tail:] = 0
+        self._sizes[ino] = size
+
     def truncate(self, ino: int, npages: int) -> None:
         """Free the blocks of pages >= npages (the image layer's job on a real mount)."""
         m = self._files.get(ino)
@@ -119,6 +141,7 @@ class MemBacking:
     def remove(self, ino: int) -> None:
         self.truncate(ino, 0)
         self._files.pop(ino, None)
+        self._sizes.pop(ino, None)
 
     def read_file(self, ino: int, npages: int) -> bytes:
         """The file's pages as NVRAM holds them (holes read as zeroes)."""

@@ -32,3 +32,16 @@ def VM_BUG_ON_PAGE(cond: object, machine: Machine, pfn: int, invariant: str) -> 
     """Raise `MMBug(invariant)` with a dump of the struct page of `pfn` when `cond` holds."""
     if cond:
         raise MMBug(invariant, machine.dump_page(pfn))
+
+
+class VMFaultSignal(OSError):
+    """An access the kernel answers with a signal, not a bug: SIGBUS (a page past the end of
+    the file, VM_FAULT_SIGBUS) or SIGSEGV (outside the vma, or against its protection).
+    `signal` names it; the message names the vma (the filesystem's own, or a process's) and
+    the address. An OSError with errno EFAULT, as get_user_pages reports such an access."""
+
+    def __init__(self, signal: str, where: str) -> None:
+        import errno
+
+        self.signal = signal
+        super().__init__(errno.EFAULT, f"{signal}: {where}")

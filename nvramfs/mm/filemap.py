@@ -58,6 +58,9 @@ class AddressSpace:
 
     def __init__(self, host: int, machine: Machine, backing: Backing) -> None:
         self.host = host  # the inode number
+        # inode->i_generation: with the number, the file's identity in the log
+        # (a number the filesystem frees and reuses names another file).
+        self.i_generation = 0
         self.machine = machine
         self.backing = backing
         self.pages: dict[int, int] = {}
@@ -65,10 +68,26 @@ class AddressSpace:
         # The filesystem's own shared VM_MIXEDMAP vma of this file (the one
         # FUSE reads and writes go through); its ptes keep bmap hints.
         self.fs_vma: VMA | None = None
+        # inode->i_size, as far as mm knows it (None: not told; then no fault
+        # is refused for being past the end of the file).
+        self.i_size: int | None = None
 
     @property
     def nrpages(self) -> int:
         return len(self.pages)
+
+    @property
+    def max_idx(self) -> int | None:
+        """DIV_ROUND_UP(i_size, PAGE_SIZE): the first page index past the end of the file,
+        at or beyond which a mapped access is VM_FAULT_SIGBUS (None: size unknown)."""
+        size = self.i_size
+        return None if size is None else (size + 4095) >> 12
+
+
+def beyond_eof(mapping: AddressSpace, index: int) -> bool:
+    """Is file page `index` wholly past the end of the file (filemap_fault's max_idx)?"""
+    size = mapping.i_size
+    return size is not None and index >= (size + 4095) >> 12
 
 
 # find_get_page: the page-cache page of `index`, with a reference taken for
@@ -135,10 +154,14 @@ def page_mkclean(mapping: AddressSpace, page: int) -> int:
 
 
 # clear_page_dirty_for_io: before writing a page: write-protect its ptes
-# (page_mkclean) and clear PG_dirty; True if it was dirty.
+# (page_mkclean) and clear PG_dirty; True if it was dirty. A pte that was
+# dirty or writable is a store the page has not heard of yet: its dirt is
+# folded into the page first (folio_mkclean -> folio_mark_dirty), so it is
+# written now, not lost.
 def clear_page_dirty_for_io(mapping: AddressSpace, page: int) -> bool:
     m = mapping.machine
-    page_mkclean(mapping, page)
+    if page_mkclean(mapping, page):
+        set_page_dirty(m, page)
     if m.flags[page] & PG_DIRTY:
         m.flags[page] = int(m.flags[page]) & ~PG_DIRTY
         return True
@@ -243,8 +266,9 @@ def _bmap_pfns(mapping: AddressSpace, first: int, count: int) -> list[int]:
 
 
 def _new_cache_page(mapping: AddressSpace, index: int, src_pfn: int) -> int | None:
-    """A new page-cache page at `index`, filled from `src_pfn` (NVRAM, or ZERO_PFN for zeroes),
-    dirty; returned with the allocation's reference still held by the caller."""
+    """A new page-cache page at `index`, filled from `src_pfn` (NVRAM, or ZERO_PFN for zeroes:
+    the fill of a hole by a store, logged as a `zero` event, reason `write`); returned with
+    the allocation's reference still held by the caller."""
     m = mapping.machine
     page = m.alloc_page()
     if page is None:
@@ -256,6 +280,18 @@ def _new_cache_page(mapping: AddressSpace, index: int, src_pfn: int) -> int | No
         m.data[page] = np.frombuffer(mapping.backing.block_view(block), dtype=np.uint8)
         m.page_block[page] = block
     add_to_page_cache(mapping, page, index)
+    if src_pfn == ZERO_PFN:
+        Stats.bump(m.stats.zeroed, schema.REASON_WRITE)
+        m.events.emit(
+            schema.ZERO_EV,
+            ino=mapping.host,
+            index=index,
+            home=schema.PAGECACHE,
+            pfn=page,
+            offset=0,
+            length=4096,
+            reason=schema.REASON_WRITE,
+        )
     return page
 
 
@@ -269,9 +305,16 @@ def page_cache_read(mapping: AddressSpace, index: int) -> int | None:
     m = mapping.machine
     BUG_ON(index in mapping.pages, "page_cache_read: page already cached", f"index {index}")
     pfn = mapping_bmap(mapping, index)
-    page = _new_cache_page(mapping, index, pfn or ZERO_PFN)
+    page = m.alloc_page()
     if page is None:
         return None
+    if pfn:
+        block = pfn - m.nvram_base_pfn
+        m.data[page] = np.frombuffer(mapping.backing.block_view(block), dtype=np.uint8)
+        m.page_block[page] = block
+    else:
+        m.data[page] = 0  # a hole reads as zeroes (no `zero` event: nothing was written)
+    add_to_page_cache(mapping, page, index)
     m.put_page(page)  # the page cache's reference keeps it
     unmap_mapping_pages(mapping, index, 1, False)
     Stats.bump(m.stats.promote, schema.REASON_READPAGE)
@@ -290,7 +333,11 @@ def page_cache_read(mapping: AddressSpace, index: int) -> int | None:
     return page
 
 
-# xip_file_fault (->fault): a page-cache page if the file page has one
+# xip_file_fault (->fault): VM_FAULT_SIGBUS for a page wholly past the end
+# of the file (index >= DIV_ROUND_UP(i_size, PAGE_SIZE), as filemap_fault,
+# dax_iomap_pte_fault and 2.6.26's xip_file_fault answer; the bytes past
+# EOF inside the last page stay accessible). Else a page-cache page if the
+# file page has one
 # (returned locked, with a reference: the core maps it refcounted);
 # else its NVRAM block, mapped with vm_insert_mixed (raw, read-only:
 # VM_FAULT_NOPAGE); else, for a hole, the zero page (read-only), except
@@ -303,6 +350,8 @@ def xip_file_fault(vmf: VMFault) -> int:
     assert mapping is not None
     m = mapping.machine
     index = vmf.pgoff
+    if beyond_eof(mapping, index):
+        return VM_FAULT_SIGBUS
     write = vmf.flags & FAULT_FLAG_WRITE
     page = find_get_page(mapping, index)
     if page is not None:
@@ -377,8 +426,13 @@ def _cow_xip_page(vmf: VMFault, src_pfn: int) -> int:
 
 
 # xip_pfn_mkwrite (->pfn_mkwrite): a store to a raw pfn of the file in a
-# shared vma: an NVRAM block (copied on write) or the zero page of a hole.
+# shared vma: an NVRAM block (copied on write) or the zero page of a hole;
+# VM_FAULT_SIGBUS past the end of the file (as xfs_dax_pfn_mkwrite).
 def xip_pfn_mkwrite(vmf: VMFault) -> int:
+    mapping = vmf.vma.vm_file
+    assert mapping is not None
+    if beyond_eof(mapping, vmf.pgoff):
+        return VM_FAULT_SIGBUS
     return _cow_xip_page(vmf, vmf.orig_pte >> PTE_PFN_SHIFT)
 
 
@@ -408,11 +462,15 @@ def xip_page_mkwrite(vmf: VMFault) -> int:
 # of the filesystem's vma whose block the vma's bmap hints already know and
 # that have no page-cache page (a page-cache page, a hole or an unknown
 # block is left to the ->fault of that page). Read-only, exactly the ptes
-# vm_insert_mixed would install. Returns the page indices it mapped.
+# vm_insert_mixed would install; never past the end of the file (as
+# filemap_map_pages stops at max_idx - 1). Returns the page indices it mapped.
 def xip_map_pages(vma: VMA, first: int, nr: int) -> np.ndarray:
     mapping = vma.vm_file
     assert mapping is not None and vma.fs_owned
     m = mapping.machine
+    max_idx = mapping.max_idx
+    if max_idx is not None and first + nr > max_idx:
+        nr = max(0, max_idx - first)
     mm = vma.vm_mm
     base = m.nvram_base_pfn
     bits = _PAGE_PRESENT | (_PAGE_SPECIAL if m.pte_special else 0)

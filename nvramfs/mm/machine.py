@@ -58,17 +58,46 @@ _FLAG_NAMES = (
 
 ZERO_PFN = 0
 STRUCT_PAGE_SIZE = 64
+# The memmap of a ZONE_DEVICE namespace is allocated per 2 MiB subsection.
+PAGES_PER_SUBSECTION = 512
+
+# The rule sets a machine can run (docs/ARCHITECTURE.md, "Kernels"):
+#   2.6.26-rc1  the tree of commit b379d790 (VM_MIXEDMAP introduced): no
+#               pte_special on x86, no ->pfn_mkwrite; do_wp_page copies a raw
+#               pfn into an anonymous page even in a shared mapping.
+#   2.6.26      the release (commit 251b97f552, "dirty page accounting vs
+#               VM_MIXEDMAP"): a store to a raw pfn of a shared writable
+#               mapping makes the pte writable in place.
+#   modern      today: pte_special (x86), ->pfn_mkwrite, wp_pfn_shared, and
+#               the zero page never refcounted (is_zero_pfn).
+KERNEL_2626_RC1 = "2.6.26-rc1"
+KERNEL_2626 = "2.6.26"
+KERNEL_MODERN = "modern"
+KERNELS = (KERNEL_2626_RC1, KERNEL_2626, KERNEL_MODERN)
 
 
 class Machine:
     """DRAM frames with struct pages, and the NVRAM pfn range; the per-machine pte rule set."""
 
-    def __init__(self, dram_pages: int, *, pte_special: bool = True) -> None:
+    def __init__(
+        self, dram_pages: int, *, pte_special: bool | None = None, kernel: str = KERNEL_MODERN
+    ) -> None:
         if dram_pages < 1:
             raise ValueError("dram_pages must be at least 1")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel {kernel!r}: use one of {', '.join(KERNELS)}")
+        if kernel != KERNEL_MODERN and pte_special:
+            raise ValueError(f"kernel {kernel}: x86 had no pte_special before 2.6.27")
         self.dram_pages = dram_pages
         self.nr_frames = dram_pages + 1  # + the zero page
-        self.pte_special = pte_special
+        self.kernel = kernel
+        self.modern = kernel == KERNEL_MODERN
+        self.pte_special = self.modern if pte_special is None else pte_special
+        # ->pfn_mkwrite exists (Linux 4.1 on); older kernels never call it.
+        self.has_pfn_mkwrite = self.modern
+        # Before is_zero_pfn (2.6.26) the zero page was an ordinary refcounted
+        # page to vm_normal_page; today it never is.
+        self.zero_page_refcounted = not self.modern
         # NVRAM sits above all DRAM, at a power of two like a real memory map.
         self.nvram_base_pfn = 1 << max(20, self.nr_frames.bit_length())
         n = self.nr_frames

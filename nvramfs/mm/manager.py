@@ -29,12 +29,13 @@ import numpy as np
 from ..events import schema
 from ..events.writer import NullEventWriter
 from .backing import Backing
-from .bug import BUG_ON, MMBug
+from .bug import BUG_ON, MMBug, VMFaultSignal
 from .demand import demand_read, demand_write, pin_pages, reclaim_one
 from .filemap import (
     AddressSpace,
     cancel_dirty_page,
     delete_from_page_cache,
+    mapping_bmap,
     write_cache_pages,
     xip_file_vm_ops,
     xip_map_pages,
@@ -51,6 +52,8 @@ from .flags import (
     PTE_PFN_SHIFT,
     VM_FAULT_ERROR,
     VM_FAULT_OOM,
+    VM_FAULT_SIGBUS,
+    VM_FAULT_SIGSEGV,
     VM_MAYREAD,
     VM_MAYSHARE,
     VM_MAYWRITE,
@@ -59,11 +62,11 @@ from .flags import (
     VM_SHARED,
     VM_WRITE,
 )
-from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_WRITEBACK, Machine
+from .machine import KERNEL_MODERN, PG_ANON, PG_DIRTY, PG_LOCKED, PG_WRITEBACK, Machine
 from .memory import handle_mm_fault, unmap_mapping_pages
-from .migrate import demote, promote
+from .migrate import demote, promote, reclaimable_frames
 from .policy import Policy, make_policy
-from .stats import fault_kind
+from .stats import Stats, fault_kind
 from .vma import PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
 
 # The filesystem's vma of a file covers every page a file can have.
@@ -71,6 +74,18 @@ MAX_FILE_PAGES = 1 << 51
 _FS_VM_FLAGS = VM_READ | VM_WRITE | VM_SHARED | VM_MAYREAD | VM_MAYWRITE | VM_MAYSHARE | VM_MIXEDMAP
 _NOT_YOUNG = ~_PAGE_ACCESSED
 _SAT = 0xFFFF
+
+
+def _vma_name(vma: VMA, addr: int) -> str:
+    """The vma of a failed access, for an error message: the filesystem's own, or a process's."""
+    ino = vma.vm_file.host if vma.vm_file is not None else 0
+    index = vma.linear_page_index(addr)
+    if vma.fs_owned:
+        return f"the filesystem's own vma of ino {ino}, page {index}"
+    return (
+        f"process vma {vma.vm_mm.name or '?'} [{vma.vm_start:#x}, {vma.vm_end:#x}) of ino {ino}, "
+        f"address {addr:#x} (page {index})"
+    )
 
 
 class MemoryManager:
@@ -82,15 +97,20 @@ class MemoryManager:
         dram_pages: int,
         policy: str | Policy = "2q",
         events: Any = None,
-        pte_special: bool = True,
+        pte_special: bool | None = None,
         nr_nvram_pages: int | None = None,
         *,
+        kernel: str = KERNEL_MODERN,
         writeback_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         max_promote_per_tick: int | None = None,
+        device: Any = None,
     ) -> None:
         self.backing = backing
-        m = self.machine = Machine(dram_pages, pte_special=pte_special)
+        # The device model (nvramfs.device.Meter or None): told what moved each
+        # time the counters are read; it prices, it never decides.
+        self.device = device
+        m = self.machine = Machine(dram_pages, pte_special=pte_special, kernel=kernel)
         self.events = events if events is not None else NullEventWriter()
         m.events = self.events
         m.clock = clock
@@ -131,6 +151,11 @@ class MemoryManager:
         return self.machine.pte_special
 
     @property
+    def kernel(self) -> str:
+        """The kernel whose rules the machine runs: `2.6.26-rc1`, `2.6.26` or `modern`."""
+        return self.machine.kernel
+
+    @property
     def dram_pages(self) -> int:
         """The DRAM budget in frames."""
         return self.machine.dram_pages
@@ -156,6 +181,10 @@ class MemoryManager:
             if ino <= 0:
                 raise ValueError(f"inode number {ino} is not valid")
             mapping = self._spaces[ino] = AddressSpace(ino, self.machine, self.backing)
+            mapping.i_generation = self._generation(ino)
+            i_size = getattr(self.backing, "i_size", None)
+            if i_size is not None:
+                mapping.i_size = i_size(ino)
             mm = MMStruct(self.machine, f"fs:{ino}")
             vma = VMA(
                 vm_mm=mm,
@@ -175,6 +204,16 @@ class MemoryManager:
             if pins:
                 pin_pages(self, mapping, pins)
         return mapping
+
+    def _generation(self, ino: int) -> int:
+        """The inode's generation, if the backing keeps one (the image does), else 0."""
+        get = getattr(self.backing, "inode_generation", None)
+        if get is None:
+            return 0
+        try:
+            return int(get(ino))
+        except Exception:  # a test backing, or an inode the backing no longer has
+            return 0
 
     def mmap(
         self, ino: int, pgoff: int, npages: int, flags: int, mm: MMStruct | None = None
@@ -208,8 +247,23 @@ class MemoryManager:
         vma.vm_mm.vmas.remove(vma)
 
     def access(self, vma: VMA, addr: int, write: bool) -> int:
-        """One load or store at `addr` of any vma: fault until the pte allows it; returns the pfn."""
+        """One load or store at `addr` of any vma: fault until the pte allows it; returns the pfn.
+        An access the kernel would answer with a signal raises VMFaultSignal."""
         return self._fault(vma, addr, write)
+
+    def set_size(self, ino: int, size: int) -> None:
+        """i_size_write: tell mm the file's size, which mapped accesses fault against (a page
+        wholly past it is SIGBUS). For sizes mm learns from elsewhere (a file opened or
+        created); `write` extends the size itself and `truncate` sets it, so a shrink goes
+        through `truncate` (which drops the pages past the new end)."""
+        if size < 0:
+            raise ValueError("negative size")
+        self.address_space(ino).i_size = size
+
+    def i_size(self, ino: int) -> int | None:
+        """The size mm knows for `ino` (None: never told)."""
+        mapping = self._spaces.get(ino)
+        return None if mapping is None else mapping.i_size
 
     # -- faults -----------------------------------------------------------------
 
@@ -228,7 +282,12 @@ class MemoryManager:
             if ret & VM_FAULT_ERROR:
                 if ret & VM_FAULT_OOM:
                     raise OSError(errno.ENOMEM, "mm: DRAM budget exhausted, nothing reclaimable")
-                raise MMBug("fault on the filesystem's own vma failed", f"vm_fault_t {ret:#x}")
+                where = f"{'store to' if write else 'load from'} {_vma_name(vma, addr)}"
+                if ret & VM_FAULT_SIGBUS:
+                    raise VMFaultSignal("SIGBUS", where)
+                if ret & VM_FAULT_SIGSEGV:
+                    raise VMFaultSignal("SIGSEGV", where)
+                raise MMBug(f"fault failed: {where}", f"vm_fault_t {ret:#x}")
         else:
             raise MMBug("fault did not converge", f"addr {addr:#x} write {write}")
         chunk, slot = mm.get_locked_pte(addr)
@@ -475,13 +534,19 @@ class MemoryManager:
         n = len(mv)
         if n == 0:
             return
-        if self._demand:
-            demand_write(self, ino, offset, mv)
-            return
         vma = self._vmas.get(ino)
         if vma is None:
             self.address_space(ino)
             vma = self._vmas[ino]
+        # write(2) extends the file before its stores (so an append never faults
+        # past the end of the file).
+        mapping = vma.vm_file
+        size = mapping.i_size
+        if size is not None and offset + n > size:
+            mapping.i_size = offset + n
+        if self._demand:
+            demand_write(self, ino, offset, mv)
+            return
         mm = vma.vm_mm
         st = self.stats_
         rw = self._data_rw
@@ -501,42 +566,107 @@ class MemoryManager:
                 pfn = pte >> PTE_PFN_SHIFT
             else:
                 pfn = self._fault(vma, addr, True)
-            BUG_ON(
-                not 0 < pfn < self._nr_frames,
-                "store through a writable pte that maps no frame",
-                f"ino {ino} index {index} pfn {pfn:#x}",
-            )
-            start = (pfn << 12) + off
-            rw[start : start + k] = mv[pos : pos + k]
+            if pfn >= self._base and not self.machine.modern:
+                # kernel=2.6.26: the raw pfn was made writable in place.
+                self._xip_store(mapping, index, pfn, off, mv[pos : pos + k])
+            else:
+                BUG_ON(
+                    not 0 < pfn < self._nr_frames,
+                    "store through a writable pte that maps no frame",
+                    f"ino {ino} index {index} pfn {pfn:#x}",
+                )
+                start = (pfn << 12) + off
+                rw[start : start + k] = mv[pos : pos + k]
             self._count(chunk, slot, True)
             st.writes += 1
             pos += k
 
+    def _xip_store(self, mapping: AddressSpace, index: int, pfn: int, off: int, data: Any) -> None:
+        """A store through a writable raw pfn (kernel=2.6.26): the bytes go straight into the
+        NVRAM block (the backing rewrites the page, durable on return), as 2.6.26's
+        __xip_file_write copied write(2) into XIP memory. A device that puts the page
+        elsewhere (log-structured) gets the file's ptes of the old pfn torn down."""
+        block = pfn - self._base
+        page = bytearray(self._block_view(block))
+        page[off : off + len(data)] = data
+        idx = np.array([index], dtype=np.int64)
+        new = int(np.asarray(self.backing.write_pages(mapping.host, idx, [page]))[0])
+        BUG_ON(new <= 0, "write_pages returned no block", f"ino {mapping.host} index {index}")
+        if new != block:
+            unmap_mapping_pages(mapping, index, 1, False)
+            vma = mapping.fs_vma
+            if vma is not None:
+                chunk, slot = vma.vm_mm.get_locked_pte(vma.page_address(index))
+                chunk.pte[slot] = ((self._base + new) << PTE_PFN_SHIFT) | _PAGE_BMAP
+        self.stats_.xip_writes += 1
+        self.events.emit(
+            schema.XIP_WRITE,
+            ino=mapping.host,
+            index=index,
+            pfn_from=pfn,
+            pfn_to=self._base + new,
+            offset=off,
+            length=len(data),
+            reason=schema.REASON_WRITE,
+            via=schema.VIA_XIP_FILE_WRITE,
+        )
+
     # -- truncate / evict -----------------------------------------------------
 
-    def _peek(self, mapping: AddressSpace, index: int) -> memoryview | None:
-        """The current contents of a file page without an access (None: a hole)."""
-        page = mapping.pages.get(index)
-        if page is not None:
-            return self._data_view[page << 12 : (page + 1) << 12]
-        from .filemap import mapping_bmap
+    def _xip_ptes(self, mapping: AddressSpace, first: int) -> int:
+        """How many present raw NVRAM ptes map file pages >= first, in every vma of the file."""
+        base = self._base
+        n = 0
+        for vma in mapping.i_mmap:
+            vlast = vma.vm_pgoff + vma.nr_pages - 1
+            lo = max(first, vma.vm_pgoff)
+            if lo > vlast:
+                continue
+            v0 = (vma.vm_start >> PAGE_SHIFT) + lo - vma.vm_pgoff
+            v1 = (vma.vm_start >> PAGE_SHIFT) + vlast - vma.vm_pgoff
+            c0, c1 = v0 >> PTE_SHIFT, v1 >> PTE_SHIFT
+            for no, chunk in vma.vm_mm.pgd.items():
+                if not c0 <= no <= c1:
+                    continue
+                s = v0 - (no << PTE_SHIFT) if no == c0 else 0
+                e = v1 - (no << PTE_SHIFT) + 1 if no == c1 else PTRS_PER_PTE
+                p = chunk.pte_np[s:e]
+                n += int(
+                    np.count_nonzero(((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) >= base))
+                )
+        return n
 
-        pfn = mapping_bmap(mapping, index)
-        if not pfn:
-            return None
-        if pfn < self._nr_frames:
-            return self._data_view[pfn << 12 : (pfn + 1) << 12]
-        return self._block_view(pfn - self._base)
-
-    def _drop_pages(self, mapping: AddressSpace, first: int) -> None:
-        """Take page-cache pages >= first out of the cache, unwritten; drop the vma's hints."""
+    def _drop_pages(self, mapping: AddressSpace, first: int, reason: str) -> None:
+        """Take page-cache pages >= first out of the cache, unwritten (truncate_inode_pages);
+        tear down every pte of them, private COWs too; drop the vma's hints. Logs one `drop`
+        event (which pages, how many dirty ones were discarded, how many XIP ptes went)."""
         m = self.machine
+        xip = self._xip_ptes(mapping, first)
         unmap_mapping_pages(mapping, first, 0, True)
-        for index in sorted(i for i in mapping.pages if i >= first):
+        indices = sorted(i for i in mapping.pages if i >= first)
+        pfns = []
+        dirty = 0
+        for index in indices:
             page = mapping.pages[index]
             BUG_ON(m.flags[page] & (PG_LOCKED | PG_WRITEBACK), "truncate: page busy")
+            if m.flags[page] & PG_DIRTY:
+                dirty += 1
             cancel_dirty_page(m, page)
             delete_from_page_cache(mapping, page)
+            pfns.append(page)
+        if indices or xip:
+            if indices:
+                Stats.bump(self.stats_.drops, reason, len(indices))
+            self.events.emit(
+                schema.DROP,
+                ino=mapping.host,
+                reason=reason,
+                first=first,
+                pages=indices,
+                pfns=pfns,
+                dirty=dirty,
+                xip_unmapped=xip,
+            )
         vma = mapping.fs_vma
         if vma is None:
             return
@@ -555,31 +685,55 @@ class MemoryManager:
                 chunk.pte_np[lo:] = 0
                 chunk.state[lo:] = 0
 
-    def truncate(self, ino: int, new_size: int) -> None:
-        """Unmap and drop pages past `new_size` (no writeback), zero the partial tail page."""
+    def _zero_tail(self, mapping: AddressSpace, size: int, reason: str) -> None:
+        """Zero the bytes past `size` in its page (truncate_inode_partial_folio): in the frame
+        that holds the page, in place (no COW, no access counted, the dirty state kept); an
+        XIP page's block is zeroed by the image in its own transaction (as dax_truncate_page),
+        so mm only logs it. One `zero` event either way; nothing for a hole."""
+        index = size >> PAGE_SHIFT
+        tail = size & (PAGE_SIZE - 1)
+        page = mapping.pages.get(index)
+        if page is not None:
+            self.machine.data[page, tail:] = 0
+            home, pfn = schema.PAGECACHE, page
+        else:
+            pfn = mapping_bmap(mapping, index)
+            if pfn < self._base:
+                return
+            home = schema.XIP
+        Stats.bump(self.stats_.zeroed, reason)
+        self.events.emit(
+            schema.ZERO_EV,
+            ino=mapping.host,
+            index=index,
+            home=home,
+            pfn=pfn,
+            offset=tail,
+            length=PAGE_SIZE - tail,
+            reason=reason,
+        )
+
+    def truncate(self, ino: int, new_size: int, reason: str = schema.REASON_TRUNCATE) -> None:
+        """truncate_setsize: the new size first, then the partial tail page zeroed in place and
+        every page past it unmapped and dropped unwritten. `reason` is `truncate`, or `o_trunc`
+        for an open with O_TRUNC; it names the `zero` and `drop` events."""
         if new_size < 0:
             raise ValueError("negative size")
-        tail = new_size & 4095
-        mapping = self._spaces.get(ino)
-        if mapping is None:
-            if not tail:
-                return
-            mapping = self.address_space(ino)
-        npages = (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT
-        if tail:
-            # First, so that the bmap hints its fault may read ahead past the new
+        mapping = self.address_space(ino)
+        mapping.i_size = new_size
+        if new_size & (PAGE_SIZE - 1):
+            # First, so that the bmap hints its lookup may read ahead past the new
             # EOF are dropped with the rest below.
-            cur = self._peek(mapping, new_size >> PAGE_SHIFT)
-            if cur is not None and any(cur[tail:]):
-                self.write(ino, new_size, bytes(PAGE_SIZE - tail))
-        self._drop_pages(mapping, npages)
+            self._zero_tail(mapping, new_size, reason)
+        self._drop_pages(mapping, (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT, reason)
 
     def evict_inode(self, ino: int) -> None:
-        """The file is gone: drop its pages without writeback, and its vma."""
+        """The file is gone: drop its pages without writeback (a `drop` event, reason `evict`),
+        and its vmas."""
         mapping = self._spaces.get(ino)
         if mapping is None:
             return
-        self._drop_pages(mapping, 0)
+        self._drop_pages(mapping, 0, schema.REASON_EVICT)
         for vma in list(mapping.i_mmap):
             if vma.fs_owned:
                 continue
@@ -629,10 +783,13 @@ class MemoryManager:
         return self._writeback(self._dirty_frames(), reason)
 
     def _cache_frames(self) -> np.ndarray:
-        """Page-cache frames that may be demoted now (not anon, locked or under writeback)."""
+        """Page-cache frames that may be demoted now: not anon, locked or under writeback,
+        and held by nobody but the page cache and their ptes (page_freezable: demoting a
+        page someone else holds would free no frame)."""
         m = self.machine
         busy = PG_ANON | PG_LOCKED | PG_WRITEBACK
-        return np.flatnonzero((m.mapping != 0) & ((m.flags & busy) == 0))
+        frames = np.flatnonzero((m.mapping != 0) & ((m.flags & busy) == 0))
+        return reclaimable_frames(m, frames)
 
     def _demote(self, page: int, reason: str) -> bool:
         m = self.machine
@@ -714,27 +871,9 @@ class MemoryManager:
             old = dirty[m.dirtied_at[dirty] <= now - self.writeback_seconds]
             self._writeback(old, schema.REASON_DIRTY_EXPIRE)
         # The interval's accesses: histogram events, policy scan.
-        touched, self._touched = self._touched, []
-        self._gen += 1
-        t0, t1 = self._t_interval - self.events_t0, now - self.events_t0
-        self._t_interval = now
-        per_ino: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         cands: list[tuple[np.ndarray, int, np.ndarray]] = []
         nr_frames, base = self._nr_frames, self._base
-        for chunk in sorted(touched, key=lambda c: (c.owner.name, c.no)):  # deterministic (replay)
-            reads = chunk.reads_np.astype(np.int64)
-            writes = chunk.writes_np.astype(np.int64)
-            hits = reads + writes
-            idx = np.flatnonzero(hits)
-            vma = chunk.owner.vmas[0] if chunk.owner.vmas else None
-            live = vma is not None and vma.vm_mm.pgd.get(chunk.no) is chunk
-            if len(idx) and vma is not None and vma.vm_file is not None:
-                ino = vma.vm_file.host
-                per_ino.setdefault(ino, []).append(
-                    ((chunk.no << PTE_SHIFT) + idx, reads[idx], writes[idx])
-                )
-            chunk.reads_np[:] = 0
-            chunk.writes_np[:] = 0
+        for chunk, vma, live, hits in self._end_interval(now):
             if not live:
                 continue
             ptes = chunk.pte_np
@@ -748,21 +887,53 @@ class MemoryManager:
             c = np.flatnonzero(scores > 0)
             if len(c):
                 cands.append(((chunk.no << PTE_SHIFT) + c, vma.vm_file.host, scores[c]))
-        for ino in sorted(per_ino):
-            parts = per_ino[ino]
+        self._run_policy(cands)
+        policy.end_tick()
+        self.events.emit(schema.COUNTERS, **self._counters())
+        self.events.flush()
+
+    def _end_interval(self, now: float) -> list[tuple[Any, Any, bool, np.ndarray]]:
+        """Close the access interval at `now`: log its histograms, zero its counters.
+
+        One `access` event per file touched (docs/EVENTS.md), keyed by
+        (inode, generation). Returns (chunk, vma, live, hits) of every touched
+        page-table chunk, for the policy's scan; unmount calls it to log the
+        last, partial interval.
+        """
+        touched, self._touched = self._touched, []
+        self._gen += 1
+        t0, t1 = self._t_interval - self.events_t0, now - self.events_t0
+        self._t_interval = now
+        per_file: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        out = []
+        for chunk in sorted(touched, key=lambda c: (c.owner.name, c.no)):  # deterministic (replay)
+            reads = chunk.reads_np.astype(np.int64)
+            writes = chunk.writes_np.astype(np.int64)
+            hits = reads + writes
+            idx = np.flatnonzero(hits)
+            vma = chunk.owner.vmas[0] if chunk.owner.vmas else None
+            live = vma is not None and vma.vm_mm.pgd.get(chunk.no) is chunk
+            if len(idx) and vma is not None and vma.vm_file is not None:
+                f = vma.vm_file
+                per_file.setdefault((f.host, f.i_generation), []).append(
+                    ((chunk.no << PTE_SHIFT) + idx, reads[idx], writes[idx])
+                )
+            chunk.reads_np[:] = 0
+            chunk.writes_np[:] = 0
+            out.append((chunk, vma, live, hits))
+        for ino, gen in sorted(per_file):
+            parts = per_file[(ino, gen)]
             self.events.emit(
                 schema.ACCESS,
                 ino=ino,
+                gen=gen,
                 t0=round(t0, 6),
                 t1=round(t1, 6),
                 pages=np.concatenate([p[0] for p in parts]).tolist(),
                 reads=np.concatenate([p[1] for p in parts]).tolist(),
                 writes=np.concatenate([p[2] for p in parts]).tolist(),
             )
-        self._run_policy(cands)
-        policy.end_tick()
-        self.events.emit(schema.COUNTERS, **self.stats_.snapshot(m))
-        self.events.flush()
+        return out
 
     @property
     def events_t0(self) -> float:
@@ -800,13 +971,20 @@ class MemoryManager:
 
     # -- reporting ------------------------------------------------------------------
 
+    def _counters(self) -> dict[str, Any]:
+        """The `counters` object, with `modelled_ns` when a device model listens."""
+        out = self.stats_.snapshot(self.machine)
+        if self.device is not None:
+            out["modelled_ns"] = self.device.account(out)
+        return out
+
     def stats(self) -> dict[str, Any]:
         """JSON-able: the `counters` object of EVENTS.md, plus `residency` totals, `policy`,
-        `pte_special` and `tick`."""
+        `pte_special`, `kernel` and `tick`."""
         m = self.machine
         cache = int(np.count_nonzero((m.mapping != 0) & ((m.flags & PG_ANON) == 0)))
         anon = int(np.count_nonzero((m.flags & PG_ANON) != 0))
-        out = self.stats_.snapshot(m)
+        out = self._counters()
         out["residency"] = {
             "files": len(self._spaces),
             "pagecache": cache,
@@ -817,6 +995,7 @@ class MemoryManager:
         }
         out["policy"] = self.policy.name
         out["pte_special"] = m.pte_special
+        out["kernel"] = m.kernel
         out["tick"] = self._tick
         return out
 
@@ -841,6 +1020,7 @@ class MemoryManager:
         if self._closed:
             return
         self.sync_all(schema.REASON_UNMOUNT)
-        self.events.emit(schema.COUNTERS, **self.stats_.snapshot(self.machine))
+        self._end_interval(self.clock())  # the last, partial interval's histograms
+        self.events.emit(schema.COUNTERS, **self._counters())
         self.events.flush()
         self._closed = True

@@ -5,7 +5,9 @@ arrays); None stands for NULL. Every function that the kernel has is named
 as in the kernel, and a comment above it states its contract. Where the two
 rule sets differ (a machine with pte_special, as x86 has today, and one
 without, the 2008 rule that commit b379d790 wrote for VM_MIXEDMAP), the
-machine's `pte_special` chooses.
+machine's `pte_special` chooses; where kernels differ as a whole (do_wp_page
+on a raw pfn, ->pfn_mkwrite, the zero page), the machine's `kernel` does
+(machine.py: `2.6.26-rc1`, `2.6.26`, `modern`).
 
 One thread runs the whole VM, so the kernel's locks (page-table lock,
 mmap_lock) are not modelled; page locks are (PG_locked), because the
@@ -51,7 +53,15 @@ from .flags import (
     is_cow_mapping,
     pte_pfn,
 )
-from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_REFERENCED, PG_UPTODATE, ZERO_PFN
+from .machine import (
+    KERNEL_2626,
+    PG_ANON,
+    PG_DIRTY,
+    PG_LOCKED,
+    PG_REFERENCED,
+    PG_UPTODATE,
+    ZERO_PFN,
+)
 from .stats import FK_COW, FK_WRITE_REUSE
 from .vma import PTE_INDEX_MASK, PTE_SHIFT, PTRS_PER_PTE, VMA, Chunk
 
@@ -156,6 +166,8 @@ def set_page_dirty(m: Machine, page: int) -> bool:
 # normal page. In a VM_MIXEDMAP mapping every pfn_valid pfn is refcounted
 # and returned, every other one is not (None): that is what lets one vma mix
 # pages that have a struct page with pages that have none, and COW both.
+# Today's kernels add is_zero_pfn: the zero page is never a normal page,
+# in a VM_MIXEDMAP vma or any other (2.6.26 refcounted it like any page).
 def vm_normal_page(vma: VMA, addr: int, pte: int) -> int | None:
     m = vma.vm_mm.machine
     pfn = pte >> PTE_PFN_SHIFT
@@ -167,15 +179,20 @@ def vm_normal_page(vma: VMA, addr: int, pte: int) -> int | None:
             if pfn == ZERO_PFN:
                 return None
             raise MMBug("print_bad_pte", f"special pte {pte:#x} at {addr:#x} in a normal vma")
-    elif flags & (VM_PFNMAP | VM_MIXEDMAP):
-        if flags & VM_MIXEDMAP:
-            if not m.pfn_valid(pfn):
+    else:
+        if flags & (VM_PFNMAP | VM_MIXEDMAP):
+            if flags & VM_MIXEDMAP:
+                if not m.pfn_valid(pfn):
+                    return None
+                if pfn == ZERO_PFN and not m.zero_page_refcounted:
+                    return None
+                return pfn
+            off = (addr - vma.vm_start) >> PAGE_SHIFT
+            if pfn == vma.vm_pgoff + off:
                 return None
-            return pfn
-        off = (addr - vma.vm_start) >> PAGE_SHIFT
-        if pfn == vma.vm_pgoff + off:
-            return None
-        if not is_cow_mapping(flags):
+            if not is_cow_mapping(flags):
+                return None
+        if pfn == ZERO_PFN and not m.zero_page_refcounted:
             return None
     if not m.pfn_valid(pfn):
         raise MMBug("print_bad_pte", f"pte {pte:#x} at {addr:#x}: pfn {pfn:#x} has no struct page")
@@ -194,7 +211,7 @@ def insert_pfn(vma: VMA, addr: int, pfn: int) -> int:
     chunk, slot = vma.vm_mm.get_locked_pte(addr)
     if chunk.pte[slot] & _PAGE_PRESENT:
         return -EBUSY
-    bits = _PAGE_PRESENT | (_PAGE_SPECIAL if m.pte_special else 0)
+    bits = _PAGE_PRESENT | (_PAGE_SPECIAL if m.pte_special else 0) | vm_page_prot_rw(vma)
     chunk.pte[slot] = (pfn << PTE_PFN_SHIFT) | bits
     if vma.fs_owned and pfn >= m.nvram_base_pfn:
         m.stats.xip_mapped += 1
@@ -202,8 +219,9 @@ def insert_pfn(vma: VMA, addr: int, pfn: int) -> int:
 
 
 # insert_page: map a page that has a struct page, refcounted: the pte holds
-# a reference (get_page) and counts in the page's mapcount. Read-only.
-# -EINVAL for an anonymous page, -EBUSY if a pte is already there.
+# a reference (get_page) and counts in the page's mapcount; with the vma's
+# vm_page_prot. -EINVAL for an anonymous page, -EBUSY if a pte is already
+# there.
 def insert_page(vma: VMA, addr: int, page: int) -> int:
     m = vma.vm_mm.machine
     if m.flags[page] & PG_ANON:
@@ -214,7 +232,7 @@ def insert_page(vma: VMA, addr: int, page: int) -> int:
     m.get_page(page)
     vma.vm_mm.rss_file += 1
     page_add_file_rmap(m, page)
-    chunk.pte[slot] = (page << PTE_PFN_SHIFT) | _PAGE_PRESENT
+    chunk.pte[slot] = (page << PTE_PFN_SHIFT) | _PAGE_PRESENT | vm_page_prot_rw(vma)
     return 0
 
 
@@ -254,14 +272,41 @@ def vm_insert_pfn(vma: VMA, addr: int, pfn: int) -> int:
 # MIXEDMAP). Without pte_special the pfn_valid rule of vm_normal_page must
 # hold, so a pfn_valid pfn is inserted as a refcounted page (insert_page);
 # everything else, and everything on a pte_special machine, as a raw pfn.
+# Today's insert_page maps the zero page without a reference (is_zero_pfn):
+# the same pte insert_pfn makes.
 def vm_insert_mixed(vma: VMA, addr: int, pfn: int) -> int:
     BUG_ON(not vma.vm_flags & VM_MIXEDMAP, "vm_insert_mixed: vma without VM_MIXEDMAP")
     if not _check_range(vma, addr):
         return -EFAULT
     m = vma.vm_mm.machine
     if not m.pte_special and m.pfn_valid(pfn):
-        return insert_page(vma, addr, pfn)
+        if pfn != ZERO_PFN or m.zero_page_refcounted:
+            return insert_page(vma, addr, pfn)
     return insert_pfn(vma, addr, pfn)
+
+
+# vma_wants_writenotify: must the first store to a page of this vma fault
+# (so the filesystem hears of it, ->page_mkwrite / ->pfn_mkwrite, or the
+# page is dirty-accounted)? Only a shared writable vma can say yes: when it
+# has a mkwrite handler, or maps a file whose dirty pages are written back.
+def vma_wants_writenotify(vma: VMA) -> bool:
+    if vma.vm_flags & (VM_WRITE | VM_SHARED) != VM_WRITE | VM_SHARED:
+        return False
+    ops = vma.vm_ops
+    if ops is not None and (ops.page_mkwrite is not None or ops.pfn_mkwrite is not None):
+        return True
+    if vma.vm_flags & VM_PFNMAP:
+        return False
+    return vma.vm_file is not None
+
+
+# vm_page_prot_rw: the write bit vm_page_prot gives a pte inserted by
+# insert_pfn / insert_page: writable in a shared writable vma that does not
+# want write notification; read-only otherwise (private vmas COW).
+def vm_page_prot_rw(vma: VMA) -> int:
+    if vma.vm_flags & (VM_WRITE | VM_SHARED) != VM_WRITE | VM_SHARED:
+        return 0
+    return 0 if vma_wants_writenotify(vma) else _PAGE_RW
 
 
 # handle_mm_fault: resolve one fault at `address` of `vma`; `flags` has
@@ -432,7 +477,7 @@ def do_shared_fault(vmf: VMFault) -> int:
     if vma.vm_ops is not None and vma.vm_ops.page_mkwrite is not None:
         unlock_page(m, page)
         tmp = do_page_mkwrite(vmf)
-        if tmp & (VM_FAULT_ERROR | VM_FAULT_NOPAGE | VM_FAULT_RETRY):
+        if not tmp or tmp & (VM_FAULT_ERROR | VM_FAULT_NOPAGE | VM_FAULT_RETRY):
             m.put_page(page)
             return tmp
     ret |= finish_fault(vmf)
@@ -445,23 +490,27 @@ def do_shared_fault(vmf: VMFault) -> int:
 
 
 # do_page_mkwrite: tell the filesystem a read-only page is about to become
-# writable (->page_mkwrite). Returns with the page locked
-# (VM_FAULT_LOCKED), or VM_FAULT_NOPAGE when the page was truncated
-# meanwhile (the fault is retried).
+# writable (->page_mkwrite, called with FAULT_FLAG_WRITE|FAULT_FLAG_MKWRITE;
+# the caller's fault flags are restored after). Returns with the page
+# locked (VM_FAULT_LOCKED); the handler's VM_FAULT_NOPAGE or error as is;
+# or 0, with the page unlocked, when the page was truncated meanwhile: the
+# caller drops its reference and returns 0, and the access faults again.
 def do_page_mkwrite(vmf: VMFault) -> int:
     vma = vmf.vma
     m = vma.vm_mm.machine
     page = vmf.page
     assert page is not None and vma.vm_ops is not None and vma.vm_ops.page_mkwrite is not None
-    vmf.flags |= FAULT_FLAG_MKWRITE
+    old_flags = vmf.flags
+    vmf.flags = FAULT_FLAG_WRITE | FAULT_FLAG_MKWRITE
     ret = vma.vm_ops.page_mkwrite(vmf)
+    vmf.flags = old_flags
     if ret & (VM_FAULT_ERROR | VM_FAULT_NOPAGE):
         return ret
     if not ret & VM_FAULT_LOCKED:
         lock_page(m, page)
         if m.mapping[page] == 0:
             unlock_page(m, page)
-            return VM_FAULT_NOPAGE
+            return 0
         ret |= VM_FAULT_LOCKED
     else:
         VM_BUG_ON_PAGE(not m.flags[page] & PG_LOCKED, m, page, "page_mkwrite: page not locked")
@@ -487,10 +536,22 @@ def fault_dirty_shared_page(vmf: VMFault) -> None:
 #     place (wp_page_reuse); anything else (a file page, the zero page, a
 #     raw pfn) is copied into a new anonymous page (wp_page_copy) and the
 #     source is left untouched.
+# The 2008 kernels differ on a raw pfn (vm_normal_page NULL): 2.6.26-rc1
+# goes to `gotten:` and copies it into an anonymous page whatever the
+# mapping, shared or not; 2.6.26 makes it writable in place in a shared
+# writable mapping (`goto reuse`: no dirty accounting on raw pfns) and
+# copies it in any other. Neither has ->pfn_mkwrite.
 def do_wp_page(vmf: VMFault) -> int:
     vma = vmf.vma
     m = vma.vm_mm.machine
     vmf.page = vm_normal_page(vma, vmf.address, vmf.orig_pte)
+    if not m.modern and vmf.page is None:
+        if m.kernel == KERNEL_2626 and vma.vm_flags & (VM_WRITE | VM_SHARED) == (
+            VM_WRITE | VM_SHARED
+        ):
+            wp_page_reuse(vmf)
+            return 0
+        return wp_page_copy(vmf)
     if vma.vm_flags & (VM_SHARED | VM_MAYSHARE):
         if vmf.page is None:
             return wp_pfn_shared(vmf)
@@ -532,7 +593,7 @@ def wp_page_shared(vmf: VMFault) -> int:
     m.get_page(page)
     if vma.vm_ops is not None and vma.vm_ops.page_mkwrite is not None:
         tmp = do_page_mkwrite(vmf)
-        if tmp & (VM_FAULT_ERROR | VM_FAULT_NOPAGE):
+        if not tmp or tmp & (VM_FAULT_ERROR | VM_FAULT_NOPAGE):
             m.put_page(page)
             return tmp
         tmp = finish_mkwrite_fault(vmf)
@@ -770,16 +831,18 @@ def unmap_mapping_pages(mapping: AddressSpace, start: int, nr: int, even_cows: b
         zap_vma_range(vma, base + lo - vfirst, base + hi - vfirst, even_cows)
 
 
-# unmap_mapping_range: unmap_mapping_pages in bytes: [holebegin,
-# holebegin + holelen) rounded out to pages, holelen 0 meaning to the end.
+# unmap_mapping_range: unmap_mapping_pages in bytes, rounded as Linux
+# rounds them: the first page is the one holding `holebegin` (rounded
+# down), and the page count is `holelen` rounded up on its own
+# (hba = holebegin >> PAGE_SHIFT, hlen = (holelen + PAGE_SIZE - 1) >>
+# PAGE_SHIFT), not the end rounded up: (PAGE + 1, 2 * PAGE) unmaps pages 1
+# and 2. A `holelen` of 0 means to the end of the file.
 def unmap_mapping_range(
     mapping: AddressSpace, holebegin: int, holelen: int, even_cows: bool
 ) -> None:
-    start = holebegin >> PAGE_SHIFT
-    nr = 0
-    if holelen:
-        nr = ((holebegin + holelen + PAGE_SIZE - 1) >> PAGE_SHIFT) - start
-    unmap_mapping_pages(mapping, start, nr, even_cows)
+    hba = holebegin >> PAGE_SHIFT
+    hlen = (holelen + PAGE_SIZE - 1) >> PAGE_SHIFT
+    unmap_mapping_pages(mapping, hba, hlen, even_cows)
 
 
 def pte_index(vpn: int) -> tuple[int, int]:

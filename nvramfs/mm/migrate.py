@@ -13,24 +13,56 @@ block as a bmap hint, so the next fault maps the NVRAM pfn directly.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..events import schema
 from .bug import BUG_ON
-from .filemap import AddressSpace, delete_from_page_cache, mapping_bmap, write_cache_pages
+from .filemap import (
+    AddressSpace,
+    beyond_eof,
+    delete_from_page_cache,
+    mapping_bmap,
+    write_cache_pages,
+)
 from .flags import _PAGE_BMAP, _PAGE_PRESENT, PTE_PFN_SHIFT
 from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_UPTODATE, PG_WRITEBACK
 from .memory import log_page_event, unmap_mapping_pages
 from .stats import Stats
 
+if TYPE_CHECKING:
+    from .machine import Machine
+
+
+# page_freezable: could folio_ref_freeze(page, expected_refs) succeed, i.e.
+# does nobody but the expected holders have a reference? __remove_mapping
+# freezes a page-cache page's refcount at exactly the references it
+# accounts for (the page cache's one, and reclaim's own isolation one)
+# before it takes the page out of the cache, and keeps the page when that
+# fails: someone else (a fault in progress, get_user_pages, do_wp_page's
+# get_page on the page it is copying) holds it, so freeing would not free
+# the frame. Before reclaim unmaps a page, its expected references are the
+# page cache's plus one per pte (unmapping drops those): 1 + page_mapcount.
+def page_freezable(m: Machine, pfn: int, expected_refs: int) -> bool:
+    return int(m._refcount[pfn]) == expected_refs
+
+
+def reclaimable_frames(m: Machine, pfns: np.ndarray) -> np.ndarray:
+    """The page-cache frames among `pfns` that reclaim may take: page_freezable with
+    1 + page_mapcount expected references (vectorised; the rest are skipped)."""
+    expected = 1 + (m._mapcount[pfns] + 1)
+    return pfns[m._refcount[pfns] == expected]
+
 
 # promote: move file page `index` from its NVRAM block into a new
 # page-cache frame. Returns the frame, or None when the page cannot be
-# promoted (already cached, a hole, or no free frame: promotion never
-# reclaims; the caller makes room first if it wants to).
+# promoted (already cached, a hole, past the end of the file, or no free
+# frame: promotion never reclaims; the caller makes room first if it
+# wants to).
 def promote(mapping: AddressSpace, index: int, reason: str) -> int | None:
     m = mapping.machine
-    if index in mapping.pages or not m.free_list:
+    if index in mapping.pages or not m.free_list or beyond_eof(mapping, index):
         return None
     pfn = mapping_bmap(mapping, index)
     if not pfn:

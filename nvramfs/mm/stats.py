@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..events import schema
-from .machine import PG_ANON, PG_DIRTY, STRUCT_PAGE_SIZE
+from .machine import PAGES_PER_SUBSECTION, PG_ANON, PG_DIRTY, STRUCT_PAGE_SIZE
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -35,6 +35,12 @@ class Stats:
         self.demote: dict[str, int] = {}
         self.writebacks: dict[str, int] = {}
         self.cow_via: dict[str, int] = {}
+        # page-cache pages dropped unwritten, by reason (truncate, o_trunc, evict)
+        self.drops: dict[str, int] = {}
+        # page tails zeroed in place, by reason (truncate)
+        self.zeroed: dict[str, int] = {}
+        # stores written straight into NVRAM (kernel=2.6.26), in page stores
+        self.xip_writes = 0
         # XIP pages currently mapped by the filesystem's vmas (one vma per
         # inode, so these are distinct pages): served with no struct page.
         self.xip_mapped = 0
@@ -61,7 +67,25 @@ class Stats:
             "dirty": dirty,
             "struct_page_bytes_used": STRUCT_PAGE_SIZE * used,
             "struct_page_bytes_avoided": STRUCT_PAGE_SIZE * self.xip_mapped,
+            "struct_page": struct_page_figures(machine.nr_nvram_pages or 0, used),
+            "drops": dict(self.drops),
+            "zeroed": dict(self.zeroed),
+            "xip_writes": self.xip_writes,
         }
+
+
+def struct_page_figures(device_pages: int, frames_used: int) -> dict[str, int]:
+    """What struct page costs, as commit b379d790 counts it (docs/EVENTS.md, `struct_page`).
+
+    memmap_device_bytes: a memmap for the whole NVRAM device, 64 bytes per 4 KiB page,
+    allocated whether mapped or not, in whole 2 MiB subsections (what DAX with ZONE_DEVICE
+    pages pays today, in DRAM or carved out of the device with an altmap);
+    mixedmap_bytes: under VM_MIXEDMAP only the DRAM frames in use have one;
+    saved_bytes: the difference (per guest mounting the image)."""
+    sections = -(-device_pages // PAGES_PER_SUBSECTION)
+    memmap = STRUCT_PAGE_SIZE * PAGES_PER_SUBSECTION * sections
+    mixed = STRUCT_PAGE_SIZE * frames_used
+    return {"memmap_device_bytes": memmap, "mixedmap_bytes": mixed, "saved_bytes": memmap - mixed}
 
 
 # Fault kinds as bits, noted by the handlers into machine.fault_kinds during

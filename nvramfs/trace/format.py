@@ -47,7 +47,7 @@ OPS = (
     # flags bit0: blocks a writeback got (else: a change mm never saw, found by bmap)
     "read",  # MemoryManager.read: ino, page, npages, pgoff, nbytes
     "write",  # MemoryManager.write: ino, page, npages, pgoff, nbytes
-    "truncate",  # MemoryManager.truncate: ino, arg=new size, flags bit0=tail held data
+    "truncate",  # MemoryManager.truncate: ino, arg=new size, text=reason (when given)
     "fsync",  # MemoryManager.fsync: ino
     "evict_inode",  # MemoryManager.evict_inode: ino
     "tick",  # MemoryManager.tick
@@ -61,6 +61,7 @@ OPS = (
     "writeback_batch",  # MemoryManager.writeback_batch: text=reason (a flusher batch)
     "set_dram_budget",  # MemoryManager.set_dram_budget: arg=frames
     "setattr",  # a MemoryManager setting assigned: text=JSON [name, value]
+    "path",  # a file's path, learnt after its first touch (a create names it later): ino, gen, text
 )
 OP = {name: code for code, name in enumerate(OPS)}
 
@@ -116,6 +117,8 @@ def arrow_schema() -> Any:
 
 # Columns most records leave at 0: buffered sparsely (row -> value).
 SPARSE = ("arg", "seq", "flags", "gen")
+# Columns added within version 1: a part without them reads them as 0.
+OPTIONAL = ("gen",)
 # A buffered record is five int64s: time, op code, inode, byte offset (page and
 # pgoff of a read/write; page << 12 of others), length in bytes. One
 # `array.extend` per record on the request path; `npages` is computed when a
@@ -356,7 +359,7 @@ def read_part(path: str) -> Part:
     except (OSError, pa.ArrowException) as exc:
         raise TraceError(f"{path}: not a readable Parquet part ({_one_line(exc)})") from None
     names = set(table.column_names)
-    want = {name for name, _, _ in COLUMNS} | {"text", "runs"}
+    want = {name for name, _, _ in COLUMNS if name not in OPTIONAL} | {"text", "runs"}
     if not want <= names:
         raise TraceError(f"{path}: not a trace part (columns {sorted(want - names)} missing)")
     op = table.column("op").combine_chunks()
@@ -371,6 +374,9 @@ def read_part(path: str) -> Part:
     cols: dict[str, np.ndarray] = {"op": remap[codes] if len(codes) else codes.astype(np.int8)}
     for name, dt, _ in COLUMNS:
         if name == "op":
+            continue
+        if name not in names:  # an OPTIONAL column a part written before it lacks
+            cols[name] = np.zeros(table.num_rows, dtype=dt)
             continue
         col = table.column(name)
         if col.null_count:

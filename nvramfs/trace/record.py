@@ -131,6 +131,8 @@ class Recorder:
         self._data = self._buf.data
         self._sparse = self._buf.sparse
         self._seen: set[int] = set()
+        self._unnamed: set[int] = set()
+        self._gens: dict[int, int] = {}
         self._writer = PartWriter(directory)
         self.records = 0
         self.closed = False
@@ -198,6 +200,8 @@ class Recorder:
             runs = encode_runs(0, blocks)
             self.shadow.set_range(ino, 0, npages, blocks)
         path = self.path_of(ino) if self.path_of is not None else None
+        if path is None:
+            self._unnamed.add(ino)  # e.g. a create: mm hears of it before it has a name
         gen = 0
         get_gen = getattr(self._image, "inode_generation", None)
         if get_gen is not None:
@@ -205,7 +209,19 @@ class Recorder:
                 gen = int(get_gen(ino) or 0)
             except Exception:  # noqa: BLE001 - a freed inode: generation unknown
                 gen = 0
+        self._gens[ino] = gen
         self.row(OP["file"], ino, arg=size, gen=gen, text=path, runs=runs)
+
+    def name_files(self) -> None:
+        """`path` records for files first touched before they had a name (at a call
+        boundary: before each tick and at the end)."""
+        if not self._unnamed or self.path_of is None:
+            return
+        for ino in sorted(self._unnamed):
+            path = self.path_of(ino)
+            if path is not None:
+                self._unnamed.discard(ino)
+                self.row(OP["path"], ino, gen=self._gens.get(ino, 0), text=path)
 
     def flush(self) -> None:
         """Hand the buffered records to the writer thread (a call boundary)."""
@@ -323,13 +339,7 @@ class RecordingMM:
         """`args`: a reason, when this mm takes one (truncate or o_trunc): kept in `text`."""
         mm = self._mm
         rec = self._rec
-        rec.call(
-            "truncate",
-            ino,
-            arg=new_size,
-            flags=int(tail_holds_data(mm, ino, new_size)),
-            text=str(args[0]) if args else None,
-        )
+        rec.call("truncate", ino, arg=new_size, text=str(args[0]) if args else None)
         out = mm.truncate(ino, new_size, *args)
         rec.shadow.drop_from(ino, (new_size + PAGE_SIZE - 1) >> PAGE_SHIFT)
         return out
@@ -338,12 +348,15 @@ class RecordingMM:
         rec = self._rec
         rec.call("evict_inode", ino, touch=False)  # an evicted file needs no extents
         rec._seen.discard(ino)
+        rec._unnamed.discard(ino)
         out = self._mm.evict_inode(ino)
         rec.shadow.forget(ino)
         return out
 
     def tick(self) -> None:
         rec = self._rec
+        rec.now_us = rec.now_ns() // 1000
+        rec.name_files()
         rec.call("tick")
         out = self._mm.tick()
         rec.maybe_flush()
@@ -353,6 +366,8 @@ class RecordingMM:
         rec = self._rec
         if getattr(self._mm, "_closed", False):
             return self._mm.close()
+        rec.now_us = rec.now_ns() // 1000
+        rec.name_files()
         rec.call("close")
         try:
             return self._mm.close()
@@ -360,16 +375,13 @@ class RecordingMM:
             rec.close()
 
 
-def tail_holds_data(mm: Any, ino: int, new_size: int) -> bool:
-    """Whether truncate's partial last page holds nonzero bytes past the new size (mm's
-    one decision that looks at data). Looks exactly as MemoryManager.truncate does, so
-    that the replay, doing the same, makes the same backing calls."""
-    tail = new_size & (PAGE_SIZE - 1)
-    if not tail or new_size < 0:
-        return False
-    peek = getattr(mm, "_peek", None)
-    if peek is None:
-        return False
-    mapping = mm.address_space(ino)
-    cur = peek(mapping, new_size >> PAGE_SHIFT)
-    return cur is not None and any(cur[tail:])
+PROGRAMMED = "programmed.npy"
+
+
+def save_programmed(directory: str, programmed: np.ndarray) -> None:
+    """The blocks in use when the recording started (one bit each): the device model's
+    starting state (which blocks hold programmed data), for the replay's model."""
+    bits = np.packbits(np.asarray(programmed, dtype=bool))
+    tmp = os.path.join(directory, PROGRAMMED + ".tmp.npy")
+    np.save(tmp, bits)
+    os.rename(tmp, os.path.join(directory, PROGRAMMED))

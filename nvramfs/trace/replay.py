@@ -29,6 +29,7 @@ from nvramfs.events import schema
 from nvramfs.mm.bug import MMBug
 
 from .format import CALLS, OP, OPS, Header, TraceError, cut_parts, iter_parts, read_header
+from .record import PROGRAMMED
 from .shadow import TraceBacking
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def recorded_config(header: Header) -> dict[str, Any]:
     """The MemoryManager settings of the recording: `dram_pages` and every keyword
     setting the header's `mm` holds (older headers: the named keys)."""
     rec = header.config
-    cfg: dict[str, Any] = {"dram_pages": rec.get("dram_pages")}
+    cfg: dict[str, Any] = {"dram_pages": rec.get("dram_pages"), "medium": rec.get("medium")}
     mm = rec.get("mm")
     if isinstance(mm, dict):
         cfg.update(mm)
@@ -99,14 +100,18 @@ def replay_config(header: Header, overrides: dict[str, Any] | None = None) -> di
 
     cfg = recorded_config(header)
     known = set(inspect.signature(MemoryManager).parameters) - {
-        "backing", "events", "clock", "nr_nvram_pages"
-    }  # fmt: skip
+        "backing", "events", "clock", "nr_nvram_pages", "device"
+    } | {"medium"}  # fmt: skip
     known.add("static")  # the profile of policy static (docs/POLICIES.md)
     for k, v in (overrides or {}).items():
         if k not in known:
             raise UsageError(f"replay option {k}: unknown (one of: {', '.join(sorted(known))})")
         if v is not None:
             cfg[k] = v
+    if overrides and overrides.get("medium") is not None:
+        from nvramfs.device import load_medium
+
+        load_medium(str(overrides["medium"]))  # a usage error naming the built-in media
     dram = cfg.get("dram_pages")
     if not isinstance(dram, int) or dram < 1:
         raise UsageError(f"dram: the budget must hold at least one 4 KiB frame (got {dram})")
@@ -142,7 +147,7 @@ class Replayer:
         rec = header.config
         nr_blocks = int(rec.get("nr_blocks") or 1 << 20)
         recorded = recorded_config(header)
-        exact = all(config.get(k) == v for k, v in recorded.items())
+        exact = all(config.get(k) == v for k, v in recorded.items() if k != "medium")
         self.exact = exact
         self.backing = TraceBacking(nr_blocks, exact=exact)
         self.clock = clock
@@ -150,10 +155,16 @@ class Replayer:
         params = inspect.signature(MemoryManager).parameters
         kw: dict[str, Any] = {k: v for k, v in config.items() if k in params and k != "dram_pages"}
         kw.update(events=events, nr_nvram_pages=nr_blocks, clock=clock)
+        backing: Any = self.backing
+        self.notes: list[str] = []
+        meter = self._device(header, config.get("medium"), nr_blocks)
+        if meter is not None and "device" in params:
+            kw["device"] = meter
+            backing = meter.backing(self.backing)
         if policy is not None:
             kw["policy"] = policy  # built by trace.policies (opt, opt-nox, static)
         try:
-            self.mm = MemoryManager(self.backing, int(config["dram_pages"]), **kw)
+            self.mm = MemoryManager(backing, int(config["dram_pages"]), **kw)
         except (ValueError, KeyError) as exc:
             raise UsageError(f"replay configuration: {exc}") from None
         # lru, opt, opt-nox, static: a ctl `policy` command recorded live is not replayed
@@ -166,6 +177,27 @@ class Replayer:
         self.errors = 0  # calls that failed with an errno, as they would have live
         self._ones = b"\x01" * (1 << 20)
         self._paths: dict[int, tuple[str, int]] = {}
+
+    def _device(self, header: Header, medium: Any, nr_blocks: int) -> Any:
+        """The device model the mount ran (medium and the blocks in use at its start),
+        so that `modelled_ns` comes out the same; None when there was none."""
+        if not isinstance(medium, str):
+            return None
+        try:
+            from nvramfs.device import DeviceModel, load_medium
+            from nvramfs.device.meter import Meter
+        except ImportError:
+            return None
+        programmed = None
+        path = os.path.join(header.path, PROGRAMMED)
+        if os.path.exists(path):
+            try:
+                programmed = np.unpackbits(np.load(path))[:nr_blocks].astype(bool)
+            except (OSError, ValueError) as exc:
+                raise TraceError(f"{path}: unreadable ({exc})") from None
+        else:
+            self.notes.append(f"{path} missing: the device model starts with every block erased")
+        return Meter(DeviceModel(load_medium(medium), nr_blocks, programmed=programmed))
 
     # -- records ----------------------------------------------------------------
 
@@ -272,6 +304,13 @@ class Replayer:
             self._paths[ino] = (path, gen)
             self.events.emit(schema.PATH, ino=ino, gen=gen, path=path)
 
+    def _op_path(self, part: Any, i: int, ino: int) -> None:
+        path = part.text.get(i)
+        gen = int(part.cols["gen"][i])
+        if path is not None and self._paths.get(ino) != (path, gen):
+            self._paths[ino] = (path, gen)
+            self.events.emit(schema.PATH, ino=ino, gen=gen, path=path)
+
     def _op_map(self, part: Any, i: int, ino: int) -> None:
         c = part.cols
         self.backing.expect(int(c["seq"][i]), ino, part.runs.get(i) or [], bool(c["flags"][i] & 1))
@@ -287,35 +326,12 @@ class Replayer:
 
     def _op_truncate(self, part: Any, i: int, ino: int) -> None:
         size = int(part.cols["arg"][i])
-        self._pin_tail(ino, size, bool(part.cols["flags"][i] & 1))
         reason = part.text.get(i)
         if reason is None:
             self.mm.truncate(ino, size)
         else:
             self.mm.truncate(ino, size, reason)
         self.backing.shadow.drop_from(ino, (size + 4095) >> 12)
-
-    def _pin_tail(self, ino: int, size: int, nonzero: bool) -> None:
-        """Give the page truncate looks at the contents it had live (record.tail_holds_data)."""
-        mm = self.mm
-        tail = size & 4095
-        peek = getattr(mm, "_peek", None)
-        if not tail or peek is None:
-            return
-        mapping = mm.address_space(ino)
-        index = size >> 12
-        self.backing.last_block = 0
-        cur = peek(mapping, index)
-        if cur is None:
-            return
-        frame = mapping.pages.get(index)
-        if frame is not None:
-            data = mm.machine.data[frame]
-            data[tail:] = 0
-            if nonzero:
-                data[tail] = 1
-        elif self.backing.last_block:
-            self.backing.pin_tail(self.backing.last_block, tail, nonzero)
 
     def _op_evict_inode(self, part: Any, i: int, ino: int) -> None:
         self.mm.evict_inode(ino)
@@ -389,7 +405,8 @@ def replay(
 
         r = Replayer(header, cfg, events, clock, replay_policy(trace, cfg))
         r.batch = batch
-        _emit_mount(events, trace, header, cfg)
+        notes.extend(r.notes)
+        _emit_mount(events, trace, header, cfg, r.mm)
         parts = 0
         for part in iter_parts(trace):
             r.run_part(part)
@@ -402,6 +419,9 @@ def replay(
                 f"under policy {cfg['policy']}"
             )
         r.finish()
+        meter = getattr(r.mm, "device", None)
+        if meter is not None and hasattr(schema, "WEAR"):
+            events.emit(schema.WEAR, **meter.wear(clock.now - events_t0(events, clock)))
         events.emit(schema.UNMOUNT, clean=r.closed)
         events.flush()
         seconds = time.perf_counter() - start
@@ -434,7 +454,13 @@ def replay(
             os.rmdir(tmpdir)
 
 
-def _emit_mount(events: Any, trace: str, header: Header, cfg: dict[str, Any]) -> None:
+def events_t0(events: Any, clock: VirtualClock) -> float:
+    """The event log's time 0 (the virtual clock's reading when the writer was made)."""
+    t0 = getattr(events, "t0", None)
+    return float(t0) if isinstance(t0, float) else clock.now
+
+
+def _emit_mount(events: Any, trace: str, header: Header, cfg: dict[str, Any], mm: Any) -> None:
     rec = header.config
     events.emit(
         schema.MOUNT,
@@ -442,7 +468,10 @@ def _emit_mount(events: Any, trace: str, header: Header, cfg: dict[str, Any]) ->
         dram_pages=cfg["dram_pages"],
         page_size=4096,
         policy=cfg["policy"],
-        pte_special=bool(cfg.get("pte_special", True)),
+        pte_special=bool(getattr(mm, "pte_special", True)),
+        kernel=getattr(mm, "kernel", "modern"),
+        uuid=rec.get("uuid"),
+        medium=cfg.get("medium"),
         cache=rec.get("cache"),
         sim=True,
         recovered=False,

@@ -97,10 +97,8 @@ class ExtentShadow:
 class TraceBacking:
     """The Backing of a replay: block maps from the trace, page data made up.
 
-    Data is never recorded. Every block reads as 0x01 bytes (writes store 0x01
-    too), except blocks whose contents a record pins (`pin_tail`): mm's only
-    decision that looks at data is whether a truncated page's tail holds
-    anything, and the trace records that answer."""
+    Data is never recorded: every block reads as 0x01 bytes (writes store 0x01
+    too). mm decides nothing on page contents."""
 
     def __init__(self, nr_blocks: int, *, exact: bool = True) -> None:
         self.nr_blocks = nr_blocks
@@ -111,8 +109,6 @@ class TraceBacking:
         self._next_block = nr_blocks // 2
         self._ones = np.ones(256 * PAGE_SIZE, dtype=np.uint8)
         self._ones_view = memoryview(self._ones).toreadonly()
-        self._pinned: dict[int, memoryview] = {}
-        self.last_block = 0
         self.generations: dict[int, int] = {}
 
     def inode_generation(self, ino: int) -> int:
@@ -158,23 +154,11 @@ class TraceBacking:
             raise TraceError(
                 f"replay diverged: writeback #{self.seq} of inode {ino} has no recorded block"
             )
-        for block in blocks.tolist():
-            self._pinned.pop(block, None)
         return blocks
 
     def block_view(self, block: int, count: int = 1) -> memoryview:
         if not 0 < block or block + count > self.nr_blocks:
             raise ValueError(f"block_view: blocks {block}+{count} outside the device")
-        self.last_block = block
-        if count == 1 and block in self._pinned:
-            return self._pinned[block]
         if count <= 256:
             return self._ones_view[: count * PAGE_SIZE]
         return memoryview(np.ones(count * PAGE_SIZE, dtype=np.uint8)).toreadonly()
-
-    def pin_tail(self, block: int, tail: int, nonzero: bool) -> None:
-        """Make block's bytes [tail:] zero, or not (as the live page was)."""
-        page = np.ones(PAGE_SIZE, dtype=np.uint8)
-        if not nonzero:
-            page[tail:] = 0
-        self._pinned[block] = memoryview(page).toreadonly()

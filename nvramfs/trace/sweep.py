@@ -188,6 +188,15 @@ def replay_counters(trace: str, policy: str, dram_pages: int) -> tuple[dict[str,
     return r.mm.stats(), max(peak[0], machine.frames_used), seconds
 
 
+def _hit_ratio(hits: int, accesses: int) -> float:
+    """The one hit ratio (nvramfs.events.numbers.hit_ratio: page accesses served by a
+    pagecache frame over all page accesses), over every guest's accesses; 0 for none."""
+    from nvramfs.events.numbers import hit_ratio
+
+    both = {"faults": {"pagecache_hit": hits}, "accesses": {"read": accesses, "write": 0}}
+    return hit_ratio(both) or 0.0
+
+
 def _sum(obj: Any) -> int:
     return int(sum(obj.values())) if isinstance(obj, dict) else int(obj or 0)
 
@@ -260,7 +269,7 @@ def _run(
     return {
         "replayed": len(plan),
         "accesses": acc,
-        "hit_ratio": totals["hits"] / acc if acc else 0.0,
+        "hit_ratio": _hit_ratio(totals["hits"], acc),
         "promotions": totals["promotions"],
         "demotions": totals["demotions"],
         "cow": totals["cow"],

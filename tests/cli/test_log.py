@@ -712,9 +712,9 @@ def test_every_action_on_an_empty_missing_or_unreadable_log(action, tmp_path, ca
     assert err.splitlines()[-1] == f"nvramfs: {junk}: no readable events"
 
 
-def test_follow_on_a_missing_log_is_one_line(tmp_path: Path, capsys) -> None:
-    code, _, err = nv(capsys, "log", tmp_path / "nope.jsonl", "follow")
-    assert code == 1 and err == f"nvramfs: {tmp_path / 'nope.jsonl'}: no such event log\n"
+def test_follow_in_a_missing_directory_is_one_line(tmp_path: Path, capsys) -> None:
+    code, _, err = nv(capsys, "log", tmp_path / "no" / "nope.jsonl", "follow")
+    assert code == 1 and len(err.splitlines()) == 1 and "no such event log" in err
 
 
 def test_cli_runs_as_a_program(log: Path) -> None:
@@ -856,3 +856,320 @@ def test_action_first_order_works_too(log: Path, capsys) -> None:
     assert json.loads(out)["events"] == N_EVENTS
     code, out, _ = nv(capsys, "log", log, "summary", "--json")
     assert json.loads(out)["events"] == N_EVENTS
+
+
+# --------------------------------------------------------------------------- issue 11: every number true
+
+UUID_A = "11111111-2222-3333-4444-555555555555"
+UUID_B = "99999999-8888-7777-6666-555555555555"
+
+
+def _session(w: EventWriter, clk: FakeClock, *, uuid: str | None, wall: float,
+             files: list[tuple[int, int, str, list[int], list[int]]], seconds: float = 1.0,
+             counters: dict | None = None) -> None:  # fmt: skip
+    """One mount session: path events, then one access histogram per file, counters, unmount."""
+    extra = {"uuid": uuid} if uuid else {}
+    w.emit("mount", image="x.img", dram_pages=8, page_size=4096, policy="2q", pte_special=True,
+           cache="direct", sim=True, recovered=False, wall=wall, **extra)  # fmt: skip
+    for ino, gen, path, _, _ in files:
+        w.emit("path", ino=ino, gen=gen, path=path)
+    clk.now += seconds
+    for ino, gen, _, pages, writes in files:
+        w.emit("access", ino=ino, gen=gen, t0=0.0, t1=seconds, pages=pages,
+               reads=[0] * len(pages), writes=writes)  # fmt: skip
+    if counters:
+        w.emit("counters", **counters)
+    w.emit("unmount", clean=True)
+
+
+def _fresh_writer(path: Path) -> tuple[EventWriter, FakeClock]:
+    clk = FakeClock()
+    return EventWriter(path, clock=clk), clk
+
+
+def test_files_are_keyed_by_image_inode_and_generation(tmp_path: Path, capsys) -> None:
+    """Defect 1: an inode number reused by another file is another row; one file over two
+    mounts is one row."""
+    log = tmp_path / "reuse.jsonl"
+    big = list(range(100))
+    for wall, files in (
+        (WALL, [(5, 1, "/old", big, [3] * 100), (6, 1, "/kept", [0], [1])]),
+        (WALL + 50, [(5, 2, "/live", [0], [1]), (6, 1, "/kept", [0], [1])]),
+    ):
+        w, clk = _fresh_writer(log)
+        _session(w, clk, uuid=UUID_A, wall=wall, files=files)
+        w.close()
+    code, out, err = nv(capsys, "log", log, "top", "--json", "--what", "files", "-n", "0")
+    assert code == 0, err
+    files = {f["path"]: (f["writes"], f["pages"]) for f in json.loads(out)["files"]}
+    assert files == {"/old": (300, 100), "/live": (1, 1), "/kept": (2, 1)}
+    code, out, _ = nv(capsys, "log", log, "profile")
+    assert "./live,0,1" in out.splitlines() and "./kept,0,2" in out.splitlines()
+
+
+def test_two_images_in_one_log_are_never_mixed(tmp_path: Path, capsys) -> None:
+    """Defect 1: mkfs --force appends a new image's sessions to the old log."""
+    log = tmp_path / "two.jsonl"
+    w, clk = _fresh_writer(log)
+    _session(w, clk, uuid=UUID_A, wall=WALL, files=[(5, 1, "/a", [0, 1], [4, 4])])
+    w.close()
+    w, clk = _fresh_writer(log)
+    _session(w, clk, uuid=UUID_B, wall=WALL + 10, files=[(5, 1, "/b", [0], [1])])
+    w.close()
+    code, out, err = nv(capsys, "log", log, "summary", "--json")
+    assert code == 0
+    s = json.loads(out)
+    assert s["sessions"] == 1 and s["session_numbers"] == [2]
+    assert s["image_uuid"] == UUID_B
+    assert [f["path"] for f in s["hottest_files"]] == ["/b"]
+    assert "sessions of 2 images" in err and UUID_B in err
+    code, out, err = nv(capsys, "log", log, "top", "--json", "--session", "1")
+    assert [f["path"] for f in json.loads(out)["files"]] == ["/a"] and err == ""
+
+
+def test_follow_summary_and_plot_share_one_hit_ratio(tmp_path: Path, capsys) -> None:
+    """Defect 3: hits over page accesses, not over faults."""
+    from nvramfs.events.analysis import hit_ratio
+
+    log = tmp_path / "hr.jsonl"
+    c = _counters({}, {}, {}, {"xip_read": 5, "pagecache_hit": 40}, 90, 10, 2, 0)
+    w, clk = _fresh_writer(log)
+    _session(w, clk, uuid=UUID_A, wall=WALL, files=[], counters=c)
+    w.close()
+    assert hit_ratio(c) == pytest.approx(0.4)
+    code, out, _ = nv(capsys, "log", log, "summary", "--json")
+    assert json.loads(out)["pagecache_hit_ratio"] == pytest.approx(0.4)
+    code, out, _ = nv(capsys, "log", log, "follow", "--from-start", "--until-unmount")
+    assert "counters   hit 40.0%" in out
+    code, out, _ = nv(capsys, "log", log, "summary")
+    assert "hit ratio    40.0%" in out
+
+
+def test_a_session_runs_on_its_own_clock(tmp_path: Path, capsys) -> None:
+    """Defect 4: --session N and --session last span that session's mount to its last event."""
+    log = tmp_path / "late.jsonl"
+    write_handmade(log)  # 3.0 s
+    w, clk = _fresh_writer(log)
+    _session(w, clk, uuid=None, wall=WALL + 270, files=[(2, 0, "/x", [0], [1])], seconds=1.1)
+    w.close()
+    code, out, _ = nv(capsys, "log", log, "summary", "--json", "--session", "2")
+    s = json.loads(out)
+    assert s["duration_s"] == pytest.approx(1.1)
+    rows = s["timeline"]["rows"]
+    assert rows[0]["t0"] == 0 and rows[-1]["t1"] <= 1.5 and sum(r["writes"] for r in rows) == 1
+    code, out2, _ = nv(capsys, "log", log, "summary", "--json", "--session", "last")
+    assert json.loads(out2)["duration_s"] == pytest.approx(1.1)
+    code, out, _ = nv(capsys, "log", log, "summary", "--json")
+    assert json.loads(out)["duration_s"] == pytest.approx(271.1)  # all: on the log's axis
+    from nvramfs.cli.plot import load_view
+
+    view = load_view(log, "2", ReadReport())
+    assert view is not None and view.duration == pytest.approx(1.1)
+    assert view.offset == {2: 0.0}
+
+
+def test_unmount_after_a_fatal_error_is_not_clean(monkeypatch) -> None:
+    """Defect 5: the error path that turned the mount read-only must not log clean:true."""
+    from nvramfs.events.writer import ListEventWriter
+    from nvramfs.fuse import mount as mount_mod
+
+    monkeypatch.setattr(mount_mod.pyfuse3, "close", lambda unmount: None)  # nothing mounted
+
+    class Ops:
+        fatal_errors = 1
+
+        def shutdown(self) -> None:
+            pass
+
+        def translate(self, what: str, exc: BaseException) -> None:
+            pass
+
+    class MM:
+        def close(self) -> None:
+            pass
+
+    class Img:
+        corrupt = None
+
+        def close(self, clean: bool) -> None:
+            pass
+
+    events = ListEventWriter()
+    mount_mod._finish(Ops(), MM(), events, Img(), unmount=False)
+    (u,) = events.of("unmount")
+    assert u["clean"] is False and u["fatal_errors"] == 1
+    ops = Ops()
+    ops.fatal_errors = 0
+    events = ListEventWriter()
+    mount_mod._finish(ops, MM(), events, Img(), unmount=False)
+    assert events.of("unmount")[0]["clean"] is True
+
+
+def test_summary_counts_event_types_it_does_not_know(log: Path, capsys) -> None:
+    """Other helpers add event types (zero, drop, throttle): read, counted, never an error."""
+    with open(log, "a") as f:
+        f.write('{"v":1,"seq":40,"t":3.2,"ev":"throttle","ino":2,"delay_us":150}\n')
+        f.write('{"v":1,"seq":41,"t":3.3,"ev":"zero","ino":2,"index":7,"pfn_to":5}\n')
+    code, out, err = nv(capsys, "log", log, "summary", "--json")
+    assert code == 0 and err == ""
+    by = json.loads(out)["by_event"]
+    assert by["throttle"] == 1 and by["zero"] == 1
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+def test_load_is_one_typed_row_per_accepted_event(log: Path) -> None:
+    import polars as pl
+
+    import nvramfs.events
+
+    with open(log, "a") as f:
+        f.write("garbage\n" + '{"v":1,"seq":90,"t":3.1,"ev":"migrate","ino":"two"}\n')
+    report = ReadReport()
+    df = nvramfs.events.load(log, report)
+    events, _ = load_events(log)
+    assert df.height == len(events) == N_EVENTS and report.skipped == 2
+    assert df["seq"].to_list() == [e["seq"] for e in events]
+    assert df.schema["t"] == pl.Float64 and df.schema["pages"] == pl.List(pl.Int64)
+    assert df.schema["session"] == pl.Int32 and df.schema["ino"] == pl.Int64
+    cow = df.filter(pl.col("ev") == "cow")
+    assert cow["file_path"].to_list() == ["/data/cold.bin", "/data/cold.bin", "/hot.bin"]
+    assert set(df["session"].to_list()) == {1}
+
+
+def test_export_parquet_round_trips(log: Path, tmp_path: Path, capsys) -> None:
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "x.parquet"
+    code, _, err = nv(capsys, "log", log, "export", "--parquet", "-o", out)
+    assert code == 0, err
+    assert f"{N_EVENTS} events written to {out}" in err
+    t = pq.read_table(out)
+    assert t.num_rows == N_EVENTS
+    assert sorted(set(t.column("ev").to_pylist())) == sorted(HANDMADE["by_event"])
+    code, _, err = nv(capsys, "log", log, "export", "--parquet")
+    assert code == 2 and "-o FILE" in err
+
+
+def test_the_engine_reads_a_log_in_chunks_as_one(mm_log: Path) -> None:
+    """Chunked reading (bounded memory) gives the numbers of one whole read."""
+    from nvramfs.events import analysis
+    from nvramfs.events.loader import iter_frames
+
+    whole = analysis.Scan.of_log(mm_log)
+    parts = analysis.Scan()
+    for df in iter_frames(mm_log, parts.report, chunk=700):
+        parts.add(df)
+    parts.finish()
+    a = analysis.summarize(whole, log="x")
+    b = analysis.summarize(parts, log="x")
+    assert a == b
+
+
+# --------------------------------------------------------------------------- issue 15: live views
+
+
+def test_follow_waits_for_a_log_that_does_not_exist_yet(tmp_path: Path, capsys) -> None:
+    p = tmp_path / "later.jsonl"
+
+    def writer() -> None:
+        time.sleep(0.6)
+        w = EventWriter(p, clock=FakeClock())
+        w.emit("mount", image="late.img", dram_pages=4)
+        w.emit("unmount", clean=True)
+        w.close()
+
+    th = threading.Thread(target=writer)
+    th.start()
+    try:
+        code, out, err = nv(capsys, "log", p, "follow", "--from-start", "--until-unmount",
+                            "--idle-exit", "20")  # fmt: skip
+    finally:
+        th.join(10)
+    assert code == 0, err
+    assert "waiting for the log to appear" in err
+    assert [ln.split()[1] for ln in out.splitlines()] == ["mount", "unmount"]
+
+
+def test_follow_idle_exit_means_no_access(tmp_path: Path, capsys) -> None:
+    """A counters event every tick is not activity: --idle-exit fires without accesses."""
+    p = tmp_path / "idle.jsonl"
+    clk = FakeClock()
+    w = EventWriter(p, clock=clk)
+    w.emit("mount", image="i.img", dram_pages=4)
+    w.flush()
+    c = _counters({}, {}, {}, {"pagecache_hit": 1}, 5, 0, 1, 0)
+    done = threading.Event()
+
+    def ticker() -> None:
+        while not done.is_set():
+            clk.now += 0.1
+            w.emit("counters", **c)
+            w.flush()
+            time.sleep(0.1)
+
+    th = threading.Thread(target=ticker)
+    th.start()
+    t0 = time.monotonic()
+    try:
+        code, out, _ = nv(capsys, "log", p, "follow", "--idle-exit", "0.6")
+    finally:
+        done.set()
+        th.join(10)
+        w.close()
+    assert code == 0
+    assert time.monotonic() - t0 < 8
+    assert "counters" in out  # it saw the ticks, and still stopped
+
+
+@pytest.mark.fuse
+@pytest.mark.slow
+def test_a_short_session_ended_by_sigterm_logs_every_access(tmp_path: Path) -> None:
+    """Defects 1 and 2 on a real mount: uuid on mount, gen on path and access events,
+    and the accesses of the last, partial second are logged when SIGTERM ends it."""
+    import signal
+    import subprocess
+    import tempfile
+
+    if not _have_fuse():
+        pytest.skip("needs /dev/fuse and fusermount3")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f.bin").write_bytes(bytes(256 << 10))
+    image = tmp_path / "t.img"
+    assert _nvramfs("mkfs", image, "--from", tree, "-q").returncode == 0
+    mnt = Path(tempfile.mkdtemp(prefix="nvramfs-clitest-"))
+    log = tmp_path / "t.events.jsonl"
+    res = _nvramfs("mount", image, mnt, "-o", f"dram=1M,log={log}")
+    assert res.returncode == 0, res.stderr
+    pid = int(re.search(r"\(pid (\d+)\)", res.stdout).group(1))
+    try:
+        with open(mnt / "f.bin", "r+b") as f:
+            f.write(b"x" * (64 * 4096))
+            f.flush()
+            os.fsync(f.fileno())
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while _mounted(mnt) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        if _mounted(mnt):
+            subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+        if not _mounted(mnt):
+            mnt.rmdir()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.1)
+    events, report = load_events(log)
+    assert report.skipped == 0
+    kinds = [e["ev"] for e in events]
+    assert kinds[0] == "mount" and kinds[-1] == "unmount" and events[-1]["clean"] is True
+    assert re.fullmatch(r"[0-9a-f-]{36}", events[0]["uuid"])
+    paths = [e for e in events if e["ev"] == "path" and e["path"] == "/f.bin"]
+    assert paths and isinstance(paths[0]["gen"], int)
+    acc = [e for e in events if e["ev"] == "access"]
+    assert acc and all(e["gen"] == paths[0]["gen"] for e in acc)
+    c = [e for e in events if e["ev"] == "counters"][-1]
+    assert sum(sum(e["writes"]) for e in acc) == c["accesses"]["write"] >= 64
+    assert sum(sum(e["reads"]) for e in acc) == c["accesses"]["read"]

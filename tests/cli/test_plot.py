@@ -113,3 +113,41 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path: Path, capsys, monk
     code, out, err = plot(capsys, log, "-o", tmp_path / "o")
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "matplotlib" in err and "pip install" in err
+
+
+def test_hit_ratio_intervals_leave_idle_gaps_empty(tmp_path: Path) -> None:
+    """Issue 15, item 8: an idle interval has no ratio (not the next one's); 100% is kept."""
+    from test_log import FakeClock, _counters
+
+    from nvramfs.cli.plot import hit_intervals, load_view
+    from nvramfs.events.reader import ReadReport
+    from nvramfs.events.writer import EventWriter
+
+    log = tmp_path / "gap.jsonl"
+    clk = FakeClock()
+    w = EventWriter(log, clock=clk)
+    w.emit("mount", image="g.img", dram_pages=4, wall=1_700_000_000.0)
+    for hits, acc in ((0, 0), (10, 10), (10, 10), (10, 10), (15, 20)):
+        clk.now += 1.0
+        w.emit("counters", **_counters({}, {}, {}, {"pagecache_hit": hits}, acc, 0, 1, 0))
+    w.close()
+    view = load_view(log, "all", ReadReport())
+    assert hit_intervals(view) == [(1.0, 2.0, 100.0), (4.0, 5.0, 50.0)]
+
+
+def test_many_cows_are_drawn_as_a_density(tmp_path: Path, capsys) -> None:
+    """Issue 15, item 8: thousands of COW marks are one shape, said in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from nvramfs.cli import plot as plot_mod
+
+    fig, ax = plt.subplots()
+    pts = np.column_stack([np.linspace(10, 20, 5000), np.linspace(0, 1000, 5000)])
+    handle = plot_mod._density(ax, pts, "#ff66ff", "cow (5,000)", 40.0, 1000.0)
+    assert "density" in handle.get_label()
+    assert len(ax.collections) <= 4  # a few contour sets, not 5,000 markers
+    plt.close(fig)

@@ -19,7 +19,7 @@ def make_mm(clock: FakeClock):
     def make(
         dram_pages: int = 8,
         policy: str = "none",
-        pte_special: bool = True,
+        pte_special: bool | None = None,
         nr_blocks: int = 1024,
         relocate: bool = False,
         **kw,

@@ -76,18 +76,22 @@ def check_invariants(mm) -> None:
                     index = vma.linear_page_index(addr)
                     if pfn != ZERO_PFN:
                         assert (vma.vm_file.host, index) not in cached, "XIP pfn over a cached page"
-                    assert not pte & _PAGE_RW or not vma.fs_owned, "writable XIP pte"
+                    if m.kernel != "2.6.26":
+                        # 2.6.26 makes a raw pfn of a shared writable vma writable in place.
+                        assert not pte & _PAGE_RW or not vma.fs_owned, "writable XIP pte"
                 else:
                     assert m.pfn_valid(page) and ref[page] > 0, "normal pte at a free frame"
                     maps[page] += 1
-                    if vma.shared and pte & _PAGE_RW and page != ZERO_PFN:
+                    # (an anonymous page in a shared vma: 2.6.26-rc1's COW of a raw pfn)
+                    anon = m.flags[page] & PG_ANON
+                    if vma.shared and pte & _PAGE_RW and page != ZERO_PFN and not anon:
                         assert m.flags[page] & PG_DIRTY, "writable shared pte, clean page"
     # Every normal pte's frame counts it in its mapcount; refcount = ptes + page cache.
     for p in range(n):
         assert m._mapcount[p] + 1 == maps[p], f"mapcount of {p}: {m.dump_page(p)} vs {maps[p]} ptes"
         in_cache = 1 if (m.mapping[p] != 0 and not m.flags[p] & PG_ANON) else 0
         base = 1 if p == ZERO_PFN else 0
-        if p == ZERO_PFN and m.pte_special:
+        if p == ZERO_PFN and not m.zero_page_refcounted:
             assert ref[p] == 1
         else:
             assert ref[p] == maps[p] + in_cache + base, f"refcount of {m.dump_page(p)}"

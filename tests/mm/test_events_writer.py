@@ -120,3 +120,55 @@ def test_mm_log_is_valid_jsonl_with_schema_fields(tmp_path) -> None:
     assert c["dram_pages"] == 4 and c["struct_page_bytes_used"] == 64 * c["frames_used"]
     faults = [e for e in got if e["ev"] == schema.FAULT]
     assert faults and {f["kind"] for f in faults} <= set(schema.FAULT_KINDS)
+
+
+def test_emit_flushes_a_buffer_a_second_old(tmp_path) -> None:
+    """Issue 11, defect 2: a session killed between ticks keeps all but its last second,
+    even when the tick is late (a long request holds the loop)."""
+    path = tmp_path / "ev.jsonl"
+    clock = FakeClock()
+    w = EventWriter(path, clock=clock)
+    w.emit(schema.MOUNT, image="x", dram_pages=4)
+    clock.advance(0.5)
+    w.emit(schema.PATH, ino=2, path="/a")
+    assert os.path.getsize(path) == 0
+    clock.advance(0.6)
+    w.emit(schema.PATH, ino=3, path="/b")  # the mount event is now 1.1 s old
+    assert [e["ev"] for e in lines(path)] == ["mount", "path", "path"]
+    assert w.pending == 0
+    w.close()
+
+
+def test_close_logs_the_last_partial_interval(tmp_path) -> None:
+    """Issue 11, defect 2: accesses after the last tick are in an access event at unmount,
+    and every access event names the file by (ino, gen)."""
+
+    class GenBacking(MemBacking):
+        def inode_generation(self, ino: int) -> int:
+            return 40 + ino
+
+    path = tmp_path / "mm.jsonl"
+    clock = FakeClock()
+    w = EventWriter(path, clock=clock)
+    backing = GenBacking(256)
+    backing.create(2, pattern(8))
+    mm = MemoryManager(backing, 4, events=w, clock=clock)
+    for p in range(8):
+        mm.read(2, p * PAGE, PAGE)
+    clock.advance(1.0)
+    mm.tick()
+    clock.advance(0.3)
+    for p in range(3):
+        mm.write(2, p * PAGE, b"z")
+    mm.close()  # no tick since the writes
+    w.close()
+    got = lines(path)
+    acc = [e for e in got if e["ev"] == schema.ACCESS]
+    assert len(acc) == 2
+    last = acc[-1]
+    assert last["gen"] == 42 and acc[0]["gen"] == 42
+    assert last["pages"] == [0, 1, 2] and last["writes"] == [1, 1, 1]
+    assert last["t0"] == acc[0]["t1"] and last["t1"] > last["t0"]
+    c = [e for e in got if e["ev"] == schema.COUNTERS][-1]
+    total = sum(sum(e["reads"]) + sum(e["writes"]) for e in acc)
+    assert total == c["accesses"]["read"] + c["accesses"]["write"]

@@ -47,8 +47,11 @@ SHARED_RW = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_SHARED | VM_MAYSH
 PRIVATE_RW = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE
 
 
-def raw_vma(flags: int, *, pte_special: bool = True, pgoff: int = 0, ops=None):
-    m = Machine(8, pte_special=pte_special)
+RC1, K2626, MODERN = "2.6.26-rc1", "2.6.26", "modern"
+
+
+def raw_vma(flags: int, *, pte_special=None, pgoff: int = 0, ops=None, kernel: str = MODERN):
+    m = Machine(8, pte_special=pte_special, kernel=kernel)
     mm = MMStruct(m)
     vma = VMA(
         vm_mm=mm,
@@ -119,7 +122,7 @@ def test_normal_pte_without_struct_page_is_a_bad_pte() -> None:
 
 
 def test_2008_mixedmap_returns_page_iff_pfn_valid() -> None:
-    m, vma = raw_vma(VM_MIXEDMAP | VM_READ | VM_MAYWRITE, pte_special=False)
+    m, vma = raw_vma(VM_MIXEDMAP | VM_READ | VM_MAYWRITE, kernel=RC1)
     page = m.alloc_page()
     assert vm_normal_page(vma, START, pfn_pte(page, _PAGE_PRESENT)) == page
     assert vm_normal_page(vma, START, pfn_pte(ZERO_PFN, _PAGE_PRESENT)) == ZERO_PFN
@@ -129,30 +132,30 @@ def test_2008_mixedmap_returns_page_iff_pfn_valid() -> None:
 
 
 def test_2008_pfnmap_linear_pfn_is_raw() -> None:
-    m, _ = raw_vma(0, pte_special=False)
+    m, _ = raw_vma(0, kernel=RC1)
     first = m.nvram_base_pfn + 100
-    _, vma = raw_vma(VM_PFNMAP | VM_READ | VM_MAYWRITE, pte_special=False, pgoff=first)
+    _, vma = raw_vma(VM_PFNMAP | VM_READ | VM_MAYWRITE, kernel=RC1, pgoff=first)
     addr = START + 3 * PAGE
     assert vm_normal_page(vma, addr, pfn_pte(first + 3, _PAGE_PRESENT)) is None
     # Linear even if the pfn has a struct page (/dev/mem-style mappings of RAM).
-    _, vma0 = raw_vma(VM_PFNMAP | VM_READ | VM_MAYWRITE, pte_special=False, pgoff=2)
+    _, vma0 = raw_vma(VM_PFNMAP | VM_READ | VM_MAYWRITE, kernel=RC1, pgoff=2)
     assert vm_normal_page(vma0, START + PAGE, pfn_pte(3, _PAGE_PRESENT)) is None
 
 
 def test_2008_pfnmap_not_cowable_is_raw() -> None:
-    m, vma = raw_vma(VM_PFNMAP | VM_READ | VM_SHARED | VM_MAYWRITE, pte_special=False, pgoff=500)
+    m, vma = raw_vma(VM_PFNMAP | VM_READ | VM_SHARED | VM_MAYWRITE, kernel=RC1, pgoff=500)
     page = m.alloc_page()
     assert vm_normal_page(vma, START, pfn_pte(page, _PAGE_PRESENT)) is None
 
 
 def test_2008_pfnmap_cowed_page_is_normal() -> None:
-    m, vma = raw_vma(VM_PFNMAP | VM_READ | VM_MAYWRITE, pte_special=False, pgoff=500)
+    m, vma = raw_vma(VM_PFNMAP | VM_READ | VM_MAYWRITE, kernel=RC1, pgoff=500)
     page = m.alloc_page()
     assert vm_normal_page(vma, START, pfn_pte(page, _PAGE_PRESENT)) == page
 
 
 def test_2008_normal_vma_returns_page() -> None:
-    m, vma = raw_vma(VM_READ | VM_MAYWRITE, pte_special=False)
+    m, vma = raw_vma(VM_READ | VM_MAYWRITE, kernel=RC1)
     page = m.alloc_page()
     assert vm_normal_page(vma, START, pfn_pte(page, _PAGE_PRESENT)) == page
 
@@ -420,18 +423,21 @@ def test_hole_store_allocates_dirty_zero_frame_and_writeback_allocates_block(mak
     assert wb["pfn_to"] == mm.machine.nvram_base_pfn + block and wb["reason"] == "fsync"
 
 
-@pytest.mark.parametrize("pte_special", [True, False])
-def test_hole_and_xip_through_fs_vma_both_rule_sets(make_mm, pte_special: bool) -> None:
-    mm, backing, ev = make_mm(pte_special=pte_special)
+@pytest.mark.parametrize("pte_special,kernel", [(True, MODERN), (False, MODERN), (None, K2626)])
+def test_hole_and_xip_through_fs_vma_both_rule_sets(make_mm, pte_special, kernel) -> None:
+    mm, backing, ev = make_mm(pte_special=pte_special, kernel=kernel)
     data = pattern(3)
     backing.create(9, data, holes=[2])
     expect = bytearray(data)
     expect[2 * PAGE :] = bytes(PAGE)
     assert bytes(mm.read(9, 0, 3 * PAGE)) == expect
     m = mm.machine
-    if not pte_special:
-        # The zero page is refcounted: the fs vma's pte holds a reference.
+    if kernel != MODERN:
+        # 2.6.26 refcounts the zero page: the fs vma's pte holds a reference.
         assert m.page_mapcount(ZERO_PFN) == 1 and m.page_ref_count(ZERO_PFN) == 2
+    else:
+        # Today it is is_zero_pfn, never a normal page, with or without pte_special.
+        assert m.page_mapcount(ZERO_PFN) == 0 and m.page_ref_count(ZERO_PFN) == 1
     mm.write(9, 2 * PAGE, b"q")
     mm.write(9, 0, b"r")
     expect[2 * PAGE] = ord("q")
@@ -490,6 +496,7 @@ def test_bmap_is_cached_in_the_ptes(make_mm) -> None:
     assert backing.bmap_calls == calls
     mm.truncate(3, 2 * PAGE)
     backing.truncate(3, 2)
+    mm.truncate(3, 4 * PAGE)  # grown again: pages 2-3 are holes, their old hints gone
     assert bytes(mm.read(3, 0, 4 * PAGE))[2 * PAGE :] == bytes(2 * PAGE)
     assert backing.bmap_calls > calls
 
@@ -510,7 +517,7 @@ def test_read_returns_one_zero_copy_view_for_contiguous_xip(make_mm) -> None:
     assert np.shares_memory(np.frombuffer(r3, dtype=np.uint8), mm.machine.data)
 
 
-def test_unmap_mapping_range_rounds_out_to_pages_and_keeps_cows(make_mm) -> None:
+def test_unmap_mapping_range_rounds_like_linux_and_keeps_cows(make_mm) -> None:
     from nvramfs.mm import unmap_mapping_range
 
     mm, backing, _ = make_mm()
@@ -520,11 +527,16 @@ def test_unmap_mapping_range_rounds_out_to_pages_and_keeps_cows(make_mm) -> None
     for i in range(6):
         mm.access(vma, vma.vm_start + i * PAGE, i == 2)  # page 2 COWed into an anon page
     fs = mm.address_space(3).fs_vma
-    unmap_mapping_range(mm.address_space(3), PAGE + 1, 2 * PAGE, False)  # pages 1..3
+    # hba = holebegin >> PAGE_SHIFT = 1, hlen = (holelen + PAGE_SIZE - 1) >> PAGE_SHIFT = 2:
+    # pages 1 and 2, not 1..3 (the end is not rounded up on its own).
+    unmap_mapping_range(mm.address_space(3), PAGE + 1, 2 * PAGE, False)
     present = [bool(fs.vm_mm.pte_at(i * PAGE) & _PAGE_PRESENT) for i in range(6)]
-    assert present == [True, False, False, False, True, True]
+    assert present == [True, False, False, True, True, True]
     private = [bool(vma.vm_mm.pte_at(vma.vm_start + i * PAGE) & _PAGE_PRESENT) for i in range(6)]
-    assert private == [True, False, True, False, True, True]  # the COWed page stays
+    assert private == [True, False, True, True, True, True]  # the COWed page stays
+    unmap_mapping_range(mm.address_space(3), 4 * PAGE, 0, False)  # holelen 0: to the end
+    present = [bool(fs.vm_mm.pte_at(i * PAGE) & _PAGE_PRESENT) for i in range(6)]
+    assert present == [True, False, False, True, False, False]
     unmap_mapping_range(mm.address_space(3), 0, 0, True)  # everything, COWs too
     assert not any(vma.vm_mm.pte_at(vma.vm_start + i * PAGE) & _PAGE_PRESENT for i in range(6))
     assert mm.machine.frames_used == 0

@@ -69,7 +69,7 @@ def test_truncate_zeroes_tail_and_drops_pages(make_mm) -> None:
     mm.read(2, 0, 4 * PAGE)
     mm.write(2, 3 * PAGE, b"dirty")
     mm.truncate(2, PAGE + 10)
-    backing.truncate(2, 2)
+    backing.set_size(2, PAGE + 10)  # the image's setattr(size): zeroes the block's tail
     assert 3 not in mm.address_space(2).pages
     assert bytes(mm.read(2, PAGE, PAGE)) == data[PAGE : PAGE + 10] + bytes(PAGE - 10)
     mm.truncate(2, 4 * PAGE)
@@ -154,17 +154,22 @@ def test_promote_demote_events_and_hint(make_mm) -> None:
     check_invariants(mm)
 
 
-def test_demote_keeps_frame_held_elsewhere(make_mm) -> None:
-    mm, backing, _ = make_mm()
+def test_folio_ref_freeze_refuses_a_page_held_elsewhere(make_mm) -> None:
+    # __remove_mapping freezes the refcount at the references it accounts for; a page
+    # someone else holds (e.g. a pinned user page) stays in the page cache.
+    mm, backing, ev = make_mm()
     backing.create(2, pattern(2))
     assert mm.promote(2, 0)
     frame = mm.address_space(2).pages[0]
-    mm.machine.get_page(frame)  # an extra reference (e.g. a pinned user page)
-    assert mm.demote_all() == 1
-    assert frame not in mm.machine.free_list
-    assert mm.machine.page_ref_count(frame) == 1 and mm.machine.mapping[frame] == 0
+    mm.machine.get_page(frame)  # an extra reference
+    assert mm.demote_all() == 0
+    assert mm.address_space(2).pages[0] == frame and mm.machine.page_ref_count(frame) == 2
+    assert not [e for e in ev.of(schema.MIGRATE) if e["to"] == "xip"]
+    assert mm.stats()["migrations"]["demote"] == {}
     mm.machine.put_page(frame)
+    assert mm.demote_all() == 1
     assert frame in mm.machine.free_list
+    check_invariants(mm)
 
 
 def test_pte_special_off_gives_same_data(make_mm) -> None:

@@ -93,6 +93,22 @@ def test_fio_runs_replay_to_the_live_counters(mounter, tmp_path: Path) -> None:
         k: v for k, v in live["by_event"].items() if k not in skip
     }
     assert rep["replay"]["complete"] is True
+    # The device model heard the same moves: the same modelled time and wear.
+    last_live = [e for e in m.session_events() if e["ev"] == "counters"][-1]
+    rev = [json.loads(x) for x in rlog.read_text().splitlines()]
+    last_rep = [e for e in rev if e["ev"] == "counters"][-1]
+    assert last_rep.get("modelled_ns") == last_live.get("modelled_ns")
+    wear = [e for e in m.session_events() if e["ev"] == "wear"]
+    rwear = [e for e in rev if e["ev"] == "wear"]
+    if wear:
+        assert rwear[-1]["erase_bins"] == wear[-1]["erase_bins"]
+        assert rwear[-1]["program_bins"] == wear[-1]["program_bins"]
+    # Per-file results know the files as the live log does: (uuid, inode, generation).
+    top_live = summary_json("log", str(m.log), "top", "--session", "last")
+    top_rep = summary_json("log", str(rlog), "top")
+    assert [(f["path"], f["reads"], f["writes"]) for f in top_rep["files"]] == [
+        (f["path"], f["reads"], f["writes"]) for f in top_live["files"]
+    ]
     # The replay's own log is a log like any other.
     again = summary_json("log", str(rlog), "summary")
     assert again["faults"] == live["faults"]

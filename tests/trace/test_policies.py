@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from mounthelp import nvramfs
 
+from nvramfs.events.numbers import hit_ratio  # the one definition (docs/EVENTS.md)
 from nvramfs.mm import MemoryManager
 from nvramfs.mm.backing import MemBacking
 from nvramfs.mm.policy import Future, OptNoXPolicy, OptPolicy, Profile, StaticPolicy
@@ -28,11 +29,6 @@ lcs = pytest.importorskip("libcachesim")
 
 SIZES = (8, 64, 400)
 ONLINE = ("none", "mq", "2q", "clock", "lru")
-
-
-def hit_ratio(c: dict) -> float:
-    a = c["accesses"]
-    return c["faults"]["pagecache_hit"] / (a["read"] + a["write"])
 
 
 def nvram_served(c: dict) -> int:

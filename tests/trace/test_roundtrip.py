@@ -50,6 +50,7 @@ def record_random(
     steps: int = 1500,
     relocate: bool = True,
     part_rows: int = 200,
+    kernel: str = "modern",
 ) -> tuple[Path, dict, Path]:
     rng = np.random.default_rng(seed)
     backing = MemBacking(4096, relocate=relocate)
@@ -62,14 +63,8 @@ def record_random(
         sizes[ino] = n * PAGE
     clock = UsClock()
     trace = tmp_path / f"t{seed}.trace"
-    config = {
-        "dram_pages": dram,
-        "policy": policy,
-        "writeback_seconds": 3.0,
-        "nr_blocks": 4096,
-        "pte_special": True,
-        "cache": "direct",
-    }
+    settings = {"policy": policy, "writeback_seconds": 3.0, "pte_special": None, "kernel": kernel}
+    config = {"dram_pages": dram, "nr_blocks": 4096, "cache": "direct", "mm": settings}
     rec = Recorder(
         str(trace),
         backing,
@@ -90,8 +85,11 @@ def record_random(
             writeback_seconds=3.0,
             clock=rec.clock,
             nr_nvram_pages=4096,
+            kernel=kernel,
         )
     )
+    for ino, size in sizes.items():
+        mm.set_size(ino, size)  # as open() tells mm the size (a `set_size` record)
     for _ in range(steps):
         clock.us += int(rng.integers(1, 40_000))
         ino = int(rng.choice([2, 3, 4, 5]))
@@ -150,7 +148,7 @@ def test_replay_reproduces_counters_and_events(tmp_path: Path, seed: int) -> Non
     assert res.counters == live
     assert _events(out) == _events(live_log)
     ops = set(pl.read_parquet(str(trace / "*.parquet"))["op"].to_list())
-    assert {"setattr", "promote", "map", "file", "truncate", "evict_inode"} <= ops
+    assert {"setattr", "promote", "map", "file", "truncate", "evict_inode", "set_size"} <= ops
     assert res.summary is not None
     assert res.summary["faults"] == live["faults"]
 
@@ -163,7 +161,7 @@ def test_replay_with_another_configuration_changes_the_result(tmp_path: Path) ->
     assert res.counters["migrations"]["demote"].get("dram_budget", 0) == 0
 
 
-def test_pinned_data_truncate_without_relocation(tmp_path: Path) -> None:
+def test_in_place_writeback_replays_exactly(tmp_path: Path) -> None:
     trace, live, live_log = record_random(tmp_path, 11, relocate=False, dram=8)
     res = replay(str(trace), log=str(tmp_path / "r.jsonl"))
     assert res.counters == live
@@ -177,3 +175,13 @@ def test_a_one_frame_budget_replays_to_the_end(tmp_path: Path) -> None:
     assert res.counters["dram_pages"] == 1
     assert res.counters["accesses"]["read"] > 0
     assert res.records > 0 and res.errors >= 0
+
+
+def test_kernel_2_6_26_in_place_stores_replay_exactly(tmp_path: Path) -> None:
+    # kernel=2.6.26: stores to XIP pages go to NVRAM in place (write_pages from the
+    # write path), and the replay takes the kernel from the header's mm settings.
+    trace, live, live_log = record_random(tmp_path, 13, kernel="2.6.26", relocate=False)
+    res = replay(str(trace), log=str(tmp_path / "r.jsonl"))
+    assert res.config["kernel"] == "2.6.26"
+    assert res.counters == live
+    assert _events(tmp_path / "r.jsonl") == _events(live_log)

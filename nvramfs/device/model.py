@@ -1,0 +1,209 @@
+"""The device model: what the mm's page movements would cost on a medium, and the wear.
+
+mm decides; this module only prices. It is told what moved (a page served
+from DRAM or from NVRAM, a fault, a page copied into a frame, a frame
+unmapped, blocks programmed by writeback, blocks freed) and keeps:
+
+- `modelled_ns`: nanoseconds per kind (`KINDS`), from the medium's figures
+  and the host kernel's measured costs, never from wall time;
+- wear per erase sector: programs and erases (numpy arrays, one slot per
+  sector), and bytes programmed, erased and written back.
+
+NOR cannot rewrite a programmed block: a writeback to a block that is not
+erased reads the sector's other live blocks, erases the sector and programs
+them back with the new page (a read-modify-erase-write). Blocks free at mkfs
+are erased; a freed block is erased only when its sector is. Media that write
+in place (PCM, Optane, DRAM) just program.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .media import PAGE_SIZE, KernelCosts, Medium, kernel_costs
+
+KINDS = ("hit", "xip_read", "fault", "promote", "cow", "demote", "writeback", "erase")
+SECONDS_PER_YEAR = 365.25 * 86400
+
+
+class DeviceModel:
+    """Prices page movements on `medium` for a device of `nr_blocks` 4 KiB blocks."""
+
+    def __init__(
+        self,
+        medium: Medium,
+        nr_blocks: int,
+        *,
+        programmed: np.ndarray | None = None,
+        kernel: KernelCosts | None = None,
+        dram: Medium | None = None,
+    ) -> None:
+        from .media import load_medium
+
+        self.medium = medium
+        self.kernel = kernel or kernel_costs()
+        self.dram = dram or load_medium("dram")
+        self.nr_blocks = int(nr_blocks)
+        spp = medium.sector_pages
+        self.sector_pages = spp
+        self.nr_sectors = -(-self.nr_blocks // spp)
+        # Per block: holds programmed data (live or stale) -> must be erased
+        # before a rewrite on a medium that cannot write in place.
+        self.programmed = np.zeros(self.nr_sectors * spp, dtype=bool)
+        # Per block: the data is live (not freed since it was programmed).
+        self.live = np.zeros(self.nr_sectors * spp, dtype=bool)
+        if programmed is not None:
+            n = min(len(programmed), self.nr_blocks)
+            self.programmed[:n] = programmed[:n]
+            self.live[:n] = programmed[:n]
+        self.sector_programs = np.zeros(self.nr_sectors, dtype=np.int64)
+        self.sector_erases = np.zeros(self.nr_sectors, dtype=np.int64)
+        self.modelled_ns = dict.fromkeys(KINDS, 0.0)
+        self.bytes_written_back = 0
+        self.bytes_programmed = 0
+        self.bytes_erased = 0
+        self.erases = 0
+        # Cached per-page prices (the hot path multiplies counts by these).
+        self._page_hit_ns = self.dram.read_ns(PAGE_SIZE)
+        self._page_nvram_read_ns = medium.read_ns(PAGE_SIZE)
+        self._page_program_ns = medium.program_ns(PAGE_SIZE)
+
+    # What the mm tells it ------------------------------------------------
+    def hit(self, pages: int = 1) -> None:
+        """Page accesses served by a pagecache frame: a DRAM read of the page."""
+        self.modelled_ns["hit"] += pages * self._page_hit_ns
+
+    def xip_read(self, pages: int = 1) -> None:
+        """Page accesses served from NVRAM with no copy: a medium read of the page."""
+        self.modelled_ns["xip_read"] += pages * self._page_nvram_read_ns
+
+    def fault(self, n: int = 1) -> None:
+        """Page faults taken (each maps one pte): the kernel's minor-fault cost."""
+        self.modelled_ns["fault"] += n * self.kernel.minor_fault_ns
+
+    def copy_in(self, kind: str, pages: int = 1) -> None:
+        """`promote` or `cow`: a page read from NVRAM and stored into a DRAM frame."""
+        if kind not in ("promote", "cow"):
+            raise ValueError(f"copy_in kind must be promote or cow, not {kind!r}")
+        self.modelled_ns[kind] += pages * (self._page_nvram_read_ns + self.kernel.copy_4k_ns)
+
+    def demote(self, pages: int = 1) -> None:
+        """Frames unmapped and freed back to XIP: one pte zapped each (writeback is apart)."""
+        self.modelled_ns["demote"] += pages * self.kernel.unmap_ns
+
+    def free(self, blocks: np.ndarray) -> None:
+        """Blocks the image freed: their data is stale (still programmed until an erase)."""
+        b = np.asarray(blocks, dtype=np.int64)
+        b = b[(b >= 0) & (b < self.nr_blocks)]
+        self.live[b] = False
+
+    def writeback(self, blocks: np.ndarray) -> None:
+        """Dirty pages programmed into `blocks` (one page each), in one batch."""
+        b = np.unique(np.asarray(blocks, dtype=np.int64))
+        b = b[(b >= 0) & (b < self.nr_blocks)]
+        if not len(b):
+            return
+        m = self.medium
+        self.bytes_written_back += len(b) * PAGE_SIZE
+        if m.in_place:
+            self._program(b, "writeback")
+            return
+        # A sector whose targets are all erased is programmed; a sector with
+        # a target that is not costs one erase cycle, which covers all of its
+        # targets: read its other live pages out, erase, program them back
+        # (the erase's price) and program the new pages (the writeback's).
+        spp = self.sector_pages
+        sectors = b // spp
+        dirty_sectors = np.unique(sectors[self.programmed[b]])
+        in_erase = np.isin(sectors, dirty_sectors)
+        if not in_erase.all():
+            self._program(b[~in_erase], "writeback")
+        for sector in dirty_sectors:
+            lo = int(sector) * spp
+            targets = b[sectors == sector]
+            keep = np.flatnonzero(self.live[lo : lo + spp]) + lo
+            keep = np.setdiff1d(keep, targets, assume_unique=True)
+            self.modelled_ns["erase"] += len(keep) * self._page_nvram_read_ns + m.erase_ns
+            self.sector_erases[sector] += 1
+            self.erases += 1
+            self.bytes_erased += m.erase_sector
+            self.programmed[lo : lo + spp] = False
+            self.live[lo : lo + spp] = False
+            if len(keep):
+                self._program(keep, "erase")
+            self._program(targets, "writeback")
+
+    def _program(self, blocks: np.ndarray, kind: str) -> None:
+        self.modelled_ns[kind] += len(blocks) * self._page_program_ns
+        self.bytes_programmed += len(blocks) * PAGE_SIZE
+        self.programmed[blocks] = True
+        self.live[blocks] = True
+        np.add.at(self.sector_programs, blocks // self.sector_pages, 1)
+
+    # What it reports -----------------------------------------------------
+    @property
+    def total_ns(self) -> float:
+        return float(sum(self.modelled_ns.values()))
+
+    def write_amplification(self) -> dict[str, float | None]:
+        """Bytes programmed and bytes erased, each over bytes written back."""
+        wb = self.bytes_written_back
+        if not wb:
+            return {"programmed": None, "erased": None}
+        return {"programmed": self.bytes_programmed / wb, "erased": self.bytes_erased / wb}
+
+    def worst_sectors(self, n: int = 5) -> list[dict[str, int]]:
+        """The most worn sectors: erases (NOR) or programs (in-place media) first."""
+        wear = self.sector_erases if not self.medium.in_place else self.sector_programs
+        if not wear.any():
+            return []
+        order = np.argsort(-wear, kind="stable")[:n]
+        return [
+            {
+                "sector": int(s),
+                "first_block": int(s) * self.sector_pages,
+                "erases": int(self.sector_erases[s]),
+                "programs": int(self.sector_programs[s]),
+            }
+            for s in order
+            if wear[s]
+        ]
+
+    def lifetime_years(self, seconds: float) -> float | None:
+        """Years until the first sector reaches its endurance (or the module its rating),
+        if the workload's write rate over `seconds` went on; None when nothing wore."""
+        if seconds <= 0:
+            return None
+        m = self.medium
+        if m.wear_levelled:
+            if not m.endurance_pbw or not self.bytes_programmed:
+                return None
+            rate = self.bytes_programmed / seconds
+            return m.endurance_pbw * 1e15 / rate / SECONDS_PER_YEAR
+        if not m.endurance_cycles:
+            return None
+        wear = self.sector_erases if not m.in_place else self.sector_programs
+        # In-place media wear per cell: a sector's programs spread over its pages.
+        worst = float(wear.max()) if not m.in_place else float(wear.max()) / self.sector_pages
+        if worst <= 0:
+            return None
+        return m.endurance_cycles / (worst / seconds) / SECONDS_PER_YEAR
+
+    def summary(self, seconds: float | None = None) -> dict[str, Any]:
+        """JSON-able: the medium, modelled time by kind, wear and write amplification."""
+        out: dict[str, Any] = {
+            "medium": self.medium.name,
+            "modelled_ns": {k: round(v) for k, v in self.modelled_ns.items()},
+            "modelled_ns_total": round(self.total_ns),
+            "bytes_written_back": self.bytes_written_back,
+            "bytes_programmed": self.bytes_programmed,
+            "bytes_erased": self.bytes_erased,
+            "erases": self.erases,
+            "write_amplification": self.write_amplification(),
+            "worst_sectors": self.worst_sectors(),
+        }
+        if seconds is not None:
+            out["lifetime_years"] = self.lifetime_years(seconds)
+        return out
