@@ -335,22 +335,40 @@ def write_guest_trace(trace: str, out: str, variant: int, variants: int) -> None
 
     Every `file` and `map` record of the image comes first (a guest's files are all
     there when it starts: a rotated read may come before the record that named its
-    file live); `map` records of blocks a writeback got, writes, truncates and
-    evictions are dropped; the read records keep their times and slots, their
-    contents rotated. The header is the recording's, marked as a guest's (so a replay
-    never takes it for the recorded configuration)."""
+    file live), then one `set_size` per file, the largest size the trace gave it (so
+    no rotated read lands past the end of its file); `map` records of blocks a
+    writeback got, writes, truncates, `set_size` records and evictions are dropped;
+    the read records keep their times and slots, their contents rotated. The header is
+    the recording's, marked as a guest's (so a replay never takes it for the recorded
+    configuration)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from .format import part_files, read_header, write_header, write_part
+    from .format import OP, Buffer, part_files, read_header, write_header, write_part
 
     header = read_header(trace)
     table = pa.concat_tables([pq.read_table(p) for p in part_files(trace)])
+    table = table.unify_dictionaries()
     ops = np.asarray(pc.cast(table["op"], pa.string()).to_numpy(zero_copy_only=False))
     flags = table["flags"].to_numpy()
     image = (ops == "file") | ((ops == "map") & ((flags & 1) == 0))
-    drop = np.isin(ops, ["write", "truncate", "evict_inode", "map", "file"])
+    drop = np.isin(ops, ["write", "truncate", "evict_inode", "map", "file", "set_size"])
+    # Each file's largest size: its `file`, `set_size` and `truncate` sizes, the end
+    # of every read and write.
+    ino = table["ino"].to_numpy()
+    ends = (table["page"].to_numpy() << 12) + table["pgoff"].to_numpy() + table["nbytes"].to_numpy()
+    size = np.where(np.isin(ops, ["file", "set_size", "truncate"]), table["arg"].to_numpy(), 0)
+    size = np.where(np.isin(ops, ["read", "write"]), ends, size)
+    sized = np.isin(ops, ["file", "set_size", "truncate", "read", "write"])
+    sizes: dict[int, int] = {}
+    for i, n in zip(ino[sized].tolist(), size[sized].tolist(), strict=True):
+        if n > sizes.get(i, -1):
+            sizes[i] = n
+    buf = Buffer()
+    for i, n in sorted(sizes.items()):
+        row = buf.add(header.t0_us, OP["set_size"], i, 0, 0)
+        buf.sparse["arg"][row] = n
     rest = np.flatnonzero(~drop)
     reads = rest[ops[rest] == "read"]
     order = np.concatenate([np.flatnonzero(image), rest])
@@ -364,6 +382,11 @@ def write_guest_trace(trace: str, out: str, variant: int, variants: int) -> None
     )
     new = table.take(pa.array(order, type=pa.int64()))
     new = new.set_column(new.schema.get_field_index("t_us"), "t_us", pa.array(times))
+    if len(buf):
+        head = int(image.sum())
+        new = pa.concat_tables(
+            [new.slice(0, head), buf.table().cast(new.schema), new.slice(head)]
+        ).unify_dictionaries()
     config = dict(header.config)
     config["guest"] = {"source": os.path.abspath(trace), "variant": variant, "of": variants}
     config["dram_pages"] = -1  # never the recorded configuration: maps applied as found
