@@ -1,24 +1,32 @@
 #!/usr/bin/env python3
 """fio against nvramfs with the simulation, nvramfs with sim=off, and kernel tmpfs.
 
-    tools/bench_fio.py [--runtime 5] [--repeats 3] [--size 128M] [--dram 64M] [-o OPTIONS]
+    tools/bench_fio.py [--runtime 5] [--repeats 3] [--size 128M] [--dram 64M]
+                       [--jobs randread,seqread,...] [-o OPTIONS]
 
-One image (on /dev/shm, standing for NVRAM) is made with a random data file
-in it, so reads start from XIP pages in both nvramfs runs. For each target
-the jobs run in this order, each `--repeats` times (medians reported):
+One image (on /dev/shm, standing for NVRAM) is made with random data files
+in it, so every job starts from XIP pages in both nvramfs runs. Jobs, each
+time-based, `--repeats` rounds, the targets alternated within a round
+(medians reported):
 
-    randread  psync, 4 KiB, one job
-    seqread   psync, 128 KiB, one job
-    randwrite psync, 4 KiB, one job (COWs XIP pages; last, since it changes the file)
+    randread   psync, 4 KiB, one job, the --size file
+    seqread    psync, 128 KiB, one job, the --size file
+    seqwrite   psync, 128 KiB, one job, a file 16x the DRAM budget (COW of XIP
+               pages past the budget: reclaim, flusher and throttle at work)
+    randwrite  psync, 4 KiB, one job, a file 4x the DRAM budget
+    fsyncwrite psync, 4 KiB random writes with an fsync after every write,
+               on the 4x file
 
 Then the price of recording: the sim mount against a copy mounted with
 `-o trace=DIR`, 4 KiB randread zipf:1.2, alternated, medians; and the trace's
 bytes on disk per page access (--no-trace skips it).
 
 The nvramfs mounts use the default cache=direct, so every request reaches the
-daemon (kernel tmpfs is shown for scale, not as a competitor). The last
-column is the price of the simulation: sim / sim=off (target >= 0.8 for
-4 KiB randread).
+daemon (kernel tmpfs is shown for scale, not as a competitor). The ratio
+column is the price of the simulation: sim / sim=off, in IOPS. For the write
+jobs the sim mount's `msync/page` is printed: msync calls of the image
+(`writeback.msyncs` in .nvramfs/stats) per page written back
+(`writeback.pages`) during the job's rounds.
 """
 
 from __future__ import annotations
@@ -35,11 +43,14 @@ import tempfile
 import time
 from pathlib import Path
 
-JOBS = [
-    ("randread", "4k", "randread 4 KiB"),
-    ("read", "128k", "seqread 128 KiB"),
-    ("randwrite", "4k", "randwrite 4 KiB"),
-]
+# name -> (fio rw, block size, label, file, extra fio options)
+JOBS = {
+    "randread": ("randread", "4k", "randread 4 KiB", "bench.dat", []),
+    "seqread": ("read", "128k", "seqread 128 KiB", "bench.dat", []),
+    "seqwrite": ("write", "128k", "seqwrite 128 KiB 16x", "seq.dat", []),
+    "randwrite": ("randwrite", "4k", "randwrite 4 KiB 4x", "rand.dat", []),
+    "fsyncwrite": ("randwrite", "4k", "randwrite+fsync 4x", "rand.dat", ["--fsync=1"]),
+}
 
 
 def nvramfs(*args: str) -> subprocess.CompletedProcess:
@@ -51,18 +62,21 @@ def nvramfs(*args: str) -> subprocess.CompletedProcess:
     return out
 
 
-def fio_job(directory: Path, rw: str, bs: str, size: str, runtime: float) -> dict:
+def fio_job(
+    directory: Path, rw: str, bs: str, filename: str, size: int, runtime: float, extra: list[str]
+) -> dict:
     cmd = [
         "fio",
         "--output-format=json",
         "--name=bench",
         f"--directory={directory}",
-        "--filename=bench.dat",
+        f"--filename={filename}",
         "--ioengine=psync",
         "--fallocate=none",
         f"--rw={rw}",
         f"--bs={bs}",
         f"--size={size}",
+        *extra,
         "--numjobs=1",
         f"--runtime={runtime}",
         "--time_based=1",
@@ -77,15 +91,31 @@ def fio_job(directory: Path, rw: str, bs: str, size: str, runtime: float) -> dic
     return {"iops": side["iops"], "mbs": side["bw_bytes"] / 1e6}
 
 
-def run_targets(targets: dict[str, Path], args: argparse.Namespace) -> dict[str, dict]:
+def wb_stats(mnt: Path) -> dict:
+    """The sim mount's writeback object of .nvramfs/stats (pages, msyncs)."""
+    return json.loads((mnt / ".nvramfs" / "stats").read_bytes()).get("writeback", {})
+
+
+def run_targets(
+    targets: dict[str, Path], args: argparse.Namespace, sizes: dict[str, int]
+) -> dict[str, dict]:
     """Each job on every target in turn, `repeats` rounds: drift on a busy machine
     (other processes, the sim's own policy passes) hits all targets alike."""
     res: dict[str, dict] = {name: {} for name in targets}
-    for rw, bs, label in JOBS:
+    res["msync"] = {}
+    for job in args.jobs:
+        rw, bs, label, filename, extra = JOBS[job]
         runs: dict[str, list[dict]] = {name: [] for name in targets}
+        before = wb_stats(targets["sim"])
         for _ in range(args.repeats):
             for name, directory in targets.items():
-                runs[name].append(fio_job(directory, rw, bs, args.size, args.runtime))
+                runs[name].append(
+                    fio_job(directory, rw, bs, filename, sizes[filename], args.runtime, extra)
+                )
+        after = wb_stats(targets["sim"])
+        pages = after.get("pages", 0) - before.get("pages", 0)
+        msyncs = after.get("msyncs", 0) - before.get("msyncs", 0)
+        res["msync"][label] = (msyncs, pages)
         for name in targets:
             res[name][label] = {
                 "iops": statistics.median(r["iops"] for r in runs[name]),
@@ -177,6 +207,11 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs per job; the median is shown (3)")
     p.add_argument("--size", default="128M", help="size of the data file (128M)")
     p.add_argument("--dram", default="64M", help="DRAM budget of the sim mount (64M)")
+    p.add_argument(
+        "--jobs",
+        default=",".join(JOBS),
+        help=f"comma-separated jobs to run, in this order (default: {','.join(JOBS)})",
+    )
     p.add_argument("-o", "--options", default="", help="extra mount options for both mounts")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     p.add_argument(
@@ -184,6 +219,10 @@ def main() -> int:
         help="skip the recording-cost job (-o trace=DIR against the same mount without it)",
     )  # fmt: skip
     args = p.parse_args()
+    args.jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
+    bad = [j for j in args.jobs if j not in JOBS]
+    if bad or not args.jobs:
+        sys.exit(f"bench_fio: unknown job {', '.join(bad) or '(none)'} (one of {', '.join(JOBS)})")
     if not shutil.which("fio"):
         sys.exit("bench_fio: fio not found (apt install fio)")
     base_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -192,31 +231,41 @@ def main() -> int:
         tree = work / "tree"
         tree.mkdir()
         size = parse_bytes(args.size)
-        with open(tree / "bench.dat", "wb") as f:
-            chunk = os.urandom(1 << 20)
-            for _ in range(size >> 20):
-                f.write(chunk)
-            f.write(chunk[: size & ((1 << 20) - 1)])
+        dram = parse_bytes(args.dram)
+        sizes = {"bench.dat": size}
+        wanted = {JOBS[j][3] for j in args.jobs}
+        if "seq.dat" in wanted:
+            sizes["seq.dat"] = 16 * dram
+        if "rand.dat" in wanted:
+            sizes["rand.dat"] = 4 * dram
+        chunk = os.urandom(1 << 20)
+        for name, n in sizes.items():
+            with open(tree / name, "wb") as f:
+                for _ in range(n >> 20):
+                    f.write(chunk)
+                f.write(chunk[: n & ((1 << 20) - 1)])
         image = work / "bench.nvram"
-        img_size = f"{(size * 2 >> 20) + 64}M"
+        img_size = f"{(sum(sizes.values()) * 3 // 2 >> 20) + 64}M"
         nvramfs("mkfs", str(image), "--from", str(tree), "--size", img_size, "--quiet")
         image2 = work / "bench-nosim.nvram"
         subprocess.run(["cp", "--sparse=always", str(image), str(image2)], check=True)
         tmpfs = work / "tmpfs"
         tmpfs.mkdir()
-        shutil.copyfile(tree / "bench.dat", tmpfs / "bench.dat")
-        (tree / "bench.dat").unlink()
+        for name in sizes:
+            shutil.copyfile(tree / name, tmpfs / name)
+            (tree / name).unlink()
         extra = ("," + args.options) if args.options else ""
         t0 = time.monotonic()
         print(
-            f"bench_fio: {args.size} file, {args.runtime:g} s x {args.repeats} per job",
+            f"bench_fio: {args.size} read file, dram={args.dram}, {args.runtime:g} s x "
+            f"{args.repeats} per job, jobs {','.join(args.jobs)}",
             file=sys.stderr,
         )
         with (
             mounted(image, work / "mnt-sim", f"dram={args.dram}{extra}") as sim,
             mounted(image2, work / "mnt-nosim", f"sim=off{extra}") as nosim,
         ):
-            results = run_targets({"sim": sim, "sim=off": nosim, "tmpfs": tmpfs}, args)
+            results = run_targets({"sim": sim, "sim=off": nosim, "tmpfs": tmpfs}, args, sizes)
             stats = json.loads((sim / ".nvramfs" / "stats").read_bytes())
         cost = trace_cost(work, image, args, extra) if args.trace else None
         elapsed = time.monotonic() - t0
@@ -225,16 +274,22 @@ def main() -> int:
 
     print()
     print(
-        f"fio psync, one job, {args.size} file, {args.runtime:g} s per run, median of {args.repeats}"
+        f"fio psync, one job, dram={args.dram}, reads on a {args.size} file, "
+        f"{args.runtime:g} s per run, median of {args.repeats} alternated rounds"
     )
-    print(f"{'job':<17}{'sim':>22}{'sim=off':>22}{'tmpfs':>22}{'sim/sim=off':>13}")
-    for _rw, _bs, label in JOBS:
+    print(
+        f"{'job':<22}{'sim':>22}{'sim=off':>22}{'tmpfs':>22}{'sim/sim=off':>13}{'msync/page':>12}"
+    )
+    for job in args.jobs:
+        label = JOBS[job][2]
         cells = []
         for t in ("sim", "sim=off", "tmpfs"):
             r = results[t][label]
             cells.append(f"{r['iops']:>9,.0f} IOPS {r['mbs']:>6,.0f} MB/s")
         ratio = results["sim"][label]["iops"] / max(results["sim=off"][label]["iops"], 1e-9)
-        print(f"{label:<17}" + "".join(f"{c:>22}" for c in cells) + f"{ratio:>12.2f}x")
+        msyncs, pages = results["msync"][label]
+        per = f"{msyncs / pages:.4f}" if pages else "-"
+        print(f"{label:<22}" + "".join(f"{c:>22}" for c in cells) + f"{ratio:>12.2f}x{per:>12}")
     c = stats.get("counters", {})
     print(
         f"sim mount after the runs: promotions {c.get('migrations', {}).get('promote', {})}, "

@@ -402,6 +402,10 @@ def run_phase(
     """Run one fio job with a progress line; fill phase.result (fio JSON) and phase.stats."""
     tty = sys.stdout.isatty()
     print(f"[{i}/{n}] {phase.name}: {phase.what}", flush=True)
+    try:  # the phase starts: `log summary` prices it from this mark on (docs/COSTS.md)
+        (mnt / ".nvramfs" / "ctl").write_text(f"mark {phase.name}\n")
+    except OSError:
+        pass
     before = read_counters(mnt)
     out_json = outdir / f"fio-{i}-{phase.name.replace(' ', '-')}.json"
     err_path = outdir / f"fio-{i}-{phase.name.replace(' ', '-')}.stderr"

@@ -103,6 +103,14 @@ def stats_table(s: dict[str, Any]) -> Table:
         t.add_row("faults", _pairs(c.get("faults")))
         t.add_row("migrations", _pairs(c.get("migrations")))
         t.add_row("writebacks", _pairs(c.get("writebacks")))
+        ns = c.get("modelled_ns")
+        if isinstance(ns, dict) and ns:
+            from nvramfs.cli.log import _dur, _shares
+
+            t.add_row(
+                "modelled time",
+                f"{_dur(sum(ns.values()))} on {s.get('medium', '?')}: {_shares(ns)}",
+            )
     else:
         t.add_row("requests", f"reads {c.get('reads', 0):,}, writes {c.get('writes', 0):,}")
     if s.get("errors"):

@@ -25,6 +25,7 @@ DROP = "drop"
 ZERO_EV = "zero"
 # A store written straight into NVRAM (kernel=2.6.26: a raw pfn made writable).
 XIP_WRITE = "xip_write"
+THROTTLE = "throttle"
 
 EVENT_TYPES = (
     MOUNT,
@@ -42,6 +43,7 @@ EVENT_TYPES = (
     XIP_WRITE,
     CTL,
     POLICY,
+    THROTTLE,
     WEAR,
     MARK,
 )
@@ -68,6 +70,7 @@ REASON_READPAGE = "readpage"
 REASON_TRUNCATE = "truncate"
 REASON_O_TRUNC = "o_trunc"
 REASON_EVICT = "evict"
+REASON_BACKGROUND = "background"
 
 # COW paths.
 VIA_PFN_MKWRITE = "pfn_mkwrite"

@@ -169,7 +169,24 @@ class Control:
         }
         if "residency" in counters:
             out["residency"] = counters["residency"]
+        out["writeback"] = self.writeback_stats(counters)
         return out
+
+    def writeback_stats(self, counters: dict[str, Any]) -> dict[str, Any]:
+        """Pages written back, the image's msync calls (persist), and the flusher."""
+        img = getattr(self.ops, "img", None) if self.ops is not None else None
+        msyncs = int(getattr(getattr(img, "persist", None), "msyncs", 0))
+        pages = int(sum(counters.get("writebacks", {}).values()))
+        flusher = getattr(self.ops, "flusher", None) if self.ops is not None else None
+        return {
+            "pages": pages,
+            "msyncs": msyncs,
+            "msyncs_per_page": round(msyncs / pages, 6) if pages else None,
+            "throttles": int(counters.get("throttles", 0)),
+            "flusher_batches": int(getattr(flusher, "batches", 0)),
+            "dirty_background": getattr(self.mm, "dirty_background_thresh", None),
+            "dirty_limit": getattr(self.mm, "dirty_thresh", None),
+        }
 
     def stats_bytes(self) -> bytes:
         """The stats, with the event log flushed at the same instant: what the
@@ -292,6 +309,16 @@ class Control:
         n = self.mm.demote_all(schema.REASON_CTL) or 0
         return f"demoted {n} page{'s' * (n != 1)} to XIP"
 
+    def _mark(self, args: list[str]) -> str:
+        """A phase starts: a `mark` event with the cumulative modelled time at this
+        instant, so `log summary` prices each phase exactly (docs/COSTS.md)."""
+        if not args:
+            raise CtlError("usage: mark NAME")
+        name = " ".join(args)
+        counters = self.mm.stats() if hasattr(self.mm, "stats") else {}
+        self._emit(schema.MARK, name=name, modelled_ns=counters.get("modelled_ns") or {})
+        return f"mark {name}"
+
     def _policy(self, args: list[str]) -> str:
         if not args:
             return f"policy {self.info.get('policy')}"
@@ -411,6 +438,7 @@ _USAGE = {
     "promote-cap": "[PAGES]",
     "dram": "[SIZE]",
     "remount": "OPTIONS",
+    "mark": "NAME",
 }
 _COMMANDS = {
     "help": Control._help,
@@ -421,5 +449,6 @@ _COMMANDS = {
     "promote-cap": Control._promote_cap,
     "dram": Control._dram,
     "remount": Control._remount,
+    "mark": Control._mark,
 }
 _WRITING = {"sync"}

@@ -7,7 +7,9 @@
                                  (or prints the child's one-line error, exit 1).
     serving                      trio.run: pyfuse3.main, a ticker calling
                                  mm.tick() once a second (policy pass, dirty
-                                 expiry, counters) and flushing the log, and a
+                                 expiry, counters) and flushing the log, the
+                                 flusher (background writeback past
+                                 dirty_background, fuse/flusher.py), and a
                                  signal watcher (SIGINT/SIGTERM/SIGHUP end the
                                  loop as an unmount would).
     the end                      the kernel mount goes (fusermount3 -u, or we
@@ -261,6 +263,10 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
             if name in params:
                 kw[name] = opts.writeback
                 break
+    if opts.dirty_background is not None:
+        kw["dirty_background_ratio"] = opts.dirty_background / 100
+    if opts.dirty_limit is not None:
+        kw["dirty_ratio"] = opts.dirty_limit / 100
     backing = meter.backing(img)
     if opts.trace is None:
         return MemoryManager(backing, opts.dram_pages, **kw)
@@ -427,6 +433,7 @@ def serve(
         "dram_pages": opts.dram_pages,
         "recovered": recovered,
         "image_readonly": opts.readonly,
+        "medium": opts.medium if opts.sim else None,
     }
     control = Control(mm, events, info)
     ops = Operations(
@@ -436,6 +443,11 @@ def serve(
     recorder = getattr(mm, "recorder", None)
     if recorder is not None:
         recorder.path_of = ops._paths.get  # each file's path at first touch
+    flusher = None
+    if hasattr(mm, "writeback_batch"):
+        from nvramfs.fuse.flusher import Flusher
+
+        flusher = ops.flusher = Flusher(mm, on_error=ops.translate)
     try:
         pyfuse3.init(ops, mountpoint, opts.fuse_options(image))
     except RuntimeError as exc:
@@ -469,7 +481,7 @@ def serve(
 
     signalled = False
     try:
-        signalled = trio.run(_serve, ops, mm, events)
+        signalled = trio.run(_serve, ops, mm, events, flusher)
     except BaseException as exc:
         log.exception("the FUSE main loop failed: %s", exc)
     finally:
@@ -481,11 +493,13 @@ def serve(
     return 0
 
 
-async def _serve(ops: Any, mm: Any, events: Any) -> bool:
-    """pyfuse3.main with the ticker and the signal watcher beside it."""
+async def _serve(ops: Any, mm: Any, events: Any, flusher: Any = None) -> bool:
+    """pyfuse3.main with the ticker, the flusher and the signal watcher beside it."""
     state = {"signalled": False}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_ticker, ops, mm, events)
+        if flusher is not None:
+            nursery.start_soon(flusher.run)
         nursery.start_soon(_signals, state)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
@@ -576,6 +590,8 @@ def _finish(ops: Any, mm: Any, events: Any, img: Any, *, unmount: bool) -> None:
     for what, step in (
         ("shutdown", ops.shutdown),
         ("mm.close", mm.close),
+        # Sizes the ordered-data rule held back are now covered by written-back data.
+        ("flush_meta", getattr(ops, "flush_all_meta", lambda: None)),
     ):
         try:
             step()

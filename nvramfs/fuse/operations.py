@@ -214,6 +214,10 @@ class Operations(pyfuse3.Operations):
         # removed directory the kernel still knows (fstat of an open fd: nlink 0).
         self._gens: dict[int, int] = {}
         self._dead: dict[int, pyfuse3.EntryAttributes] = {}
+        # Background writeback and the writers' throttle (fuse/flusher.py); set by
+        # the mount. mm's balance_dirty_pages decides, after each write.
+        self.flusher: Any = None
+        self._bdp = getattr(mm, "balance_dirty_pages", None)
 
     # ------------------------------------------------------------------ errors
 
@@ -313,7 +317,12 @@ class Operations(pyfuse3.Operations):
             self._dead[ino] = entry
 
     def flush_meta(self, ino: int) -> None:
-        """Write size and times changed by writes into the image (one transaction)."""
+        """Write size and times changed by writes into the image (one transaction).
+
+        Ordered data: the size goes in as `ordered_size`, which the image clamps
+        to the first page still dirty in DRAM past its on-image size (and never
+        shrinks or frees with); the writeback that covers the rest advances it.
+        So a crash never shows a size over data the image does not hold."""
         if ino not in self._meta_dirty:
             return
         entry = self._attrs.get(ino)
@@ -322,12 +331,20 @@ class Operations(pyfuse3.Operations):
             return
         a = self.img.setattr(
             ino,
-            size=entry.st_size,
+            ordered_size=entry.st_size,
+            still_dirty=self._still_dirty(ino),
             atime_ns=entry.st_atime_ns,
             mtime_ns=entry.st_mtime_ns,
             ctime_ns=entry.st_ctime_ns,
         )
         entry.st_blocks = a.blocks
+        if a.size < entry.st_size:
+            # Writeback advances the rest; the tick pushes the times again.
+            self._meta_dirty.add(ino)
+
+    def _still_dirty(self, ino: int) -> Any:
+        fn = getattr(self.mm, "dirty_indices", None)
+        return fn(ino) if fn is not None else None
 
     def flush_all_meta(self) -> None:
         for ino in list(self._meta_dirty):
@@ -465,7 +482,7 @@ class Operations(pyfuse3.Operations):
         self._check_writable()
         cur = self._attr(inode)
         now = time.time_ns()
-        kw: dict[str, int] = {}
+        kw: dict[str, Any] = {}
         if fields.update_size:
             if stat.S_ISDIR(cur.st_mode):
                 raise FUSEError(errno.EISDIR)
@@ -475,7 +492,10 @@ class Operations(pyfuse3.Operations):
             if size < 0:
                 raise FUSEError(errno.EINVAL)
             # The image must know the current size first, or a shrink from a size
-            # only this cache knows would look like no change and free nothing.
+            # only this cache knows would look like no change and free nothing;
+            # the dirty pages go first so that it can (ordered data).
+            if inode in self._meta_dirty:
+                self.mm.fsync(inode)
             self.flush_meta(inode)
             if size > cur.st_size:
                 # Grow: let the image refuse (EFBIG) before anything changes.
@@ -499,10 +519,16 @@ class Operations(pyfuse3.Operations):
             kw["mtime_ns"] = attr.st_mtime_ns
         kw["ctime_ns"] = attr.st_ctime_ns if fields.update_ctime else now
         if inode in self._meta_dirty:
-            kw.setdefault("size", cur.st_size)
+            if "size" not in kw:
+                kw["ordered_size"] = cur.st_size
+                kw["still_dirty"] = self._still_dirty(inode)
             kw.setdefault("mtime_ns", cur.st_mtime_ns)
             self._meta_dirty.discard(inode)
-        self.img.setattr(inode, **kw)
+        a = self.img.setattr(inode, **kw)
+        if "ordered_size" in kw and a.size < cur.st_size:
+            # The image holds the times now, the size follows its data.
+            cur.st_atime_ns, cur.st_mtime_ns, cur.st_ctime_ns = a.atime_ns, a.mtime_ns, a.ctime_ns
+            self._meta_dirty.add(inode)
         return self._load(inode)
 
     @_handler
@@ -751,6 +777,12 @@ class Operations(pyfuse3.Operations):
                 entry.st_size = off + n
             entry.st_mtime_ns = entry.st_ctime_ns = time.time_ns()
             self._meta_dirty.add(of.ino)
+            if self._bdp is not None and self.flusher is not None:
+                state = self._bdp(of.ino)
+                if state:
+                    self.flusher.kick()
+                    if state >= 2:  # BDP_THROTTLE: the reply waits for writeback
+                        await self.flusher.throttle()
             return n
         except FUSEError:
             raise

@@ -48,6 +48,8 @@ OPTION_HELP = [
     ("promote_cap=PAGES", "most pages the policy promotes per 1 s tick"),
     ("", "(default: dram/8 in pages, at least 32, at most 1024)"),
     ("remount", "change a live mount: ro/rw, policy=, promote_cap=, dram= (at most as mounted)"),
+    ("dirty_background=PCT", "background writeback past this % of the DRAM budget dirty (10)"),
+    ("dirty_limit=PCT", "writers wait for writeback at this % of the budget dirty (20)"),
     ("noatime, strictatime", "access times on read (default relatime)"),
 ]
 
@@ -102,6 +104,8 @@ class MountOptions:
     static: str | None = None  # policy static: the profile file
     kernel: str = "modern"
     medium: str = "nor"
+    dirty_background: float | None = None  # percent of the DRAM budget
+    dirty_limit: float | None = None  # percent of the DRAM budget
     vfs_flags: list[str] = field(default_factory=list)
     # The options the user named (key before `=`), for remount's checks.
     given: list[str] = field(default_factory=list)
@@ -233,6 +237,18 @@ def _apply(opts: MountOptions, word: str) -> None:
         if not value.isdigit() or int(value) < 1:
             raise UsageError(f"promote_cap={value}: give a number of pages, at least 1")
         opts.promote_cap = int(value)
+    elif key in ("dirty_background", "dirty_limit") and eq:
+        try:
+            pct = float(value.rstrip("%"))
+        except ValueError:
+            raise UsageError(f"{key}={value}: give a percentage, e.g. {key}=10") from None
+        if not 0 < pct <= 100:
+            raise UsageError(f"{key}={value}: must be more than 0 and at most 100 (%)")
+        setattr(opts, key, pct)
+        bg = opts.dirty_background if opts.dirty_background is not None else 10.0
+        lim = opts.dirty_limit if opts.dirty_limit is not None else 20.0
+        if opts.dirty_background is not None and opts.dirty_limit is not None and not bg < lim:
+            raise UsageError(f"dirty_background={bg:g} must be below dirty_limit={lim:g} (percent)")
     elif word in _VFS_FLAGS:
         opts.vfs_flags.append(word)
     elif word in _IGNORED or word.startswith(_IGNORED_PREFIXES):

@@ -1195,8 +1195,14 @@ class Image(Allocator, ExtentMaps, Directories):
         atime_ns: int | None = None,
         mtime_ns: int | None = None,
         ctime_ns: int | None = None,
+        ordered_size: int | None = None,
+        still_dirty: np.ndarray | None = None,
     ) -> Attr:
         """chmod/chown/truncate/utimens in one transaction; stamps ctime (and mtime on size).
+
+        `ordered_size` (with `still_dirty`) is not a truncate: it pushes the
+        cached size of a file written through the page cache under the ordered
+        data rule (`_advance_size`): it only grows, frees and zeroes nothing.
 
         A size change frees the blocks of pages past the new end and zeroes
         the rest of the last partial page (so a later extension reads zeros),
@@ -1236,6 +1242,8 @@ class Image(Allocator, ExtentMaps, Directories):
                 if not self._free_tail(ino, -(-size // BS)):
                     self._orphan_add(ino)
                     later = True
+            if ordered_size is not None and size is None:
+                self._advance_size(ino, ordered_size, still_dirty)
             if atime_ns is not None:
                 w["atime_ns"] = atime_ns
             if mtime_ns is not None:
@@ -1332,7 +1340,36 @@ class Image(Allocator, ExtentMaps, Directories):
             self._winode(ino)["ctime_ns"] = _now()
 
     # ------------------------------------------------------------- writeback
-    def write_pages(self, ino: int, indices: np.ndarray, pages: Sequence) -> np.ndarray:
+    def _advance_size(self, ino: int, i_size: int, still_dirty: np.ndarray | None) -> None:
+        """Ordered data (ext4 data=ordered), inside the open transaction: the size on
+        the image becomes the cached size `i_size` clamped to the start of the first
+        page at or past the on-image size that is still dirty in DRAM (`still_dirty`:
+        sorted page indices), so a crash shows the old size or the new size with its
+        data, never a size over data that is not on the image. Never shrinks, never
+        frees or zeroes anything (that is truncate's job, `setattr(size=)`)."""
+        disk = int(self._inode(ino)["size"])
+        new = int(i_size)
+        if new <= disk:
+            return
+        if still_dirty is not None and len(still_dirty):
+            d = np.asarray(still_dirty, dtype=np.int64)
+            k = int(np.searchsorted(d, disk // BS))
+            if k < len(d):
+                new = min(new, int(d[k]) * BS)
+        if new > disk:
+            if new >= MAX_PAGES * BS:
+                raise FsError(errno.EFBIG)
+            self._winode(ino)["size"] = new
+
+    def write_pages(
+        self,
+        ino: int,
+        indices: np.ndarray,
+        pages: Sequence,
+        *,
+        size: int | None = None,
+        still_dirty: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Write back whole pages; durable on return. Returns each page's block.
 
         Ordered mode: the data is stored, flushed and fenced before the
@@ -1340,7 +1377,11 @@ class Image(Allocator, ExtentMaps, Directories):
         garbage. A page whose block exists is rewritten *in place* (its pfn,
         which mm may have mapped, stays valid; a power cut during the store
         can tear that one page, as in ext4 data=ordered). Holes get new
-        blocks, taken from the reservation first. Sizes are not changed.
+        blocks, taken from the reservation first. With `size` (the cached
+        size) the on-image size advances in the same transaction as the data
+        under the ordered rule (`_advance_size`; `still_dirty`: the file's
+        pages that stay dirty in DRAM after this call); else sizes are not
+        changed.
         """
         idx = np.asarray(indices, dtype=np.int64)
         if len(idx) != len(pages):
@@ -1358,9 +1399,13 @@ class Image(Allocator, ExtentMaps, Directories):
         data = [self._page_bytes(pages[latest[i]]) for i in order]
         pidx = np.array(order, dtype=np.int64)
         out = np.zeros(len(pidx), np.int64)
+        order_size = None if size is None else (int(size), still_dirty)
         done = 0
         while done < len(pidx):
-            done += self._write_batch(ino, pidx, data, out, done)
+            done += self._write_batch(ino, pidx, data, out, done, order_size)
+        if not len(pidx) and order_size is not None:
+            with self._transaction():
+                self._advance_size(ino, *order_size)
         result = np.zeros(len(idx), np.int64)
         pos = {i: k for k, i in enumerate(order)}
         for k, i in enumerate(idx.tolist()):
@@ -1375,7 +1420,13 @@ class Image(Allocator, ExtentMaps, Directories):
         return mv
 
     def _write_batch(
-        self, ino: int, pidx: np.ndarray, data: list, out: np.ndarray, start: int
+        self,
+        ino: int,
+        pidx: np.ndarray,
+        data: list,
+        out: np.ndarray,
+        start: int,
+        order_size: tuple[int, np.ndarray | None] | None = None,
     ) -> int:
         """Write pages [start, ...): every in-place one, and as many holes as one txn maps.
 
@@ -1400,6 +1451,14 @@ class Image(Allocator, ExtentMaps, Directories):
                         self._map_holes(ino, pidx[start + holes], blocks, holes)
                         if len(txn.blocks) > cap:
                             raise _TooBig
+                    if order_size is not None:
+                        # Pages of this call a later transaction writes are still dirty.
+                        i_size, dirty = order_size
+                        rest = pidx[start + stop :]
+                        if len(rest):
+                            both = rest if dirty is None else np.concatenate([dirty, rest])
+                            dirty = np.sort(both)
+                        self._advance_size(ino, i_size, dirty)
                     self._store_pages(blocks[:stop], data[start : start + stop])
                 break
             except _TooBig:
@@ -1430,20 +1489,21 @@ class Image(Allocator, ExtentMaps, Directories):
         rec["blocks"] = int(rec["blocks"]) + len(hp)
 
     def _store_pages(self, blocks: np.ndarray, data: list) -> None:
-        """Store pages at their blocks (runs coalesced), flush, fence."""
+        """Store each page at its block (straight from the caller's buffer), flush each
+        run of adjacent blocks, fence (one msync for all: Persist)."""
+        store = self.persist.store
         k = 0
-        while k < len(blocks):
+        bl = blocks.tolist()
+        while k < len(bl):
             j = k
-            while j + 1 < len(blocks) and blocks[j + 1] == blocks[j] + 1:
+            while j + 1 < len(bl) and bl[j + 1] == bl[j] + 1:
                 j += 1
-            buf = b"".join(
-                bytes(d) if len(d) == BS else bytes(d) + bytes(BS - len(d)) for d in data[k : j + 1]
-            )
-            off = int(blocks[k]) * BS
-            self.persist.store(off, buf)
-            self.persist.flush(off, len(buf))
+            for i in range(k, j + 1):
+                d = data[i]
+                store(bl[i] * BS, d if len(d) == BS else bytes(d) + bytes(BS - len(d)))
+            self.persist.flush(bl[k] * BS, (j + 1 - k) * BS)
             k = j + 1
-        if len(blocks):
+        if len(bl):
             self.persist.fence()
 
     # ----------------------------------------------------------- inspection

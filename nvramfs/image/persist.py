@@ -2,10 +2,13 @@
 
 Real NVRAM makes a store durable only once its cache lines are flushed
 (clwb) and a fence (sfence) orders the flush before what follows. Here the
-image is a shared file mapping: `store` writes the mapping, `flush` is msync
-of the range, `fence` marks the ordering point (msync is synchronous, so it is
-a no-op at run time). Every store to an image goes through a `Persist`, so the
-crash model below is complete.
+image is a shared file mapping: `store` writes the mapping, `flush` notes the
+range, and `fence` makes every range noted since the last fence durable with
+ONE msync over their hull (msync is synchronous, so its return is the
+ordering point). Flushing more than was asked is always safe: stores issued
+before a fence may reach the media anyway. `msyncs` counts the msync calls
+(`.nvramfs/stats` shows it as `image.msyncs`). Every store to an image goes
+through a `Persist`, so the crash model below is complete.
 
 `RecordingPersist` also logs every store, flush and fence. `crash_images()`
 rebuilds the image as a power cut right after each fence would leave it: a
@@ -31,6 +34,9 @@ class Persist:
     def __init__(self) -> None:
         self._mm: mmap.mmap | None = None
         self.bulk = False  # mkfs: no flushes until the final sync()
+        self.msyncs = 0  # msync calls made (one per fence with something to flush)
+        self._lo = -1  # hull of the ranges flushed since the last fence
+        self._hi = -1
         self.fd: int | None = None  # the image file, for `allocate` (None: nothing to back)
 
     def attach(self, mm: mmap.mmap) -> None:
@@ -59,18 +65,32 @@ class Persist:
         self._mm[offset : offset + n] = data
 
     def flush(self, offset: int, length: int) -> None:
-        """Make the stores in [offset, offset+length) durable (msync)."""
+        """Ask for the stores in [offset, offset+length) to be durable at the next fence."""
         if self.bulk or length <= 0:
             return
         start = offset - offset % PAGE
-        self._mm.flush(start, offset + length - start)
+        end = offset + length
+        if self._lo < 0:
+            self._lo, self._hi = start, end
+        else:
+            self._lo = min(self._lo, start)
+            self._hi = max(self._hi, end)
 
     def fence(self) -> None:
-        """Order every flush before it ahead of every store after it."""
+        """Make every range flushed since the last fence durable (one msync over their
+        hull), ahead of every store after it."""
+        if self._lo < 0:
+            return
+        lo, hi = self._lo, self._hi
+        self._lo = self._hi = -1
+        self._mm.flush(lo, hi - lo)
+        self.msyncs += 1
 
     def sync(self) -> None:
         """Flush the whole mapping (end of a bulk build)."""
+        self._lo = self._hi = -1
         self._mm.flush()
+        self.msyncs += 1
 
 
 @dataclass
@@ -100,6 +120,7 @@ class RecordingPersist(Persist):
 
     def fence(self) -> None:
         self.log.append(Op("fence"))
+        super().fence()
 
     def sync(self) -> None:
         self.log.append(Op("flush", 0, length=len(self._mm)))

@@ -25,8 +25,21 @@ class Backing(Protocol):
         """Read-only, zero-copy view of `count` blocks from `block`."""
         ...
 
-    def write_pages(self, ino: int, indices: np.ndarray, pages: Sequence[Any]) -> np.ndarray:
-        """Write back whole pages, durable on return; holes get new blocks; returns the blocks."""
+    def write_pages(
+        self,
+        ino: int,
+        indices: np.ndarray,
+        pages: Sequence[Any],
+        *,
+        size: int | None = None,
+        still_dirty: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Write back whole pages, durable on return; holes get new blocks; returns the blocks.
+
+        With `size` (the cached i_size), the device's size of the file advances in the
+        same transaction under the ordered-data rule: to `size` clamped to the start of
+        the first page at or past the old device size still in `still_dirty` (sorted
+        page indices that stay dirty in DRAM); it never shrinks."""
         ...
 
 
@@ -49,9 +62,11 @@ class MemBacking:
         self._view = memoryview(self._dev.reshape(-1)).toreadonly()
         self._files: dict[int, np.ndarray] = {}
         self._sizes: dict[int, int] = {}
+        self.sizes = self._sizes  # each file's size on the device (tests read it)
         self._free: list[int] = list(range(nr_blocks - 1, 0, -1))
         self.bmap_calls = 0
         self.writes = 0
+        self.write_calls = 0  # write_pages calls: one per batch of one file
 
     def _alloc(self) -> int:
         if not self._free:
@@ -70,8 +85,8 @@ class MemBacking:
     def create(self, ino: int, data: bytes | bytearray, *, holes: Sequence[int] = ()) -> None:
         """Make file `ino` hold `data` (page indices in `holes` stay unallocated)."""
         npages = (len(data) + PAGE_SIZE - 1) // PAGE_SIZE
-        self._sizes[ino] = len(data)
         m = self._map(ino, npages)
+        self.sizes[ino] = len(data)
         for i in range(npages):
             if i in holes:
                 continue
@@ -95,8 +110,17 @@ class MemBacking:
             raise ValueError(f"block_view: blocks {block}+{count} outside the device")
         return self._view[block * PAGE_SIZE : (block + count) * PAGE_SIZE]
 
-    def write_pages(self, ino: int, indices: np.ndarray, pages: Sequence[Any]) -> np.ndarray:
+    def write_pages(
+        self,
+        ino: int,
+        indices: np.ndarray,
+        pages: Sequence[Any],
+        *,
+        size: int | None = None,
+        still_dirty: np.ndarray | None = None,
+    ) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
+        self.write_calls += 1
         m = self._map(ino, int(idx.max()) + 1 if len(idx) else 0)
         out = np.zeros(len(idx), dtype=np.int64)
         for k, (i, page) in enumerate(zip(idx.tolist(), pages, strict=True)):
@@ -111,6 +135,8 @@ class MemBacking:
             self._dev[b] = np.frombuffer(page, dtype=np.uint8)
             out[k] = b
             self.writes += 1
+        if size is not None:
+            self.advance_size(ino, size, still_dirty)
         return out
 
     def i_size(self, ino: int) -> int | None:
@@ -128,6 +154,18 @@ class MemBacking:
                 self._dev[b, tail:] = 0
         self._sizes[ino] = size
 
+    def advance_size(self, ino: int, size: int, still_dirty: np.ndarray | None) -> None:
+        """The ordered-data size rule (as Image._advance_size)."""
+        disk = self.sizes.get(ino, 0)
+        new = int(size)
+        if still_dirty is not None and len(still_dirty):
+            d = np.asarray(still_dirty, dtype=np.int64)
+            k = int(np.searchsorted(d, disk // PAGE_SIZE))
+            if k < len(d):
+                new = min(new, int(d[k]) * PAGE_SIZE)
+        if new > disk:
+            self.sizes[ino] = new
+
     def truncate(self, ino: int, npages: int) -> None:
         """Free the blocks of pages >= npages (the image layer's job on a real mount)."""
         m = self._files.get(ino)
@@ -137,6 +175,7 @@ class MemBacking:
             if b:
                 self._free.append(b)
         m[npages:] = 0
+        self.sizes[ino] = min(self.sizes.get(ino, 0), npages * PAGE_SIZE)
 
     def remove(self, ino: int) -> None:
         self.truncate(ino, 0)

@@ -35,7 +35,7 @@ from .flags import (
     VM_FAULT_OOM,
     VM_FAULT_SIGBUS,
 )
-from .machine import PG_ANON, PG_DIRTY, PG_LRU, PG_UPTODATE, PG_WRITEBACK, ZERO_PFN
+from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_LRU, PG_UPTODATE, PG_WRITEBACK, ZERO_PFN
 from .memory import (
     VMFault,
     lock_page,
@@ -71,6 +71,9 @@ class AddressSpace:
         # inode->i_size, as far as mm knows it (None: not told; then no fault
         # is refused for being past the end of the file).
         self.i_size: int | None = None
+        # The end of the furthest store since the mapping was made: the size
+        # writeback hands the backing when i_size is not known (ordered data).
+        self.written_end = 0
 
     @property
     def nrpages(self) -> int:
@@ -168,55 +171,151 @@ def clear_page_dirty_for_io(mapping: AddressSpace, page: int) -> bool:
     return False
 
 
-# write_cache_pages: write back the given page-cache pages of one file
-# (they must be dirty, unlocked, not under writeback) in one call to the
-# backing, which makes them durable and says which NVRAM block now holds
-# each. Logs a `writeback` event per page. Returns the number written.
+# dirty_indices: the page indices of `mapping` dirty in DRAM, sorted.
+def dirty_indices(mapping: AddressSpace) -> np.ndarray:
+    m = mapping.machine
+    if not mapping.pages:
+        return np.zeros(0, dtype=np.int64)
+    mask = (m.flags & (PG_DIRTY | PG_ANON)) == PG_DIRTY
+    mask &= m.mapping == mapping.host
+    return np.sort(m.index[mask])
+
+
+# write_cache_pages (->writepages): write back the given page-cache pages of
+# one file (they must be dirty, unlocked, not under writeback) in one call to
+# the backing, which makes them durable in one transaction and says which
+# NVRAM block now holds each; the file's size on the device advances in the
+# same transaction, to i_size clamped before the first page still dirty
+# (ordered data). Logs a `writeback` event per page. Returns the number written.
 def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> int:
     m = mapping.machine
     if len(pages) == 0:
         return 0
     pages = pages[np.argsort(m.index[pages], kind="stable")]
     plist = pages.tolist()
-    for page in plist:
-        f = int(m.flags[page])
-        VM_BUG_ON_PAGE(f & PG_ANON, m, page, "writeback of an anonymous page")
-        VM_BUG_ON_PAGE(f & PG_WRITEBACK, m, page, "writeback: page already under writeback")
-        VM_BUG_ON_PAGE(m.mapping[page] != mapping.host, m, page, "writeback: page not in mapping")
-        lock_page(m, page)
-        clear_page_dirty_for_io(mapping, page)
-        m.flags[page] = int(m.flags[page]) | PG_WRITEBACK
+    f = m.flags[pages]
+    if bool(
+        np.any(f & (PG_ANON | PG_WRITEBACK | PG_LOCKED)) or np.any(m.mapping[pages] != mapping.host)
+    ):
+        for page in plist:  # the BUG, with the page that breaks it
+            f1 = int(m.flags[page])
+            VM_BUG_ON_PAGE(f1 & PG_ANON, m, page, "writeback of an anonymous page")
+            VM_BUG_ON_PAGE(f1 & PG_WRITEBACK, m, page, "writeback: page already under writeback")
+            VM_BUG_ON_PAGE(
+                m.mapping[page] != mapping.host, m, page, "writeback: page not in mapping"
+            )
+            VM_BUG_ON_PAGE(f1 & PG_LOCKED, m, page, "lock_page: page already locked")
+    # lock_page + clear_page_dirty_for_io (page_mkclean) + PG_writeback, for all.
+    if len(mapping.i_mmap) == 1 and mapping.i_mmap[0] is mapping.fs_vma:
+        _mkclean_fs_ptes(mapping.fs_vma, pages, m.index[pages])
+    else:
+        for page in plist:
+            page_mkclean(mapping, page)
+    m.flags[pages] = (f & ~np.uint32(PG_DIRTY)) | (PG_LOCKED | PG_WRITEBACK)
     indices = m.index[pages].copy()
     views = [m.data_view[p * 4096 : (p + 1) * 4096] for p in plist]
     try:
-        blocks = np.asarray(mapping.backing.write_pages(mapping.host, indices, views))
+        # The size on the device advances with this data (ordered data).
+        i_size = mapping.i_size if mapping.i_size is not None else mapping.written_end
+        if i_size:
+            blocks = mapping.backing.write_pages(
+                mapping.host,
+                indices,
+                views,
+                size=i_size,
+                still_dirty=dirty_indices(mapping),
+            )
+        else:
+            blocks = mapping.backing.write_pages(mapping.host, indices, views)
+        blocks = np.asarray(blocks)
     except BaseException:
         # The pages stay dirty for a later attempt.
-        for page in plist:
-            m.flags[page] = (int(m.flags[page]) & ~PG_WRITEBACK) | PG_DIRTY
-            unlock_page(m, page)
+        m.flags[pages] = (m.flags[pages] & ~np.uint32(PG_WRITEBACK | PG_LOCKED)) | PG_DIRTY
         raise
     BUG_ON(len(blocks) != len(plist), "write_pages returned the wrong number of blocks")
+    BUG_ON(bool(np.any(blocks <= 0)), "write_pages returned no block", f"ino {mapping.host}")
     m.page_block[pages] = blocks
-    stats: Stats = m.stats
-    for page, block in zip(plist, blocks.tolist(), strict=True):
-        BUG_ON(block <= 0, "write_pages returned no block", f"page {page}")
-        m.flags[page] = int(m.flags[page]) & ~PG_WRITEBACK
-        unlock_page(m, page)
-        log_page_event(
-            m,
-            schema.WRITEBACK,
-            mapping,
-            int(m.index[page]),
-            page,
-            m.nvram_base_pfn + block,
-            schema.PAGECACHE,
-            schema.XIP,
-            reason,
-            page,
-        )
-    Stats.bump(stats.writebacks, reason, len(plist))
+    m.flags[pages] &= ~np.uint32(PG_WRITEBACK | PG_LOCKED)
+    emit_page_events(
+        m,
+        schema.WRITEBACK,
+        int(mapping.host),
+        indices,
+        pages,
+        blocks + m.nvram_base_pfn,
+        schema.PAGECACHE,
+        schema.XIP,
+        reason,
+        pages,
+    )
+    Stats.bump(m.stats.writebacks, reason, len(plist))
     return len(plist)
+
+
+# emit_page_events: one migrate/writeback/cow event per page of a batch of
+# one file (log_page_event's fields; refcount and mapcount read from the
+# struct pages of `counted`, or given as `counts`), as one emit_pages call
+# when the log has it.
+def emit_page_events(
+    m: Machine,
+    ev: str,
+    ino: int,
+    indices: np.ndarray,
+    pfn_from: np.ndarray,
+    pfn_to: np.ndarray,
+    home_from: str,
+    home_to: str,
+    reason: str,
+    counted: np.ndarray,
+    via: str | None = None,
+    counts: tuple[int, int] | None = None,
+) -> None:
+    cols = (
+        np.asarray(indices).tolist(),
+        np.asarray(pfn_from).tolist(),
+        np.asarray(pfn_to).tolist(),
+    )
+    if counts is None:
+        ref = m._refcount[counted].tolist()
+        mc = (m._mapcount[counted] + 1).tolist()
+    else:  # the counts every page had at the moment the event stands for
+        ref = [counts[0]] * len(cols[0])
+        mc = [counts[1]] * len(cols[0])
+    emit_pages = getattr(m.events, "emit_pages", None)
+    if emit_pages is not None:
+        emit_pages(ev, ino, *cols, home_from, home_to, reason, ref, mc, via)
+        return
+    extra = {} if via is None else {"via": via}
+    for k in range(len(ref)):
+        m.events.emit(
+            ev,
+            ino=ino,
+            index=cols[0][k],
+            pfn_from=cols[1][k],
+            pfn_to=cols[2][k],
+            **{"from": home_from, "to": home_to},
+            reason=reason,
+            refcount=ref[k],
+            mapcount=mc[k],
+            **extra,
+        )
+
+
+def _mkclean_fs_ptes(vma: VMA, pages: np.ndarray, indices: np.ndarray) -> None:
+    """page_mkclean of many pages that only the filesystem's vma maps: their present
+    ptes lose RW and dirty, a page-table chunk at a time."""
+    pgd = vma.vm_mm.pgd
+    nos = indices >> PTE_SHIFT
+    for no in np.unique(nos).tolist():
+        chunk = pgd.get(no)
+        if chunk is None:
+            continue
+        sel = nos == no
+        slots = indices[sel] & PTE_INDEX_MASK
+        p = chunk.pte_np[slots]
+        hit = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages[sel])
+        if hit.any():
+            chunk.pte_np[slots[hit]] = p[hit] & ~(_PAGE_RW | _PAGE_DIRTY)
 
 
 # mapping_bmap: the NVRAM pfn of file page `index` (0 for a hole), from the

@@ -132,6 +132,8 @@ class Machine:
         self.nr_nvram_pages: int | None = None  # device size in blocks, when known
         # Fault kinds noted by the handlers during one access (bit per kind).
         self.fault_kinds = 0
+        # The frames a failed alloc_pages took (the caller puts them back).
+        self.partial = np.zeros(0, dtype=np.int64)
 
     # pfn_valid: true exactly for pfns that have a struct page (DRAM frames,
     # the zero page included); NVRAM pfns are not valid.
@@ -200,6 +202,38 @@ class Machine:
         self.index[pfn] = 0
         self.page_block[pfn] = 0
         return pfn
+
+    # alloc_pages: `n` frames, the same ones in the same order as `n` calls of
+    # alloc_page would give (direct reclaim runs whenever the free list is
+    # empty), set up with array stores. None when reclaim cannot free enough;
+    # the frames taken by then stay allocated, and are returned in `partial`
+    # for the caller to put back.
+    def alloc_pages(self, n: int) -> np.ndarray | None:
+        free = self.free_list
+        parts: list[np.ndarray] = []
+        got = 0
+        self.partial = np.zeros(0, dtype=np.int64)
+        while got < n:
+            if not free:
+                reclaim = self.reclaim
+                if reclaim is None or not reclaim():
+                    self.partial = np.concatenate(parts) if parts else self.partial
+                    return None
+                continue
+            k = min(n - got, len(free))
+            take = np.array(free[-k:][::-1], dtype=np.int64)
+            del free[-k:]
+            if bool(np.any(self._refcount[take] != 0) or np.any(self._mapcount[take] != -1)):
+                bad = int(take[(self._refcount[take] != 0) | (self._mapcount[take] != -1)][0])
+                raise MMBug("free frame in use", self.dump_page(bad))
+            self._refcount[take] = 1
+            self.flags[take] = 0
+            self.mapping[take] = 0
+            self.index[take] = 0
+            self.page_block[take] = 0
+            parts.append(take)
+            got += k
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     # get_page: take a reference. The page must already be referenced: a
     # get_page on a free page is a use-after-free.

@@ -15,6 +15,17 @@ view of the NVRAM when the pages are one contiguous XIP run.
 Once a second `tick()` runs the policy (promotions, demotions), writes back
 dirty pages older than the writeback interval, logs the interval's access
 histogram per inode and a counters snapshot, and flushes the event log.
+
+Writeback is always in batches (mm/vmscan.c, mm/page-writeback.c): direct
+reclaim isolates up to SWAP_CLUSTER_MAX victims, clean ones first, and writes
+the dirty ones back together (`shrink_page_list`); the flusher's
+`writeback_batch` writes up to MAX_WRITEBACK_PAGES of the oldest dirty pages;
+`balance_dirty_pages` says, after each write, whether dirty pages passed
+`dirty_background` (wake the flusher) or `dirty_limit` (the writer waits).
+Those three are plain functions of the mm state, so a replay of the same
+sequence of calls makes the same batches and throttles. Every batch reaches
+the backing as one `write_pages` per file, which advances the file's size on
+the device in the same transaction (ordered data, filemap.write_cache_pages).
 """
 
 from __future__ import annotations
@@ -35,6 +46,8 @@ from .filemap import (
     AddressSpace,
     cancel_dirty_page,
     delete_from_page_cache,
+    dirty_indices,
+    emit_page_events,
     mapping_bmap,
     write_cache_pages,
     xip_file_vm_ops,
@@ -67,12 +80,14 @@ from .machine import (
     PG_ANON,
     PG_DIRTY,
     PG_LOCKED,
+    PG_LRU,
     PG_RESERVED,
+    PG_UPTODATE,
     PG_WRITEBACK,
     Machine,
 )
 from .memory import handle_mm_fault, unmap_mapping_pages
-from .migrate import demote, promote, reclaimable_frames
+from .migrate import demote, demote_clean_pages, promote, reclaimable_frames
 from .policy import Policy, make_policy
 from .stats import Stats, fault_kind
 from .vma import PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
@@ -82,6 +97,20 @@ MAX_FILE_PAGES = 1 << 51
 _FS_VM_FLAGS = VM_READ | VM_WRITE | VM_SHARED | VM_MAYREAD | VM_MAYWRITE | VM_MAYSHARE | VM_MIXEDMAP
 _NOT_YOUNG = ~_PAGE_ACCESSED
 _SAT = 0xFFFF
+
+# Batch sizes, with the kernel's names: the victims one reclaim pass isolates
+# (SWAP_CLUSTER_MAX), and the most pages one flusher batch writes back
+# (MAX_WRITEBACK_PAGES, 4 MiB).
+SWAP_CLUSTER_MAX = 32
+MAX_WRITEBACK_PAGES = 1024
+# The dirty thresholds' defaults, as fractions of the DRAM budget
+# (vm.dirty_background_ratio, vm.dirty_ratio).
+DIRTY_BACKGROUND_RATIO = 0.10
+DIRTY_RATIO = 0.20
+# balance_dirty_pages' answers.
+BDP_OK = 0  # under dirty_background: nothing to do
+BDP_BACKGROUND = 1  # over dirty_background: wake the flusher
+BDP_THROTTLE = 2  # at dirty_limit: the writer waits while the flusher writes back
 
 
 def _vma_name(vma: VMA, addr: int) -> str:
@@ -112,8 +141,15 @@ class MemoryManager:
         writeback_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         max_promote_per_tick: int | None = None,
+        dirty_background_ratio: float = DIRTY_BACKGROUND_RATIO,
+        dirty_ratio: float = DIRTY_RATIO,
         device: Any = None,
     ) -> None:
+        if not 0 < dirty_background_ratio < dirty_ratio <= 1:
+            raise ValueError(
+                f"dirty thresholds: need 0 < dirty_background ({dirty_background_ratio:g}) "
+                f"< dirty_limit ({dirty_ratio:g}) <= 1"
+            )
         self.backing = backing
         # The device model (nvramfs.device.Meter or None): told what moved each
         # time the counters are read; it prices, it never decides.
@@ -127,6 +163,17 @@ class MemoryManager:
         self.nr_nvram_pages = nr_nvram_pages or getattr(backing, "nr_blocks", None)
         m.nr_nvram_pages = self.nr_nvram_pages
         self.writeback_seconds = writeback_seconds
+        # The dirty thresholds in frames: the flusher starts past the first, writers
+        # wait at the second (global_dirty_limits).
+        self.dirty_background_thresh = max(1, int(dram_pages * dirty_background_ratio))
+        self.dirty_thresh = max(self.dirty_background_thresh + 1, int(dram_pages * dirty_ratio))
+        # balance_dirty_pages_ratelimited: the dirty frames are counted (a pass over
+        # every struct page) once this many pages were written since the last count,
+        # a small part of the gap between the thresholds.
+        self.ratelimit_pages = max(
+            1, min(SWAP_CLUSTER_MAX, (self.dirty_thresh - self.dirty_background_thresh) // 8)
+        )
+        self._written_since_check = 0
         self.clock = clock
         self.trace_faults = bool(getattr(self.events, "trace_faults", False))
         # Bounded so that one tick (which blocks every request) stays short.
@@ -137,7 +184,17 @@ class MemoryManager:
         )
         # A per-access policy (lru, opt, opt-nox) takes every read and write (demand.py).
         self._demand = self.policy.per_access
+        # Reclaim's ranked victims (the inactive list) for the tick policies: the
+        # policy's order of the page-cache frames, taken once and consumed
+        # SWAP_CLUSTER_MAX at a time until the next tick, instead of ranking every
+        # frame on every pass. Entries are (frame, its allocation number then): a
+        # frame freed and reused since is skipped.
+        self._inactive: tuple[np.ndarray, np.ndarray] | None = None
+        self._inactive_pos = 0
         self._alloc_hook_install()
+        # Multi-page stores that fault alike go through _store_fault_batch (off: page
+        # by page, as the tests that compare the two do).
+        self.store_batching = True
         self._spaces: dict[int, AddressSpace] = {}
         self._vmas: dict[int, VMA] = {}
         self._tick = 0
@@ -175,13 +232,30 @@ class MemoryManager:
         m = self.machine
         alloc = m.alloc_page
 
+        lru_seq = self._lru_seq = np.zeros(m.nr_frames, dtype=np.int64)
+        self._seq = 0
+
         def alloc_page() -> int | None:
             page = alloc()
             if page is not None:
                 self.policy.on_alloc(page)
+                self._seq += 1
+                lru_seq[page] = self._seq
             return page
 
         m.alloc_page = alloc_page  # type: ignore[method-assign]
+        alloc_many = m.alloc_pages
+
+        def alloc_pages(n: int) -> np.ndarray | None:
+            frames = alloc_many(n)
+            done = frames if frames is not None else m.partial
+            if len(done):
+                self.policy.on_alloc(done)
+                lru_seq[done] = np.arange(self._seq + 1, self._seq + 1 + len(done))
+                self._seq += len(done)
+            return frames
+
+        m.alloc_pages = alloc_pages  # type: ignore[method-assign]
 
     def address_space(self, ino: int) -> AddressSpace:
         """The address_space of `ino`, with its filesystem vma (created on first use)."""
@@ -536,7 +610,11 @@ class MemoryManager:
     # -- write --------------------------------------------------------------------
 
     def write(self, ino: int, offset: int, data: Any) -> None:
-        """Stores of `data` at `offset` through the inode's vma (COW of XIP pages, hole fills)."""
+        """Stores of `data` at `offset` through the inode's vma (COW of XIP pages, hole fills).
+
+        A store of several pages none of which has a frame yet goes, a page-table
+        chunk at a time, through `_store_fault_batch` (the same faults, batched);
+        anything else page by page."""
         mv = memoryview(data)
         if mv.ndim != 1 or mv.itemsize != 1:
             mv = mv.cast("B")
@@ -553,9 +631,30 @@ class MemoryManager:
         size = mapping.i_size
         if size is not None and offset + n > size:
             mapping.i_size = offset + n
+        if offset + n > mapping.written_end:
+            mapping.written_end = offset + n
+        self._written_since_check += ((offset + n - 1) >> PAGE_SHIFT) - (offset >> PAGE_SHIFT) + 1
         if self._demand:
             demand_write(self, ino, offset, mv)
             return
+        if n > PAGE_SIZE and self.store_batching and self.machine.modern:
+            pos = 0
+            while pos < n:
+                at = offset + pos
+                # Up to the end of the page-table chunk.
+                k = min(n - pos, (((at >> PAGE_SHIFT) | 511) + 1 << PAGE_SHIFT) - at)
+                part = mv[pos : pos + k]
+                if not self._store_fault_batch(vma, at, part):
+                    self._write_pages(vma, at, part)
+                pos += k
+        else:
+            self._write_pages(vma, offset, mv)
+
+    def _write_pages(self, vma: VMA, offset: int, mv: memoryview) -> None:
+        """Stores page by page: a writable pte is a hit, anything else faults."""
+        n = len(mv)
+        mapping = vma.vm_file
+        ino = mapping.host
         mm = vma.vm_mm
         st = self.stats_
         rw = self._data_rw
@@ -619,6 +718,132 @@ class MemoryManager:
             reason=schema.REASON_WRITE,
             via=schema.VIA_XIP_FILE_WRITE,
         )
+
+    def _store_fault_batch(self, vma: VMA, offset: int, mv: memoryview) -> bool:
+        """Stores into pages of one page-table chunk of the filesystem's vma that all
+        fault the same way: no page-cache page, the pte absent (a hole or an NVRAM
+        block, its bmap hint) or a read-only XIP pfn; the vma the only one mapping
+        the file. Leaves exactly the state the per-page faults leave (a hole:
+        xip_file_fault fills a zeroed frame; a block: pfn_mkwrite copies it into a
+        frame, a `cow` event; then do_shared_fault maps the frame writable and
+        dirty, with the pte's reference), with one bmap, one pass over the ptes
+        and one copy of the data; the frame of a page the store covers whole is not
+        filled first (the store overwrites all of it). False (nothing done) when a
+        page does not qualify: the caller stores page by page."""
+        mapping = vma.vm_file
+        if self.trace_faults or len(mapping.i_mmap) != 1:
+            return False
+        first = offset >> PAGE_SHIFT
+        n = len(mv)
+        npg = ((offset + n - 1) >> PAGE_SHIFT) - first + 1
+        cache = mapping.pages
+        if cache and any(first + i in cache for i in range(npg)):
+            return False
+        mm = vma.vm_mm
+        base = self._base
+        chunk, s0 = mm.get_locked_pte(first << PAGE_SHIFT)
+        p = chunk.pte_np[s0 : s0 + npg]
+        present = (p & _PAGE_PRESENT) != 0
+        if present.any() and bool(
+            np.any(present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0)))
+        ):
+            return False
+        self._prefill_bmap(vma, first, npg)
+        src = p >> PTE_PFN_SHIFT  # NVRAM pfn of each page, 0 for a hole
+        hole = src == 0
+        m = self.machine
+        frames = m.alloc_pages(npg)
+        if frames is None:
+            for f in m.partial.tolist():
+                m.put_page(f)
+            return False
+        frames_l = frames.tolist()
+        data = m.data
+        off0 = offset & 4095
+        tail = (off0 + n) & 4095
+        buf = np.frombuffer(mv, dtype=np.uint8)
+        # Partial pages first hold what the fault gives them (zeroes, or the block).
+        for k in {0, npg - 1} if (off0 or tail) else ():
+            if (k == 0 and off0) or (k == npg - 1 and tail):
+                if hole[k]:
+                    data[frames_l[k]] = 0
+                else:
+                    data[frames_l[k]] = np.frombuffer(
+                        self._block_view(int(src[k]) - base), dtype=np.uint8
+                    )
+        lo = 1 if off0 else 0
+        hi = npg - 1 if tail else npg
+        head = (PAGE_SIZE - off0) if off0 else 0
+        if npg == 1:
+            data[frames_l[0], off0 : off0 + n] = buf
+        else:
+            if off0:
+                data[frames_l[0], off0:] = buf[:head]
+            if hi > lo:
+                data[frames[lo:hi]] = buf[head : head + (hi - lo) * PAGE_SIZE].reshape(
+                    -1, PAGE_SIZE
+                )
+            if tail:
+                data[frames_l[-1], :tail] = buf[n - tail :]
+        # struct pages: in the page cache (its reference) and mapped (the pte's).
+        ino = mapping.host
+        idx = np.arange(first, first + npg, dtype=np.int64)
+        m._refcount[frames] = 2
+        m._mapcount[frames] = 0
+        m.mapping[frames] = ino
+        m.index[frames] = idx
+        m.flags[frames] = PG_UPTODATE | PG_LRU | PG_DIRTY
+        m.page_block[frames] = np.where(hole, 0, src - base)
+        m.dirtied_at[frames] = self.clock()
+        cache.update(zip(idx.tolist(), frames_l, strict=True))
+        p[:] = (frames << PTE_PFN_SHIFT) | (_PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW)
+        mm.rss_file += npg
+        st = self.stats_
+        st.xip_mapped -= int(np.count_nonzero(present))
+        nh = int(np.count_nonzero(hole))
+        st.hole += nh
+        st.cow += npg - nh
+        st.writes += npg
+        w = chunk.writes_np[s0 : s0 + npg]
+        np.minimum(w, _SAT - 1, out=w)
+        w += 1
+        if chunk.gen != self._gen:
+            chunk.gen = self._gen
+            self._touched.append(chunk)
+        if nh:
+            # Each hole fill is a zeroed frame (_new_cache_page's `zero` event).
+            Stats.bump(st.zeroed, schema.REASON_WRITE, nh)
+            emit = self.events.emit
+            for k in np.flatnonzero(hole).tolist():
+                emit(
+                    schema.ZERO_EV,
+                    ino=ino,
+                    index=first + k,
+                    home=schema.PAGECACHE,
+                    pfn=frames_l[k],
+                    offset=0,
+                    length=PAGE_SIZE,
+                    reason=schema.REASON_WRITE,
+                )
+        if nh < npg:
+            Stats.bump(st.cow_via, schema.VIA_PFN_MKWRITE, npg - nh)
+            cow = np.flatnonzero(~hole)
+            emit_page_events(
+                m,
+                schema.COW,
+                ino,
+                idx[cow],
+                src[cow],
+                frames[cow],
+                schema.XIP,
+                schema.PAGECACHE,
+                schema.REASON_WRITE,
+                frames[cow],
+                via=schema.VIA_PFN_MKWRITE,
+                # As pfn_mkwrite left each: the page cache's reference, not yet mapped.
+                counts=(1, 0),
+            )
+        return True
 
     # -- truncate / evict -----------------------------------------------------
 
@@ -771,6 +996,7 @@ class MemoryManager:
         return dict(zip(inos.tolist(), n.tolist(), strict=True))
 
     def _writeback(self, frames: np.ndarray, reason: str) -> int:
+        """Write `frames` back, one write_pages (one image transaction) per file."""
         m = self.machine
         done = 0
         if not len(frames):
@@ -780,6 +1006,66 @@ class MemoryManager:
             mapping = self._spaces[int(ino)]
             done += write_cache_pages(mapping, frames[owners == ino], reason)
         return done
+
+    def nr_dirty(self) -> int:
+        """Dirty page-cache frames (NR_FILE_DIRTY)."""
+        f = self.machine.flags
+        return int(np.count_nonzero((f & (PG_DIRTY | PG_ANON)) == PG_DIRTY))
+
+    def dirty_indices(self, ino: int) -> np.ndarray:
+        """The page indices of `ino` dirty in DRAM, sorted: what a size pushed to the
+        image must not cover (ordered data; the FUSE layer's flush_meta)."""
+        mapping = self._spaces.get(ino)
+        if mapping is None:
+            return np.zeros(0, dtype=np.int64)
+        return dirty_indices(mapping)
+
+    def over_background_thresh(self) -> bool:
+        """More dirty frames than dirty_background: the flusher has work."""
+        return self.nr_dirty() > self.dirty_background_thresh
+
+    def over_dirty_limit(self) -> bool:
+        """Dirty frames at dirty_limit: writers wait."""
+        return self.nr_dirty() >= self.dirty_thresh
+
+    def balance_dirty_pages(self, ino: int) -> int:
+        """After a write to `ino`: BDP_OK, BDP_BACKGROUND (past dirty_background: wake
+        the flusher) or BDP_THROTTLE (at dirty_limit: the write's reply must wait
+        until writeback_batch calls bring the dirty frames under the limit; counted
+        and logged as a `throttle` event). A function of the mm state only, so a
+        replay of the same calls throttles the same writes. As the kernel's
+        balance_dirty_pages_ratelimited, the count is taken only once
+        `ratelimit_pages` pages were written since the last one (BDP_OK meanwhile)."""
+        if self._written_since_check < self.ratelimit_pages:
+            return BDP_OK
+        self._written_since_check = 0
+        nr = self.nr_dirty()
+        if nr <= self.dirty_background_thresh:
+            return BDP_OK
+        if nr < self.dirty_thresh:
+            return BDP_BACKGROUND
+        self.stats_.throttles += 1
+        self.events.emit(
+            schema.THROTTLE,
+            ino=ino,
+            dirty=nr,
+            background=self.dirty_background_thresh,
+            limit=self.dirty_thresh,
+        )
+        return BDP_THROTTLE
+
+    def writeback_batch(self, reason: str = schema.REASON_BACKGROUND) -> int:
+        """One batch of the flusher (wb_writeback): the oldest-dirtied pages, up to
+        MAX_WRITEBACK_PAGES, each file's in index order in one write_pages. Returns
+        how many were written (0: nothing dirty)."""
+        m = self.machine
+        dirty = self._dirty_frames()
+        if not len(dirty):
+            return 0
+        if len(dirty) > MAX_WRITEBACK_PAGES:
+            order = np.lexsort((m.index[dirty], m.mapping[dirty], m.dirtied_at[dirty]))
+            dirty = dirty[order[:MAX_WRITEBACK_PAGES]]
+        return self._writeback(dirty, reason)
 
     def fsync(self, ino: int) -> int:
         """Write back the inode's dirty pages (reason `fsync`); returns how many."""
@@ -814,35 +1100,104 @@ class MemoryManager:
                 chunk.state[slot] = self.policy.on_demote(int(chunk.state[slot]))
         return True
 
+    def shrink_page_list(self, pages: np.ndarray, reason: str) -> int:
+        """Demote isolated page-cache frames: the dirty ones are written back first,
+        together (pageout of the whole list: one write_pages per file, reason
+        `demote`), then all leave the page cache for their NVRAM blocks (`reason`).
+        Frames that are busy (locked, under writeback) or redirtied meanwhile stay.
+        Returns how many were demoted."""
+        m = self.machine
+        pages = np.asarray(pages, dtype=np.int64)
+        busy = PG_ANON | PG_LOCKED | PG_WRITEBACK
+        pages = pages[(m.mapping[pages] != 0) & ((m.flags[pages] & busy) == 0)]
+        pages = reclaimable_frames(m, pages)  # held by someone else: no frame to free
+        if not len(pages):
+            return 0
+        dirty = pages[(m.flags[pages] & PG_DIRTY) != 0]
+        if len(dirty):
+            self._writeback(dirty, schema.REASON_DEMOTE)
+        owners = m.mapping[pages]
+        idx = m.index[pages]
+        done = 0
+        for ino in np.unique(owners).tolist():
+            mapping = self._spaces[int(ino)]
+            sel = owners == ino
+            n = demote_clean_pages(mapping, pages[sel], reason)
+            done += n
+            if n:
+                self._policy_demoted(mapping, idx[sel])
+        return done
+
+    def _policy_demoted(self, mapping: AddressSpace, indices: np.ndarray) -> None:
+        """Tell the policy about the pages of `indices` that left the page cache."""
+        vma = mapping.fs_vma
+        if vma is None:
+            return
+        pgd = vma.vm_mm.pgd
+        on_demote = self.policy.on_demote
+        for index in indices.tolist():
+            if index in mapping.pages:
+                continue
+            chunk = pgd.get(index >> PTE_SHIFT)
+            if chunk is not None:
+                slot = index & 511
+                chunk.state[slot] = on_demote(int(chunk.state[slot]))
+
     def _reclaim(self) -> bool:
-        """Direct reclaim: demote the policy's coldest page-cache frames (reason dram_budget),
-        a batch at a time (like SWAP_CLUSTER_MAX) so that ranking the frames is amortised.
-        A per-access policy frees exactly one (demand.reclaim_one: lru stays exact).
-        True when at least one frame was freed."""
+        """Direct reclaim (shrink_inactive_list): isolate up to SWAP_CLUSTER_MAX of the
+        policy's coldest frames (among the coldest 4x that many), clean ones first,
+        and demote them (reason dram_budget) through shrink_page_list, which writes
+        the dirty ones back in one batch. A per-access policy frees exactly one
+        (demand.reclaim_one: lru stays exact). True when at least one frame was freed."""
         if self._demand:
             return reclaim_one(self)
         m = self.machine
         free = m.free_list
         before = len(free)
-        batch = max(1, min(32, m.dram_pages // 64))
-        cand = self._cache_frames()
-        victims = self.policy.victims(cand)
-        if len(victims) > 4 * batch:
-            victims = victims[: 4 * batch]
-        for page in victims.tolist():
-            if m.mapping[page] == 0:
-                continue
-            self._demote(page, schema.REASON_DRAM_BUDGET)
-            if len(free) - before >= batch:
-                break
+        batch = min(SWAP_CLUSTER_MAX, max(1, m.dram_pages // 4))
+        victims = self._isolate(4 * batch)
+        if not len(victims):
+            return False
+        isdirty = (m.flags[victims] & PG_DIRTY) != 0
+        clean = victims[~isdirty][:batch]
+        if len(clean) < batch:
+            victims = np.concatenate([clean, victims[isdirty][: batch - len(clean)]])
+        else:
+            victims = clean
+        self.shrink_page_list(victims, schema.REASON_DRAM_BUDGET)
         return len(free) > before
 
+    def _isolate(self, n: int) -> np.ndarray:
+        """The next `n` reclaim candidates still valid (cached, not busy, not reused)
+        from the ranked list, which is (re)taken from the policy when used up."""
+        m = self.machine
+        busy = PG_ANON | PG_LOCKED | PG_WRITEBACK
+        fresh = False
+        while True:
+            if self._inactive is None or self._inactive_pos >= len(self._inactive[0]):
+                if fresh:
+                    return np.zeros(0, dtype=np.int64)
+                frames = self.policy.victims(self._cache_frames())
+                self._inactive = (frames, self._lru_seq[frames])
+                self._inactive_pos = 0
+                fresh = True
+            frames, seqs = self._inactive
+            pos = self._inactive_pos
+            w = frames[pos : pos + 4 * n]
+            ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
+            ok &= (m.flags[w] & busy) == 0
+            ok &= m._refcount[w] == 1 + (m._mapcount[w] + 1)  # reclaimable_frames
+            good = np.flatnonzero(ok)
+            if not len(good):
+                self._inactive_pos = pos + len(w)
+                continue
+            self._inactive_pos = pos + int(good[0])
+            return w[good[:n]]
+
     def demote_all(self, reason: str = schema.REASON_CTL) -> int:
-        """Demote every page-cache page (writing back the dirty ones); returns how many."""
-        n = 0
-        for page in self._cache_frames().tolist():
-            n += self._demote(page, reason)
-        return n
+        """Demote every page-cache page (the dirty ones written back in one batch);
+        returns how many."""
+        return self.shrink_page_list(self._cache_frames(), reason)
 
     def promote(self, ino: int, index: int, reason: str = schema.REASON_CTL) -> bool:
         """Promote one XIP page into the page cache, making room if the budget is full."""
@@ -864,6 +1219,7 @@ class MemoryManager:
                 chunk.state[:] = 0
         self.policy = policy
         self._demand = policy.per_access
+        self._inactive = None
 
     # -- tick -----------------------------------------------------------------------
 
@@ -874,6 +1230,7 @@ class MemoryManager:
         self._tick += 1
         policy = self.policy
         policy.begin_tick(self._tick)
+        self._inactive = None
         # Dirty pages older than the writeback interval.
         dirty = self._dirty_frames()
         if len(dirty):
@@ -975,8 +1332,9 @@ class MemoryManager:
                     if not m.free_list:
                         continue
                 promote(mapping, index, schema.REASON_POLICY)
-        for page in policy.cold_frames(self._cache_frames()).tolist():
-            self._demote(page, schema.REASON_POLICY)
+        cold = policy.cold_frames(self._cache_frames())
+        if len(cold):
+            self.shrink_page_list(cold, schema.REASON_POLICY)
 
     # -- reporting ------------------------------------------------------------------
 

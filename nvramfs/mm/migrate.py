@@ -23,13 +23,24 @@ from .filemap import (
     AddressSpace,
     beyond_eof,
     delete_from_page_cache,
+    emit_page_events,
     mapping_bmap,
     write_cache_pages,
 )
-from .flags import _PAGE_BMAP, _PAGE_PRESENT, PTE_PFN_SHIFT
-from .machine import PG_ANON, PG_DIRTY, PG_LOCKED, PG_UPTODATE, PG_WRITEBACK
+from .flags import _PAGE_ACCESSED, _PAGE_BMAP, _PAGE_DIRTY, _PAGE_PRESENT, PTE_PFN_SHIFT
+from .machine import (
+    PG_ANON,
+    PG_DIRTY,
+    PG_LOCKED,
+    PG_LRU,
+    PG_REFERENCED,
+    PG_RESERVED,
+    PG_UPTODATE,
+    PG_WRITEBACK,
+)
 from .memory import log_page_event, unmap_mapping_pages
 from .stats import Stats
+from .vma import PTE_INDEX_MASK, PTE_SHIFT
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -118,3 +129,99 @@ def demote(mapping: AddressSpace, page: int, reason: str) -> bool:
         m, schema.MIGRATE, mapping, index, page, pfn, schema.PAGECACHE, schema.XIP, reason, page
     )
     return True
+
+
+# demote_clean_pages: demote() of many clean page-cache pages of one file at
+# once, for reclaim and the policy (shrink_page_list after writeback). When
+# the filesystem's own vma is the only one mapping the file, its ptes are
+# torn down a page-table chunk at a time with exactly the state changes of
+# zap_pte (mapcount and reference dropped, young bit -> PG_referenced, the
+# NVRAM block kept as a bmap hint) and the frames leave the page cache
+# together; otherwise (process vmas map the file too) page by page through
+# demote(). A page whose pte is dirty (a store since its writeback), or that
+# is dirty, locked, under writeback or has no block, is left alone. Returns
+# the pages demoted.
+def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> int:
+    m = mapping.machine
+    pages = np.asarray(pages, dtype=np.int64)
+    busy = PG_ANON | PG_DIRTY | PG_LOCKED | PG_WRITEBACK
+    ok = ((m.flags[pages] & busy) == 0) & (m.page_block[pages] > 0)
+    ok &= m.mapping[pages] == mapping.host
+    pages = pages[ok]
+    if not len(pages):
+        return 0
+    vma = mapping.fs_vma
+    if vma is None or len(mapping.i_mmap) != 1 or mapping.i_mmap[0] is not vma:
+        return sum(demote(mapping, p, reason) for p in pages.tolist())
+    idx = m.index[pages]
+    pfns = m.nvram_base_pfn + m.page_block[pages]
+    keep = np.ones(len(pages), dtype=bool)
+    nos = idx >> PTE_SHIFT
+    pgd = vma.vm_mm.pgd
+    for no in np.unique(nos).tolist():
+        sel = np.flatnonzero(nos == no)
+        chunk = pgd.get(no)
+        if chunk is None:
+            continue
+        slots = idx[sel] & PTE_INDEX_MASK
+        p = chunk.pte_np[slots]
+        present = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages[sel])
+        dirty = present & ((p & _PAGE_DIRTY) != 0)
+        if dirty.any():
+            keep[sel[dirty]] = False
+            sel, slots, p, present = sel[~dirty], slots[~dirty], p[~dirty], present[~dirty]
+        young = present & ((p & _PAGE_ACCESSED) != 0)
+        mapped = pages[sel[present]]
+        if len(mapped):
+            BUG_ON(bool(np.any(m._mapcount[mapped] < 0)), "demote: present pte of an unmapped page")
+            m._mapcount[mapped] -= 1
+            m._refcount[mapped] -= 1
+            vma.vm_mm.rss_file -= len(mapped)
+        if young.any():
+            m.flags[pages[sel[young]]] |= PG_REFERENCED
+        chunk.pte_np[slots] = (pfns[sel] << PTE_PFN_SHIFT) | _PAGE_BMAP
+    pages, idx, pfns = pages[keep], idx[keep], pfns[keep]
+    if not len(pages):
+        return 0
+    _delete_from_page_cache_many(mapping, pages, idx)
+    Stats.bump(m.stats.demote, reason, len(pages))
+    emit_page_events(
+        m,
+        schema.MIGRATE,
+        int(mapping.host),
+        idx,
+        pages,
+        pfns,
+        schema.PAGECACHE,
+        schema.XIP,
+        reason,
+        pages,
+    )
+    return len(pages)
+
+
+# delete_from_page_cache of many unmapped, clean pages of one mapping: the
+# cache's reference dropped, and the frames it was the last of freed, in
+# order (the free list ends as page-by-page put_page calls would leave it).
+def _delete_from_page_cache_many(mapping: AddressSpace, pages: np.ndarray, idx: np.ndarray) -> None:
+    m = mapping.machine
+    if bool(np.any(m._mapcount[pages] >= 0) or np.any(m.flags[pages] & PG_DIRTY)):
+        for page in pages.tolist():  # the BUG, with its page
+            delete_from_page_cache(mapping, page)
+        return
+    cache = mapping.pages
+    for index, page in zip(idx.tolist(), pages.tolist(), strict=True):
+        BUG_ON(cache.get(index) != page, "delete_from_page_cache: not in this mapping")
+        del cache[index]
+    m.mapping[pages] = 0
+    m.flags[pages] &= ~np.uint32(PG_LRU)
+    rc = m._refcount[pages] - 1
+    BUG_ON(bool(np.any(rc < 0)), "put_page: _refcount underflow", f"ino {mapping.host}")
+    m._refcount[pages] = rc
+    freed = pages[rc == 0]
+    if len(freed):
+        bad = m.flags[freed] & (PG_RESERVED | PG_LOCKED | PG_WRITEBACK | PG_LRU)
+        BUG_ON(bool(np.any(bad)), "bad page state at free", f"ino {mapping.host}")
+        m.flags[freed] = 0
+        m.page_block[freed] = 0
+        m.free_list.extend(freed.tolist())

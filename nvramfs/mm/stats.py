@@ -41,6 +41,8 @@ class Stats:
         self.zeroed: dict[str, int] = {}
         # stores written straight into NVRAM (kernel=2.6.26), in page stores
         self.xip_writes = 0
+        # writes that reached dirty_limit and waited for writeback (balance_dirty_pages)
+        self.throttles = 0
         # XIP pages currently mapped by the filesystem's vmas (one vma per
         # inode, so these are distinct pages): served with no struct page.
         self.xip_mapped = 0
@@ -62,6 +64,7 @@ class Stats:
             "accesses": {"read": self.reads, "write": self.writes},
             "migrations": {"promote": dict(self.promote), "demote": dict(self.demote)},
             "writebacks": dict(self.writebacks),
+            "throttles": self.throttles,
             "frames_used": used,
             "dram_pages": machine.dram_pages,
             "dirty": dirty,

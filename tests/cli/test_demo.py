@@ -184,6 +184,9 @@ def test_quick_demo_end_to_end(demo_dirs) -> None:
     assert summary["device"]["medium"] == "nor"
     assert summary["device"]["modelled_ns"]["cow"] > 0
     assert replayed["device"]["modelled_ns"] == summary["device"]["modelled_ns"]
+    # The demo marks its phases: the summary's phases are the demo's.
+    marked = [p["phase"] for p in summary["device"]["phases"]]
+    assert marked[-5:] == ["warm", "scan", "hot again", "write", "verify"]
     assert {"modelled.png", "wear.png"} <= {p.name for p in plots}
 
 
@@ -313,7 +316,11 @@ def test_counters_delta_of_two_snapshots() -> None:
         "cow": 3,
         "writebacks": 3,
         "frames_used": 9,
+        "modelled_ns": {},
     }
+    b["modelled_ns"] = {"xip_read": 500, "cow": 70}
+    a["modelled_ns"] = {"xip_read": 200}
+    assert counters_delta(a, b)["modelled_ns"] == {"xip_read": 300, "cow": 70}
     assert counters_delta(a, None) == {}
 
 

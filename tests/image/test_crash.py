@@ -317,3 +317,101 @@ def test_preen_takes_every_power_cut_state_to_clean(fast_dir: Path) -> None:
             assert cimg.was_clean and snapshot(cimg) == want
         n += 1
     assert n > 20
+
+
+def _file_bytes(img: Image, ino: int) -> bytes:
+    size = img.getattr(ino).size
+    n = -(-size // BS)
+    out = b"".join(bytes(img.block_view(int(b))) if b else bytes(BS) for b in img.bmap(ino, 0, n))
+    return out[:size]
+
+
+def test_power_cut_inside_batched_writeback_of_an_append(fast_dir: Path) -> None:
+    """An append-and-extend workload through the mm (a DRAM budget far smaller than
+    the file: reclaim and flusher batches write it back, several pages per
+    transaction), the size pushed now and then as the FUSE layer does. At every
+    fence: fsck is clean, the size on the image never covers data the image does
+    not hold (ordered data: what it shows is a prefix of what was written, never
+    zeros), and every fsync'ed length is there."""
+    from nvramfs.mm import MemoryManager
+
+    base = fast_dir / "base.img"
+    mkfs(base, size=4 << 20)
+    base_bytes = base.read_bytes()
+    rec = RecordingPersist()
+    img = Image.open(base, persist=rec)
+    f = img.create(1, b"log", 0o644, 0, 0)
+    mm = MemoryManager(img, 24)
+    img.reserve(160)
+    rnd = random.Random(7)
+    want = bytearray()
+    synced: list[tuple[int, int]] = []  # (fences when fsync returned, length)
+    batches = 0
+    for step in range(70):
+        n = rnd.randint(1, 3 * BS)
+        chunk = bytes(b % 255 + 1 for b in rnd.randbytes(n))  # never a zero byte
+        mm.write(f, len(want), chunk)
+        want += chunk
+        if step % 7 == 3:
+            batches += mm.writeback_batch() > 0
+        if step % 7 == 5:  # the tick's flush_meta
+            img.setattr(f, ordered_size=len(want), still_dirty=mm.dirty_indices(f))
+        if step % 7 == 6:
+            mm.fsync(f)
+            img.setattr(f, ordered_size=len(want), still_dirty=mm.dirty_indices(f))
+            assert img.getattr(f).size == len(want)
+            synced.append((rec.fences(), len(want)))
+    mm.close()
+    img.close()
+    assert batches >= 5 and len(want) > 40 * BS
+    crash = fast_dir / "crash.img"
+    checked = grew = 0
+    last = -1
+    for nfence, data in rec.crash_images(base_bytes):
+        crash.write_bytes(data)
+        rep = fsck(str(crash))
+        assert rep.exit_code == 0, (nfence, rep.errors)
+        with Image.open(crash) as cimg:
+            names = {name for _, name, _ in cimg.readdir(1)}
+            got = _file_bytes(cimg, cimg.lookup(1, b"log")) if b"log" in names else b""
+        assert got == want[: len(got)], f"fence {nfence}: size {len(got)} covers unwritten data"
+        for at, length in synced:
+            if at <= nfence:
+                assert len(got) >= length, f"fence {nfence}: fsync'ed {length} bytes, {len(got)}"
+        grew += len(got) > last
+        last = len(got)
+        checked += 1
+    assert checked == rec.fences() + 1 and grew > 10
+
+
+def test_one_msync_per_fence_whatever_the_batch(fast_dir: Path) -> None:
+    """`Persist.msyncs` (stats: writeback.msyncs) counts one msync per fence that has
+    flushed ranges: a writeback batch that maps new blocks costs five (data, journal,
+    checkpoint, superblock A, B) whether it holds 1 page or 64; an in-place rewrite
+    with no size change costs one."""
+    base = fast_dir / "m.img"
+    mkfs(base, size=4 << 20)
+    rec = RecordingPersist()
+    img = Image.open(base, persist=rec)
+    f = img.create(1, b"f", 0o644, 0, 0)
+    img.reserve(65)
+    costs = []
+    for idx in (np.array([0]), np.arange(1, 65)):
+        before = rec.msyncs
+        img.write_pages(f, idx, [pg(7)] * len(idx), size=(int(idx[-1]) + 1) * BS)
+        costs.append(rec.msyncs - before)
+    before = rec.msyncs
+    img.write_pages(f, np.arange(0, 64, 2), [pg(9)] * 32)
+    costs.append(rec.msyncs - before)
+    assert costs == [5, 5, 1]
+    flushed_fences = 0
+    pending = False
+    for op in rec.log:
+        if op.kind == "flush":
+            pending = True
+        elif op.kind == "fence":
+            flushed_fences += pending
+            pending = False
+    assert rec.msyncs == flushed_fences
+    assert img.getattr(f).size == 65 * BS
+    img.close()

@@ -1,0 +1,289 @@
+"""Batched writeback: reclaim, the flusher's batches, the dirty thresholds, ordered sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mm_helpers import PAGE, check_invariants, pattern
+
+from nvramfs.events import schema
+from nvramfs.mm import manager as mm_manager
+from nvramfs.mm.machine import PG_DIRTY
+from nvramfs.mm.manager import BDP_BACKGROUND, BDP_OK, BDP_THROTTLE, SWAP_CLUSTER_MAX
+
+
+def test_reclaim_writes_dirty_victims_back_together(make_mm) -> None:
+    """A file twice the budget, written with no flusher: reclaim's pageout writes its
+    dirty victims back in batches (one write_pages each), never one page at a time."""
+    mm, backing, ev = make_mm(dram_pages=128)
+    data = pattern(256)
+    for off in range(0, len(data), 8 * PAGE):
+        mm.write(2, off, data[off : off + 8 * PAGE])
+    written = backing.writes
+    assert written >= 128
+    assert backing.write_calls * 16 <= written  # at least 16 pages per transaction
+    mm.close()
+    check_invariants(mm)
+    assert backing.read_file(2, 256) == data
+    assert backing.sizes[2] == len(data)
+    # Every page demoted by reclaim was written back first, reason demote.
+    assert {e["reason"] for e in ev.of(schema.WRITEBACK)} <= {"demote", "unmount"}
+
+
+def test_reclaim_prefers_clean_victims(make_mm) -> None:
+    mm, backing, ev = make_mm(dram_pages=64)
+    backing.create(2, pattern(64))
+    backing.create(3, pattern(8, seed=2))
+    mm.write(2, 0, b"x" * (64 * PAGE))  # the budget full: half clean, half dirty
+    mm.fsync(2)
+    mm.write(2, 0, b"y" * (32 * PAGE))  # redirty the first 32
+    m = mm.machine
+    mm.write(3, 0, b"z")  # one frame needed: reclaim isolates a batch
+    demoted = [e for e in ev.of(schema.MIGRATE) if e["to"] == "xip"]
+    assert len(demoted) == SWAP_CLUSTER_MAX // 2  # min(32, 64 // 4)
+    assert all(e["index"] >= 32 for e in demoted)  # the clean ones
+    assert not [e for e in ev.of(schema.WRITEBACK) if e["reason"] == "demote"]
+    assert int(np.count_nonzero(m.flags & PG_DIRTY)) == 33
+
+
+def test_balance_dirty_pages_thresholds_and_throttle_event(make_mm) -> None:
+    mm, backing, ev = make_mm(dram_pages=100, dirty_background_ratio=0.1, dirty_ratio=0.2)
+    assert (mm.dirty_background_thresh, mm.dirty_thresh) == (10, 20)
+    mm.write(2, 0, bytes(10 * PAGE))
+    assert mm.balance_dirty_pages(2) == BDP_OK
+    mm.write(2, 10 * PAGE, b"a")
+    assert mm.balance_dirty_pages(2) == BDP_BACKGROUND and mm.over_background_thresh()
+    mm.write(2, 11 * PAGE, bytes(9 * PAGE))
+    assert mm.over_dirty_limit()
+    assert mm.balance_dirty_pages(2) == BDP_THROTTLE
+    (t,) = ev.of(schema.THROTTLE)
+    assert (t["ino"], t["dirty"], t["background"], t["limit"]) == (2, 20, 10, 20)
+    assert mm.stats()["throttles"] == 1
+    # The flusher's batch: everything dirty here (fewer than MAX_WRITEBACK_PAGES).
+    assert mm.writeback_batch() == 20
+    assert mm.balance_dirty_pages(2) == BDP_OK
+    assert {e["reason"] for e in ev.of(schema.WRITEBACK)} == {"background"}
+    assert mm.writeback_batch() == 0
+
+
+def test_bad_dirty_thresholds_are_refused(make_mm) -> None:
+    with pytest.raises(ValueError, match="dirty_background"):
+        make_mm(dirty_background_ratio=0.3, dirty_ratio=0.2)
+
+
+def test_writeback_batch_takes_the_oldest_and_is_deterministic(make_mm, clock, monkeypatch) -> None:
+    monkeypatch.setattr(mm_manager, "MAX_WRITEBACK_PAGES", 4)
+
+    def run() -> list[tuple[int, int]]:
+        mm, backing, ev = make_mm(dram_pages=64)
+        for i, (ino, page) in enumerate([(3, 5), (2, 0), (2, 1), (3, 0), (2, 7), (2, 2)]):
+            clock.advance(0.25)
+            mm.write(ino, page * PAGE + i, b"w")
+        assert mm.writeback_batch() == 4
+        first = [(e["ino"], e["index"]) for e in ev.of(schema.WRITEBACK)]
+        assert mm.writeback_batch() == 2
+        return first
+
+    first = run()
+    # The four oldest, written back per file in index order.
+    assert sorted(first) == [(2, 0), (2, 1), (3, 0), (3, 5)]
+    assert run() == first
+
+
+def test_ordered_size_never_covers_a_dirty_page(make_mm, clock, monkeypatch) -> None:
+    """An append whose last page is written back first: the device's size waits for
+    the pages before it, then advances with the writeback that covers them."""
+    monkeypatch.setattr(mm_manager, "MAX_WRITEBACK_PAGES", 1)
+    mm, backing, ev = make_mm(dram_pages=64)
+    backing.create(2, b"a" * 5000)
+    mm.write(2, 5 * PAGE, b"late")  # oldest dirty page, past a gap
+    clock.advance(1)
+    mm.write(2, 5000, b"b" * (3 * PAGE))  # pages 1..4 (page 1 straddles the old size)
+    assert mm.writeback_batch() == 1  # page 5
+    assert backing.sizes[2] == 5000  # page 1 (at the old size) is still dirty
+    assert mm.writeback_batch() == 1  # page 1
+    assert backing.sizes[2] == 2 * PAGE  # clamped at page 2, still dirty
+    assert mm.writeback_batch() == 1  # page 2
+    assert backing.sizes[2] == 3 * PAGE
+    while mm.writeback_batch():
+        pass
+    assert backing.sizes[2] == 5 * PAGE + 4
+    assert mm.dirty_indices(2).tolist() == []
+
+
+def test_truncate_sets_i_size_for_writeback(make_mm) -> None:
+    mm, backing, ev = make_mm(dram_pages=16)
+    backing.create(2, b"q" * (3 * PAGE))
+    mm.write(2, 0, b"r" * (3 * PAGE))
+    mm.truncate(2, 5000)
+    backing.truncate(2, 2)  # the image's share of the truncate
+    backing.sizes[2] = 5000
+    mm.fsync(2)
+    assert backing.sizes[2] == 5000  # not the 8192 the tail's zeroing store reached
+
+
+def test_demote_all_and_sync_write_back_in_one_batch(make_mm) -> None:
+    mm, backing, ev = make_mm(dram_pages=64)
+    backing.create(2, pattern(40))
+    mm.write(2, 0, pattern(40, seed=3))
+    calls = backing.write_calls
+    assert mm.demote_all() == 40
+    assert backing.write_calls == calls + 1
+    assert backing.read_file(2, 40) == pattern(40, seed=3)
+    check_invariants(mm)
+
+
+def _state(mm) -> dict:
+    m = mm.machine
+    out = {
+        name: getattr(m, name).copy()
+        for name in ("_refcount", "_mapcount", "flags", "mapping", "index", "page_block", "data")
+    }
+    for ino, vma in mm._vmas.items():
+        for no, chunk in vma.vm_mm.pgd.items():
+            p = chunk.pte_np
+            out[f"pte{ino}:{no}"] = np.where(p & 1, p, 0)  # present ptes (hints are a cache)
+            out[f"w{ino}:{no}"] = chunk.writes_np.copy()
+    return out
+
+
+@pytest.mark.parametrize("pte_special", [True, False])
+def test_batched_store_faults_leave_the_state_of_page_by_page_faults(make_mm, pte_special) -> None:
+    """Multi-page stores over holes, unmapped blocks and read-mapped XIP pages, at
+    page-aligned and unaligned offsets: the batched path and the per-page faults
+    end in the same struct pages, ptes, counters, events and file contents."""
+    runs = []
+    for batching in (False, True):
+        mm, backing, ev = make_mm(dram_pages=512, pte_special=pte_special)
+        mm.store_batching = batching
+        backing.create(2, pattern(300), holes=list(range(40, 80)))
+        rng = np.random.default_rng(11)
+        mm.read(2, 100 * PAGE, 20 * PAGE)  # XIP ptes present, read-only
+        for _ in range(60):
+            off = int(rng.integers(0, 280 * PAGE))
+            n = int(rng.integers(1, 40 * PAGE))
+            if rng.random() < 0.2:
+                off &= ~(PAGE - 1)
+                n = (n + PAGE - 1) & ~(PAGE - 1)
+            mm.write(2, off, rng.integers(1, 256, n, dtype=np.uint8).tobytes())
+            r = rng.random()
+            if r < 0.1:
+                mm.fsync(2)
+            elif r < 0.4:
+                mm.demote_all()  # back to XIP: the next stores COW again
+                mm.read(2, off, min(n, 8 * PAGE))  # some of them read-mapped first
+        check_invariants(mm)
+        st = mm.stats()
+        st.pop("tick")
+        events = [{k: v for k, v in e.items() if k not in ("t", "seq")} for e in ev.events]
+        runs.append((_state(mm), st, events, mm))
+        mm.close()
+        runs[-1] = (*runs[-1], backing.read_file(2, 330), backing.sizes[2])
+    (a, sa, ea, _, fa, za), (b, sb, eb, _, fb, zb) = runs
+    assert sa == sb
+    assert sa["faults"]["cow"] > 100 and sa["faults"]["hole"] > 20
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    key = lambda e: (e["ev"], e.get("ino"), e.get("index"), e.get("pfn_to"))  # noqa: E731
+    assert sorted(ea, key=key) == sorted(eb, key=key)
+    assert fa == fb and za == zb
+
+
+def test_batched_stores_under_reclaim_keep_the_data(make_mm) -> None:
+    mm, backing, ev = make_mm(dram_pages=48)
+    data = bytearray(pattern(200))
+    backing.create(2, bytes(data), holes=list(range(0, 200, 3)))
+    for i in range(0, 200, 3):
+        data[i * PAGE : (i + 1) * PAGE] = bytes(PAGE)
+    rng = np.random.default_rng(5)
+    for _ in range(80):
+        off = int(rng.integers(0, 190 * PAGE))
+        n = int(rng.integers(PAGE, 30 * PAGE))
+        buf = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        mm.write(2, off, buf)
+        data[off : off + n] = buf
+        assert mm.machine.frames_used <= 48
+        if rng.random() < 0.3:
+            while mm.over_background_thresh():
+                mm.writeback_batch()
+    check_invariants(mm)
+    assert bytes(mm.read(2, 0, 200 * PAGE)) == bytes(data[: 200 * PAGE])
+    mm.close()
+    assert backing.read_file(2, 200) == bytes(data[: 200 * PAGE])
+
+
+def test_page_events_are_logged_as_the_json_encoder_would(tmp_path) -> None:
+    """The log's fast format of migrate/writeback/cow lines is byte for byte JSON's."""
+    import json
+
+    from nvramfs.events.reader import read_events
+    from nvramfs.events.writer import EventWriter
+
+    base = dict(ino=2, index=5, pfn_from=3, pfn_to=1 << 20, refcount=1, mapcount=0)
+    base.update({"from": "pagecache", "to": "xip"})
+    recs = [
+        (schema.WRITEBACK, dict(base, reason="background")),
+        (schema.COW, dict(base, reason="write", via="pfn_mkwrite")),
+        (schema.MIGRATE, dict(base, reason='odd "word"')),  # not a schema word: encoder
+        (schema.MIGRATE, dict(base, reason="policy", ino=True)),  # a bool: encoder
+    ]
+    w = EventWriter(tmp_path / "log.jsonl")
+    for ev, fields in recs:
+        w.emit(ev, **fields)
+    w.close()
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    for line in lines:
+        assert line == json.dumps(json.loads(line), separators=(",", ":"))
+    assert len(lines) == 4 and '"ino":true' in lines[3]
+    got = list(read_events(tmp_path / "log.jsonl"))  # (the reader skips the bool ino)
+    assert [e["reason"] for e in got[:3]] == ["background", "write", 'odd "word"']
+    assert got[1]["via"] == "pfn_mkwrite"
+
+
+def test_emit_pages_writes_the_lines_emit_would(tmp_path) -> None:
+    from nvramfs.events.writer import EventWriter
+
+    class Clock:
+        now = 5.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    batches = [
+        (schema.WRITEBACK, 2, [0, 1], [7, 8], [1 << 20, (1 << 20) + 1], "pagecache", "xip",
+         "background", [1, 1], [0, 0], None),
+        (schema.COW, 3, [4], [(1 << 20) + 9], [9], "xip", "pagecache", "write", [1], [0],
+         "pfn_mkwrite"),
+        (schema.MIGRATE, 2, [5], [3], [11], "pagecache", "xip", 'not "a word"', [0], [0], None),
+    ]  # fmt: skip
+    out = []
+    for use_batch in (False, True):
+        w = EventWriter(tmp_path / f"{use_batch}.jsonl", clock=Clock())
+        for ev, ino, idx, pf, pt, hf, ht, reason, ref, mc, via in batches:
+            if use_batch:
+                w.emit_pages(ev, ino, idx, pf, pt, hf, ht, reason, ref, mc, via)
+            else:
+                for k in range(len(idx)):
+                    extra = {} if via is None else {"via": via}
+                    w.emit(ev, ino=ino, index=idx[k], pfn_from=pf[k], pfn_to=pt[k],
+                           **{"from": hf, "to": ht}, reason=reason, refcount=ref[k],
+                           mapcount=mc[k], **extra)  # fmt: skip
+        assert w.pending == 4
+        w.close()
+        out.append((tmp_path / f"{use_batch}.jsonl").read_text())
+    assert out[0] == out[1] and out[0].count("\n") == 4
+
+
+def test_balance_dirty_pages_is_ratelimited(make_mm) -> None:
+    """The dirty count (a pass over every struct page) is taken once per
+    ratelimit_pages pages written, as balance_dirty_pages_ratelimited does."""
+    mm, backing, ev = make_mm(dram_pages=1000, dirty_background_ratio=0.1, dirty_ratio=0.2)
+    assert mm.ratelimit_pages == 12
+    mm.write(2, 0, bytes(150 * PAGE))
+    assert mm.balance_dirty_pages(2) == BDP_BACKGROUND
+    got = []
+    for i in range(12):
+        mm.write(2, (150 + i) * PAGE, b"x")
+        got.append(mm.balance_dirty_pages(2))
+    assert got == [BDP_OK] * 11 + [BDP_BACKGROUND]
