@@ -74,8 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def parse_dram(spec: str) -> list[int]:
     """`1M:1G:x2` (FROM, then xFACTOR while <= TO) or `64M,256M` -> budgets in pages.
-    Sizes use the mount option parser (nvramfs.fuse.options.parse_size)."""
-    from nvramfs.fuse.options import parse_size
+    Sizes use the project's one size parser (nvramfs.units.parse_size)."""
+    from nvramfs.units import parse_size
 
     spec = spec.strip()
     if ":" in spec:
