@@ -49,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--xip", default="on", metavar="on,off", help="XIP on, off or both (on,off)")
     p.add_argument("--guests", default="1", metavar="LIST", help="guest counts (1,10,100)")
     p.add_argument(
+        "--medium",
+        metavar="LIST",
+        help="device-model media (nor,pcm,optane,dram or .toml files): modelled time and "
+        "wear per configuration (default: the trace's own medium; docs/COSTS.md)",
+    )
+    p.add_argument(
         "--guest-variants",
         type=int,
         default=8,
@@ -160,7 +166,8 @@ def build(args: argparse.Namespace) -> tuple[str, list[Any], dict[str, Any]]:
     else:
         rec = int(header.config.get("dram_pages") or 16384)
         drams = sorted({max(1, rec * k // 8) for k in (1, 2, 4, 8, 16, 32)})
-    configs = configurations(policies, drams, xips, guests)
+    media: list[str | None] = [m.strip() for m in (args.medium or "").split(",") if m.strip()]
+    configs = configurations(policies, drams, xips, guests, list(dict.fromkeys(media)) or [None])
     kw: dict[str, Any] = {"variants": args.guest_variants}
     if args.trace_per_guest:
         for t in args.traces:
@@ -256,6 +263,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
              "wb", "peak", "mixedmap", "saved"]  # fmt: skip
     if many:
         heads += ["all: mixedmap", "all: memmap", "all: dram", "image"]
+    priced = any(r.get("modelled_ns") is not None for r in rows)
+    if priced:
+        heads += ["medium", "modelled", "write %", "erases", "worst", "WA"]
     heads += ["acc/s", "error"]
     for h in heads:
         t.add_column(h, justify="left" if h in ("policy", "xip", "error") else "right")
@@ -286,8 +296,20 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                 _mib(r["total_dram_bytes"]),
                 _mib(r["image_bytes"]),
             ]
+        if priced:
+            ns = r.get("modelled_ns")
+            wr = r.get("modelled_write_ns")
+            wa = r.get("write_amplification")
+            cells += [
+                str(r.get("medium") or ""),
+                "" if ns is None else f"{ns / 1e9:.4g} s",
+                f"{100 * wr / ns:.0f}%" if ns and wr is not None else "",
+                "" if r.get("erases") is None else str(r["erases"]),
+                "" if r.get("worst_sector_wear") is None else str(r["worst_sector_wear"]),
+                "" if wa is None else f"{wa:.2f}",
+            ]
         aps = r["accesses_per_s"]
         cells += [f"{aps:,.0f}" if aps else "", ""]
         t.add_row(*cells)
-    Console(width=max(160, Console().width)).print(t)
+    Console(width=max(210 if priced else 160, Console().width)).print(t)
     sys.stdout.flush()

@@ -74,6 +74,13 @@ COLUMNS = (
     "total_dram_bytes",
     "nox_dram_bytes",
     "image_bytes",
+    "medium",
+    "modelled_ns",
+    "modelled_write_ns",
+    "erases",
+    "worst_sector_wear",
+    "write_amplification",
+    "lifetime_years",
     "seconds",
     "accesses_per_s",
     "error",
@@ -88,6 +95,7 @@ class Config:
     dram_pages: int
     xip: bool = True
     guests: int = 1
+    medium: str | None = None  # the device model's medium (None: the trace's own)
 
     @property
     def policy_run(self) -> str:
@@ -109,9 +117,10 @@ def configurations(
     drams: Sequence[int],
     xips: Sequence[bool] = (True,),
     guests: Sequence[int] = (1,),
+    media: Sequence[str | None] = (None,),
 ) -> list[Config]:
     """The product of the axes, checked (UsageError, exit 2): policy-major, then DRAM,
-    XIP, guests. DRAM in pages (frames of 4 KiB)."""
+    XIP, guests, medium. DRAM in pages (frames of 4 KiB)."""
     known = known_policies()
     for p in policies:
         if p not in known:
@@ -122,14 +131,20 @@ def configurations(
     for g in guests:
         if g < 1:
             raise UsageError(f"guests {g}: give at least 1")
-    if not policies or not drams or not xips or not guests:
+    if not policies or not drams or not xips or not guests or not media:
         raise UsageError("every axis needs at least one value")
+    for m in media:
+        if m is not None:
+            from nvramfs.device import load_medium
+
+            load_medium(m)  # a usage error naming the built-in media
     return [
-        Config(p, int(d), bool(x), int(g))
+        Config(p, int(d), bool(x), int(g), m)
         for p in policies
         for d in drams
         for x in xips
         for g in guests
+        for m in media
     ]
 
 
@@ -147,9 +162,12 @@ def memmap_device_bytes(device_pages: int) -> int:
     return int(struct_page_figures(device_pages, 0)["memmap_device_bytes"])
 
 
-def replay_counters(trace: str, policy: str, dram_pages: int) -> tuple[dict[str, Any], int, float]:
-    """Replay `trace` under (policy, dram_pages) with no event log; returns mm's counters,
-    the peak number of frames in use, and the replay's wall seconds."""
+def replay_counters(
+    trace: str, policy: str, dram_pages: int, medium: str | None = None
+) -> tuple[dict[str, Any], int, float]:
+    """Replay `trace` under (policy, dram_pages[, medium]) with no event log; returns mm's
+    counters (with `wear`, the device model's summary, when one priced the replay), the
+    peak number of frames in use, and the replay's wall seconds."""
     from nvramfs.events.writer import NullEventWriter
 
     from .format import iter_parts, read_header
@@ -157,7 +175,10 @@ def replay_counters(trace: str, policy: str, dram_pages: int) -> tuple[dict[str,
     from .replay import Replayer, VirtualClock, replay_config
 
     header = read_header(trace)
-    cfg = replay_config(header, {"policy": policy, "dram_pages": dram_pages})
+    over: dict[str, Any] = {"policy": policy, "dram_pages": dram_pages}
+    if medium is not None:
+        over["medium"] = medium
+    cfg = replay_config(header, over)
     clock = VirtualClock(header.t0_us * 1e-6)
     start = time.perf_counter()
     r = Replayer(header, cfg, NullEventWriter(), clock, replay_policy(trace, cfg))
@@ -185,7 +206,16 @@ def replay_counters(trace: str, policy: str, dram_pages: int) -> tuple[dict[str,
         r.run_part(part)
     r.finish()
     seconds = time.perf_counter() - start
-    return r.mm.stats(), max(peak[0], machine.frames_used), seconds
+    counters = r.mm.stats()
+    meter = getattr(r.mm, "device", None)
+    if meter is not None:
+        span = max(0.0, clock() - header.t0_us * 1e-6)  # the workload's own length
+        counters["wear"] = meter.model.summary(span)
+        counters["wear"]["worst"] = int(
+            (meter.model.sector_programs if meter.model.medium.in_place
+             else meter.model.sector_erases).max(initial=0)
+        )  # fmt: skip
+    return counters, max(peak[0], machine.frames_used), seconds
 
 
 def _hit_ratio(hits: int, accesses: int) -> float:
@@ -224,7 +254,7 @@ def run_config(trace: str | dict[str, bytes], config: Config | dict[str, Any], *
     if isinstance(config, dict):
         config = Config(**config)
     row: dict[str, Any] = {k: None for k in COLUMNS}
-    row.update(policy=config.policy, xip=config.xip, guests=config.guests)
+    row.update(policy=config.policy, xip=config.xip, guests=config.guests, medium=config.medium)
     row["dram_bytes"] = config.dram_pages * PAGE
     try:
         path = unpack_trace(trace) if isinstance(trace, dict) else trace
@@ -256,8 +286,17 @@ def _run(
     seconds = 0.0
     peaks: list[int] = []
     replayed = 0  # accesses the replays made (a guest computed once counts once)
+    wear: dict[str, Any] | None = None
+    modelled = modelled_write = 0
     for path, mult in plan:
-        counters, peak, secs = replay_counters(path, config.policy_run, config.dram_pages)
+        counters, peak, secs = replay_counters(
+            path, config.policy_run, config.dram_pages, config.medium
+        )
+        if "wear" in counters and wear is None:
+            wear = counters["wear"]  # guests share the image: the first guest's wear
+        ns = counters.get("modelled_ns") or {}
+        modelled += mult * sum(ns.values())
+        modelled_write += mult * sum(ns.get(k, 0) for k in ("cow", "writeback", "erase"))
         seconds += secs
         replayed += int(counters["accesses"]["read"]) + int(counters["accesses"]["write"])
         for k, v in _figures(counters, peak).items():
@@ -285,6 +324,13 @@ def _run(
         "total_memmap_bytes": memmap * n,
         "total_dram_bytes": PAGE * sum(peaks),
         "image_bytes": device_pages * PAGE,
+        "medium": (wear or {}).get("medium", config.medium),
+        "modelled_ns": modelled if wear is not None else None,
+        "modelled_write_ns": modelled_write if wear is not None else None,
+        "erases": (wear or {}).get("erases"),
+        "worst_sector_wear": (wear or {}).get("worst"),
+        "write_amplification": ((wear or {}).get("write_amplification") or {}).get("programmed"),
+        "lifetime_years": (wear or {}).get("lifetime_years"),
         "seconds": round(seconds, 6),
         # Replayed accesses per second of replay (guests computed once count once).
         "accesses_per_s": replayed / seconds if seconds else None,
@@ -440,12 +486,12 @@ def finish_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fill `nox_dram_bytes` of each row from the xip=off row of the same policy, DRAM and
     guests (the DRAM copies the page cache without XIP holds), when the sweep has it."""
     off = {
-        (r["policy"], r["dram_bytes"], r["guests"]): r["total_dram_bytes"]
+        (r["policy"], r["dram_bytes"], r["guests"], r.get("medium")): r["total_dram_bytes"]
         for r in rows
         if not r["xip"] and not r["error"]
     }
     for r in rows:
-        r["nox_dram_bytes"] = off.get((r["policy"], r["dram_bytes"], r["guests"]))
+        r["nox_dram_bytes"] = off.get((r["policy"], r["dram_bytes"], r["guests"], r.get("medium")))
     return rows
 
 
@@ -453,11 +499,11 @@ def distinct(configs: Sequence[Config]) -> tuple[list[Config], list[int]]:
     """The configurations that replay different calls, and for each configuration the
     index of the one it shares a replay with: (policy run, DRAM, guests) decides the
     replay (lru with XIP on or off is one replay; 2q with XIP off is lru's)."""
-    keys: dict[tuple[str, int, int], int] = {}
+    keys: dict[tuple[str, int, int, str | None], int] = {}
     todo: list[Config] = []
     where: list[int] = []
     for c in configs:
-        k = (c.policy_run, c.dram_pages, c.guests)
+        k = (c.policy_run, c.dram_pages, c.guests, c.medium)
         if k not in keys:
             keys[k] = len(todo)
             todo.append(c)
@@ -545,6 +591,7 @@ def _error_row(config: Config, error: str) -> dict[str, Any]:
         policy=config.policy,
         xip=config.xip,
         guests=config.guests,
+        medium=config.medium,
         dram_bytes=config.dram_pages * PAGE,
         error=error,
     )
@@ -553,7 +600,10 @@ def _error_row(config: Config, error: str) -> dict[str, Any]:
 
 def _key(c: Config, run: str) -> str:
     """A future's name on the cluster (its dashboard shows it): the configuration."""
-    return f"sweep-{c.policy}-{'xip' if c.xip else 'noxip'}-{c.dram_pages}p-{c.guests}g-{run}"
+    medium = f"-{c.medium}" if c.medium else ""
+    return (
+        f"sweep-{c.policy}-{'xip' if c.xip else 'noxip'}-{c.dram_pages}p-{c.guests}g{medium}-{run}"
+    )
 
 
 def _worker_version() -> str:
@@ -692,15 +742,20 @@ def plot(rows: list[dict[str, Any]], prefix: str) -> list[str]:
         return out
     g1 = min(r["guests"] for r in ok)
     base = [r for r in ok if r["guests"] == g1]
-    lines = sorted({(r["policy"], r["xip"]) for r in base})
+    lines = sorted({(r["policy"], r["xip"], r.get("medium") or "") for r in base})
+    several_media = len({m for _, _, m in lines}) > 1
 
     def series(key: str) -> Iterable[tuple[str, list[int], list[Any]]]:
-        for p, x in lines:
+        for p, x, m in lines:
             pts = sorted(
-                (r["dram_bytes"], r[key]) for r in base if (r["policy"], r["xip"]) == (p, x)
+                (r["dram_bytes"], r[key])
+                for r in base
+                if (r["policy"], r["xip"], r.get("medium") or "") == (p, x, m)
+                and r.get(key) is not None
             )
-            label = p if x else f"{p} (xip off)"
-            yield label, [a / 2**20 for a, _ in pts], [b for _, b in pts]
+            label = (p if x else f"{p} (xip off)") + (f", {m}" if several_media else "")
+            if pts:
+                yield label, [a / 2**20 for a, _ in pts], [b for _, b in pts]
 
     panels = [
         ("hit_ratio", "hit ratio (page accesses served by a frame)", "mrc"),
@@ -711,6 +766,14 @@ def plot(rows: list[dict[str, Any]], prefix: str) -> list[str]:
         ("peak_frames", "peak frames in use", "frames"),
         ("mixedmap_bytes", "struct page bytes, MIXEDMAP (at peak)", "frames"),
     ]
+    if any(r.get("modelled_ns") is not None for r in base):
+        panels += [
+            ("modelled_s", "modelled time (s), the device model", "cost"),
+            ("worst_sector_wear", "worst sector: erases (NOR) or programs", "cost"),
+        ]
+        for r in base:
+            ns = r.get("modelled_ns")
+            r["modelled_s"] = None if ns is None else ns / 1e9
     figs: dict[str, Any] = {}
     for key, title, name in panels:
         if name not in figs:
@@ -722,6 +785,8 @@ def plot(rows: list[dict[str, Any]], prefix: str) -> list[str]:
         for label, xs, ys in series(key):
             ax.plot(xs, ys, marker="o", label=label)
         ax.set_xscale("log", base=2)
+        if key == "modelled_s":
+            ax.set_yscale("log")  # media differ by orders of magnitude
         ax.set_xlabel("DRAM budget (MiB)")
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)

@@ -265,3 +265,36 @@ def test_a_lost_worker_is_reported_in_its_row(tmp_path: Path) -> None:
     assert rows[0]["error"] is None and rows[0]["accesses"] == 60_000
     assert rows[1]["error"].startswith("KilledWorker"), rows[1]["error"]
     assert rows[1]["policy"] == "lru" and rows[1]["accesses"] is None
+
+
+def test_medium_axis_prices_each_configuration_from_the_replays_device_model(
+    tmp_path: Path, capsys
+) -> None:
+    trace, _live, _log = record_random(tmp_path, 5, dram=24, steps=600)
+    rows = run_local(
+        str(trace), configurations(["2q", "lru"], [8, 24], media=["nor", "optane"]), jobs=1
+    )
+    assert len(rows) == 8 and all(r["error"] is None for r in rows)
+    by = {(r["policy"], r["dram_bytes"], r["medium"]): r for r in rows}
+    for r in rows:
+        # Each row's figures are its own replay's: the same replay, run alone.
+        c, _peak, _s = replay_counters(
+            str(trace), r["policy"], r["dram_bytes"] // 4096, r["medium"]
+        )
+        assert r["modelled_ns"] == sum(c["modelled_ns"].values())
+        assert r["erases"] == c["wear"]["erases"]
+    for key in {(p, d) for p, d, _m in by}:
+        nor, opt = by[(*key, "nor")], by[(*key, "optane")]
+        assert nor["writebacks"] == opt["writebacks"]  # the medium prices; it decides nothing
+        assert opt["erases"] == 0
+        if nor["writebacks"]:
+            assert nor["modelled_ns"] > opt["modelled_ns"]
+    assert run(["sweep", str(trace), "--medium", "flash", "-q", "--no-plot"]) == 2
+    assert "built-in media" in capsys.readouterr().err
+    out = tmp_path / "m"
+    code = run(["sweep", str(trace), "--policy", "2q", "--dram", "32K,96K", "--medium",
+                "nor,optane", "-j", "1", "-q", "-o", str(out)])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "modelled" in text and "worst" in text
+    assert (tmp_path / "m-cost.png").stat().st_size > 0
