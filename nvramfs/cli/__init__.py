@@ -24,7 +24,19 @@ from nvramfs.errors import NvramfsError
 # Subcommand modules, in the order `--help` lists them. Each defines
 # register(subparsers) -> argparse.ArgumentParser (with set_defaults(func=main))
 # and main(args) -> int.
-COMMANDS = ["mkfs", "fsck", "info", "mount", "umount", "stat", "log", "plot", "demo", "replay"]
+COMMANDS = [
+    "mkfs",
+    "fsck",
+    "info",
+    "mount",
+    "umount",
+    "stat",
+    "log",
+    "plot",
+    "demo",
+    "replay",
+    "trace",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

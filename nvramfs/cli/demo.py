@@ -40,6 +40,7 @@ from nvramfs.cli.log import (
     format_summary,
     human_bytes,
 )
+from nvramfs.device import DEFAULT_MEDIUM
 from nvramfs.errors import NvramfsError, UsageError
 from nvramfs.events import schema
 from nvramfs.events.reader import ReadReport, parse_line
@@ -363,6 +364,10 @@ def counters_delta(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[s
         "cow": (b.get("faults") or {}).get("cow", 0) - (a.get("faults") or {}).get("cow", 0),
         "writebacks": tot(b, "writebacks") - tot(a, "writebacks"),
         "frames_used": b.get("frames_used"),
+        "modelled_ns": {
+            k: int(v) - int((a.get("modelled_ns") or {}).get(k, 0))
+            for k, v in (b.get("modelled_ns") or {}).items()
+        },
     }
 
 
@@ -492,6 +497,29 @@ def phase_table(phases: list[Phase]) -> str:
             )
             first = False
     return "\n".join(out)
+
+
+def modelled_lines(phases: list[Phase], medium: str) -> list[str]:
+    """Modelled time per phase on the demo's medium (docs/COSTS.md), and what share
+    of each writing phase went to COW, writeback and erase."""
+    from nvramfs.cli.log import _dur, _shares
+
+    rows = [(ph, ph.stats.get("modelled_ns") or {}) for ph in phases]
+    if not any(ns for _, ns in rows):
+        return []
+    out = [f"modelled time on {medium} (the device model, not the daemon's wall time):"]
+    for ph, ns in rows:
+        total = sum(ns.values())
+        out.append(f"  {ph.name:<10} {_dur(total):>10}   {_shares(ns)}")
+        writes = ns.get("cow", 0) + ns.get("writeback", 0) + ns.get("erase", 0)
+        if total and ns.get("cow", 0) + ns.get("writeback", 0):
+            out.append(
+                f"  {'':<10} {'':>10}   COW {100 * ns.get('cow', 0) / total:.0f}%, writeback "
+                f"{100 * ns.get('writeback', 0) / total:.0f}%, erase "
+                f"{100 * ns.get('erase', 0) / total:.0f}%: {100 * writes / total:.0f}% of "
+                f"this phase's modelled time went to writing"
+            )
+    return out
 
 
 def phase_spans(
@@ -680,6 +708,10 @@ def main(args: argparse.Namespace) -> int:
     print()
     print(f"nvramfs demo: {len(phases)} phases in {elapsed:.0f} s")
     print(phase_table(phases))
+    lines = modelled_lines(phases, DEFAULT_MEDIUM)
+    if lines:
+        print()
+        print("\n".join(lines))
     print()
     print(format_summary(summary, timeline=False))
     print()

@@ -162,7 +162,97 @@ def make_plots(
             _heatmap(plt, view, files, out / f"heatmap-{i}-{slug}.png", f["key"], dpi, spans)
         )
     written.append(_residency(plt, view, out / "residency.png", dpi, spans))
+    written += _device_plots(plt, view, out, dpi)
     return written
+
+
+_KIND_COLOURS = {
+    "hit": "#4c9be8",
+    "xip_read": "#7fc97f",
+    "fault": "#bbbbbb",
+    "promote": "#1b7837",
+    "cow": "#d6604d",
+    "demote": "#8073ac",
+    "writeback": "#f4a742",
+    "erase": "#8c2d04",
+}
+
+
+def _device_plots(plt: Any, view: View, out: Path, dpi: int) -> list[Path]:
+    """The device model's pictures (docs/COSTS.md): modelled time by kind per phase, and
+    the wear of the image's sectors. None when no session was priced."""
+    from nvramfs.events.analysis import choose_bucket, device_summary
+
+    d = device_summary(view.sessions, choose_bucket(view.duration))
+    if d is None:
+        return []
+    written = []
+    phases = [p for p in d["phases"] if p["modelled_ns_total"]]
+    if phases:
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(phases) + 3), 4.2))
+        labels = [p["phase"] if len(view.sessions) == 1 else f"{p['session']}:{p['phase']}"
+                  for p in phases]  # fmt: skip
+        x = np.arange(len(phases))
+        bottom = np.zeros(len(phases))
+        for kind, colour in _KIND_COLOURS.items():
+            ms = np.array([p["modelled_ns"].get(kind, 0) for p in phases], dtype=float) / 1e6
+            if ms.any():
+                ax.bar(x, ms, bottom=bottom, color=colour, label=kind, width=0.7)
+                bottom += ms
+        for xi, p in zip(x, phases, strict=True):
+            ax.text(xi, bottom[xi], f"wall {p['wall_s']:g} s", ha="center", va="bottom",
+                    fontsize=8, color="#333333")  # fmt: skip
+        ax.set_xticks(x, labels, rotation=20 if len(phases) > 4 else 0, ha="right"
+                      if len(phases) > 4 else "center")  # fmt: skip
+        ax.set_ylabel("modelled time (ms)")
+        ax.set_ylim(0, max(bottom.max() * 1.15, 1e-9))
+        ax.set_title(f"Modelled time by kind per phase, medium {d['medium']}")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+        fig.tight_layout()
+        path = out / "modelled.png"
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+        written.append(path)
+    wear = next((s.wear for s in reversed(view.sessions) if s.wear), None)
+    if wear and wear.get("erase_bins") is not None:
+        written.append(_wear(plt, wear, out / "wear.png", dpi))
+    return written
+
+
+def _wear(plt: Any, wear: dict[str, Any], path: Path, dpi: int) -> Path:
+    """Erases and programs per sector of the device, binned, as two heatmaps."""
+    per_bin = int(wear.get("sectors_per_bin") or 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, key, title, cmap in (
+        (axes[0], "erase_bins", "erases", "Reds"),
+        (axes[1], "program_bins", "programs", "Blues"),
+    ):
+        v = np.asarray(wear.get(key) or [0], dtype=float)
+        cols = int(np.ceil(np.sqrt(len(v) * 2)))
+        rows = int(np.ceil(len(v) / cols))
+        grid = np.full(rows * cols, np.nan)
+        grid[: len(v)] = v
+        im = ax.imshow(grid.reshape(rows, cols), cmap=cmap, aspect="auto",
+                       interpolation="nearest", vmin=0, vmax=max(1.0, float(np.nanmax(grid))))  # fmt: skip
+        ax.set_facecolor("#eeeeee")
+        unit = "sector" if per_bin == 1 else f"{per_bin} sectors"
+        ax.set_title(f"{title} per {unit} (max {int(v.max())})", fontsize=10)
+        ax.set_xlabel(f"cell = {unit}; row by row from block 0")
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    wa = wear.get("write_amplification") or {}
+    life = wear.get("lifetime_years")
+    n = int(wear.get("erases") or 0)
+    sub = [f"{n} erase{'' if n == 1 else 's'}"]
+    if wa.get("programmed") is not None:
+        sub.append(f"programmed {wa['programmed']:.2f}x, erased {wa['erased']:.2f}x written back")
+    if life is not None:
+        sub.append(f"lifetime at this rate {life:.3g} years")
+    fig.suptitle(f"NVRAM wear, medium {wear.get('medium')}: " + "; ".join(sub), fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 _KEY = ["image_uuid", "ino", "file_gen", "fkey"]

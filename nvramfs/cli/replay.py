@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         dest="options",
         action="append",
         metavar="OPTIONS",
-        help="dram=SIZE, policy=NAME, writeback=SECONDS, medium=NAME|FILE (default: as recorded)",
+        help="dram=SIZE, policy=NAME (also lru, opt, opt-nox), static=PROFILE, "
+        "writeback=SECONDS, medium=NAME|FILE (default: as recorded)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--log", metavar="PATH", help="write the replay's own event log here")
@@ -62,6 +63,8 @@ def parse_replay_options(groups: list[str] | None) -> dict[str, Any]:
                 out["dram_pages"] = size // PAGE_SIZE
             elif key == "policy":
                 out["policy"] = value
+            elif key == "static":
+                out["static"] = value
             elif key == "medium":
                 out["medium"] = value
             elif key == "writeback":
@@ -71,7 +74,7 @@ def parse_replay_options(groups: list[str] | None) -> dict[str, Any]:
                     raise UsageError(f"writeback={value}: give seconds") from None
             else:
                 raise UsageError(
-                    f"unknown replay option {key!r} (dram=, policy=, writeback=, medium=)"
+                    f"unknown replay option {key!r} (dram=, policy=, static=, writeback=, medium=)"
                 )
     return out
 

@@ -58,6 +58,8 @@ REASON_FSYNC = "fsync"
 REASON_DEMOTE = "demote"
 REASON_DIRTY_EXPIRE = "dirty_expire"
 REASON_SYNC = "sync"
+# A page read into a frame on demand (lru, opt, opt-nox) or pinned (static).
+REASON_READPAGE = "readpage"
 REASON_TRUNCATE = "truncate"
 REASON_O_TRUNC = "o_trunc"
 REASON_EVICT = "evict"
@@ -73,4 +75,4 @@ VIA_DO_COW_FAULT = "do_cow_fault"
 VIA_XIP_FILE_WRITE = "__xip_file_write"
 
 # Fault kinds (keys of counters.faults).
-FAULT_KINDS = ("xip_read", "pagecache_hit", "cow", "write_reuse", "hole")
+FAULT_KINDS = ("xip_read", "pagecache_hit", "cow", "write_reuse", "hole", "readpage")

@@ -107,8 +107,20 @@ def mount(
     if opts.sim and opts.policy is not None:
         from nvramfs.mm.policy import POLICIES
 
-        if opts.policy not in POLICIES:
-            raise UsageError(f"policy={opts.policy}: unknown (one of: {', '.join(POLICIES)})")
+        if opts.policy in ("opt", "opt-nox"):
+            raise UsageError(
+                f"policy={opts.policy} needs the future accesses: it runs in replays only "
+                f"(nvramfs replay TRACE -o policy={opts.policy})"
+            )
+        if opts.policy == "static":
+            if not opts.static:
+                raise UsageError("policy static needs a profile: -o static=PROFILE")
+            from nvramfs.trace.policies import load_profile
+
+            load_profile(opts.static)  # a bad profile is a usage error before mounting
+        elif opts.policy not in POLICIES:
+            names = ", ".join([*POLICIES, "static=PROFILE"])
+            raise UsageError(f"policy={opts.policy}: unknown (one of: {names})")
     if opts.trace is not None and not opts.sim:
         raise UsageError("trace= records the simulation's calls: it needs sim=on")
     if opts.trace is not None and os.path.commonpath([opts.trace, mountpoint]) == mountpoint:
@@ -215,6 +227,8 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
     params = inspect.signature(MemoryManager).parameters
     if opts.policy is not None:
         kw["policy"] = opts.policy
+    if opts.policy == "static":
+        kw["policy"] = static_policy(img, opts)
     if "nr_nvram_pages" in params:
         kw["nr_nvram_pages"] = img.nr_blocks
     if opts.kernel != "modern":
@@ -241,6 +255,26 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
     save_programmed(opts.trace, programmed)  # the device model's starting state
     mm = MemoryManager(rec.backing, opts.dram_pages, clock=rec.clock, **kw)
     return rec.wrap(mm)
+
+
+def static_policy(img: Any, opts: MountOptions) -> Any:
+    """policy static: the profile's paths looked up in the image (a path not there is
+    skipped, as a file the profile named but the image no longer has)."""
+    from nvramfs.mm.policy import make_policy
+    from nvramfs.trace.policies import load_profile
+
+    profile = load_profile(opts.static)
+    policy = make_policy("static", opts.dram_pages + 1, profile=profile)
+    for path in policy.chosen:
+        ino = img.root_ino
+        try:
+            for name in path.strip("/").split("/"):
+                ino = img.lookup(ino, os.fsencode(name))
+        except OSError:
+            log.warning("static: %s is not in the image; its pages are not pinned", path)
+            continue
+        policy.bind(ino, path)
+    return policy
 
 
 def trace_config(img: Any, opts: MountOptions, params: Any, kw: dict[str, Any]) -> dict[str, Any]:
@@ -274,6 +308,10 @@ def trace_config(img: Any, opts: MountOptions, params: Any, kw: dict[str, Any]) 
         if value is inspect.Parameter.empty or not isinstance(value, int | float | str | None):
             continue
         settings[name] = value
+    if opts.static:
+        # policy static: the policy object is built here; the trace names it and its profile.
+        settings["policy"] = "static"
+        settings["static"] = config["static"] = opts.static
     config["mm"] = settings
     return config
 

@@ -28,7 +28,9 @@ OPTION_HELP = [
     ("allow_other", "let other users in (off by default; implies default_permissions)"),
     ("default_permissions", "let the kernel check permissions from the mode bits"),
     ("dram=SIZE", "DRAM budget of the simulated pagecache, e.g. 64M, 1G (default 64M)"),
-    ("policy=NAME", "migration policy: none, mq, 2q (default), clock"),
+    ("policy=NAME", "migration policy: none, mq, 2q (default), clock; lru: a page cache"),
+    ("", "without XIP (docs/POLICIES.md); opt, opt-nox: replays only"),
+    ("static=PROFILE", "pin the pages a profile names (path,offset,count lines) in DRAM"),
     ("log=PATH", "event log (default: IMAGE.events.jsonl beside the image)"),
     ("cache=direct", "(default) every read and write reaches the simulation (direct_io);"),
     ("", "mmap: MAP_PRIVATE works, MAP_SHARED is refused by the kernel (ENODEV)"),
@@ -99,6 +101,7 @@ class MountOptions:
     trace_faults: bool = False
     writeback: float | None = None
     trace: str | None = None
+    static: str | None = None  # policy static: the profile file
     kernel: str = "modern"
     medium: str = "nor"
     vfs_flags: list[str] = field(default_factory=list)
@@ -167,6 +170,9 @@ def _apply(opts: MountOptions, word: str) -> None:
             raise UsageError(f"dram={value}: the budget must hold at least one 4 KiB frame")
     elif key == "policy" and eq:
         opts.policy = value
+    elif key == "static" and eq:
+        opts.static = os.path.abspath(value)
+        opts.policy = "static"
     elif key == "log" and eq:
         if not value:
             raise UsageError("option 'log' needs a path")

@@ -44,6 +44,11 @@ def load_pages(mm: MemoryManager, ino: int, indices: np.ndarray) -> None:
     n = len(idx)
     read = mm.read
     pos = 0
+    if getattr(mm, "_demand", False):
+        # A per-access policy may evict at any load (lru, opt): one by one.
+        for page in idx.tolist():
+            read(ino, page << PAGE_SHIFT, 1)
+        return
     while pos < n:
         vma = mm._vmas.get(ino)
         if vma is None or n - pos < SMALL:

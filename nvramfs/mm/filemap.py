@@ -295,6 +295,44 @@ def _new_cache_page(mapping: AddressSpace, index: int, src_pfn: int) -> int | No
     return page
 
 
+# page_cache_read: read file page `index` into a new page-cache frame, as
+# ->readpage would (the NVRAM block copied, or zeroes for a hole), clean and
+# uptodate, and tear down the ptes of its old pfn (XIP or the zero page) so
+# that the next fault maps the frame. The page cache without XIP reads every
+# page it serves this way (the per-access policies, demand.py). Allocation
+# may reclaim. Returns the frame (the page cache holds it), None if no frame.
+def page_cache_read(mapping: AddressSpace, index: int) -> int | None:
+    m = mapping.machine
+    BUG_ON(index in mapping.pages, "page_cache_read: page already cached", f"index {index}")
+    pfn = mapping_bmap(mapping, index)
+    page = m.alloc_page()
+    if page is None:
+        return None
+    if pfn:
+        block = pfn - m.nvram_base_pfn
+        m.data[page] = np.frombuffer(mapping.backing.block_view(block), dtype=np.uint8)
+        m.page_block[page] = block
+    else:
+        m.data[page] = 0  # a hole reads as zeroes (no `zero` event: nothing was written)
+    add_to_page_cache(mapping, page, index)
+    m.put_page(page)  # the page cache's reference keeps it
+    unmap_mapping_pages(mapping, index, 1, False)
+    Stats.bump(m.stats.promote, schema.REASON_READPAGE)
+    log_page_event(
+        m,
+        schema.MIGRATE,
+        mapping,
+        index,
+        pfn,
+        page,
+        schema.XIP if pfn else schema.ZERO,
+        schema.PAGECACHE,
+        schema.REASON_READPAGE,
+        page,
+    )
+    return page
+
+
 # xip_file_fault (->fault): VM_FAULT_SIGBUS for a page wholly past the end
 # of the file (index >= DIV_ROUND_UP(i_size, PAGE_SIZE), as filemap_fault,
 # dax_iomap_pte_fault and 2.6.26's xip_file_fault answer; the bytes past

@@ -30,6 +30,7 @@ from ..events import schema
 from ..events.writer import NullEventWriter
 from .backing import Backing
 from .bug import BUG_ON, MMBug, VMFaultSignal
+from .demand import demand_read, demand_write, pin_pages, reclaim_one
 from .filemap import (
     AddressSpace,
     cancel_dirty_page,
@@ -94,7 +95,7 @@ class MemoryManager:
         self,
         backing: Backing,
         dram_pages: int,
-        policy: str = "2q",
+        policy: str | Policy = "2q",
         events: Any = None,
         pte_special: bool | None = None,
         nr_nvram_pages: int | None = None,
@@ -123,7 +124,11 @@ class MemoryManager:
         # Bounded so that one tick (which blocks every request) stays short.
         self.max_promote_per_tick = max_promote_per_tick or max(32, min(1024, dram_pages // 8))
         self.stats_ = m.stats
-        self.policy: Policy = make_policy(policy, m.nr_frames)
+        self.policy: Policy = (
+            make_policy(policy, m.nr_frames) if isinstance(policy, str) else policy
+        )
+        # A per-access policy (lru, opt, opt-nox) takes every read and write (demand.py).
+        self._demand = self.policy.per_access
         self._alloc_hook_install()
         self._spaces: dict[int, AddressSpace] = {}
         self._vmas: dict[int, VMA] = {}
@@ -195,6 +200,9 @@ class MemoryManager:
             mapping.i_mmap.append(vma)
             mapping.fs_vma = vma
             self._vmas[ino] = vma
+            pins = self.policy.pages_to_pin(ino)
+            if pins:
+                pin_pages(self, mapping, pins)
         return mapping
 
     def _generation(self, ino: int) -> int:
@@ -259,11 +267,11 @@ class MemoryManager:
 
     # -- faults -----------------------------------------------------------------
 
-    def _fault(self, vma: VMA, addr: int, write: bool) -> int:
+    def _fault(self, vma: VMA, addr: int, write: bool, kinds: int = 0) -> int:
         """handle_mm_fault until the pte at `addr` allows the access; count the access's fault
-        kind; return the pfn mapped."""
+        kind (`kinds`: what the caller did first, e.g. a readpage); return the pfn mapped."""
         m = self.machine
-        m.fault_kinds = 0
+        m.fault_kinds = kinds
         flags = FAULT_FLAG_WRITE if write else 0
         mm = vma.vm_mm
         for _ in range(8):
@@ -306,6 +314,8 @@ class MemoryManager:
         backing's mmap) or lies in one frame; else bytes."""
         if length <= 0:
             return b""
+        if self._demand:
+            return demand_read(self, ino, offset, length)
         index = offset >> PAGE_SHIFT
         off = offset & 4095
         if off + length > PAGE_SIZE:
@@ -534,6 +544,9 @@ class MemoryManager:
         size = mapping.i_size
         if size is not None and offset + n > size:
             mapping.i_size = offset + n
+        if self._demand:
+            demand_write(self, ino, offset, mv)
+            return
         mm = vma.vm_mm
         st = self.stats_
         rw = self._data_rw
@@ -795,7 +808,10 @@ class MemoryManager:
     def _reclaim(self) -> bool:
         """Direct reclaim: demote the policy's coldest page-cache frames (reason dram_budget),
         a batch at a time (like SWAP_CLUSTER_MAX) so that ranking the frames is amortised.
+        A per-access policy frees exactly one (demand.reclaim_one: lru stays exact).
         True when at least one frame was freed."""
+        if self._demand:
+            return reclaim_one(self)
         m = self.machine
         free = m.free_list
         before = len(free)
@@ -838,6 +854,7 @@ class MemoryManager:
             for chunk in vma.vm_mm.pgd.values():
                 chunk.state[:] = 0
         self.policy = policy
+        self._demand = policy.per_access
 
     # -- tick -----------------------------------------------------------------------
 

@@ -777,6 +777,22 @@ def zap_vma_range(vma: VMA, first_vpn: int, last_vpn: int, even_cows: bool) -> N
     m = vma.vm_mm.machine
     pgd = vma.vm_mm.pgd
     c0, c1 = first_vpn >> PTE_SHIFT, last_vpn >> PTE_SHIFT
+    if first_vpn == last_vpn:
+        # One page (promote, demote, COW, readpage): no array work.
+        chunk = pgd.get(c0)
+        if chunk is None:
+            return
+        slot = first_vpn & PTE_INDEX_MASK
+        pte = chunk.pte[slot]
+        if not pte & _PAGE_PRESENT:
+            return
+        if not even_cows:
+            pfn = pte >> PTE_PFN_SHIFT
+            if m.pfn_valid(pfn) and m.flags[pfn] & PG_ANON:
+                if vm_normal_page(vma, first_vpn << PAGE_SHIFT, pte) is not None:
+                    return
+        zap_pte(vma, chunk, slot)
+        return
     if c1 - c0 + 1 <= len(pgd):
         nos = [c for c in range(c0, c1 + 1) if c in pgd]
     else:

@@ -104,7 +104,8 @@ def demote(mapping: AddressSpace, page: int, reason: str) -> bool:
         # A dirty pte was folded into the page by the unmap.
         write_cache_pages(mapping, np.array([page], dtype=np.int64), schema.REASON_DEMOTE)
     block = int(m.page_block[page])
-    BUG_ON(block <= 0, "demote: page has no NVRAM block after writeback", m.dump_page(page))
+    if block <= 0:
+        BUG_ON(True, "demote: page has no NVRAM block after writeback", m.dump_page(page))
     delete_from_page_cache(mapping, page)
     vma = mapping.fs_vma
     pfn = m.nvram_base_pfn + block

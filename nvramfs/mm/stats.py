@@ -27,6 +27,7 @@ class Stats:
         self.cow = 0
         self.write_reuse = 0
         self.hole = 0
+        self.readpage = 0  # a miss read into a frame (lru, opt, opt-nox)
         # page accesses, hits included
         self.reads = 0
         self.writes = 0
@@ -96,10 +97,12 @@ FK_PAGECACHE_HIT = 2
 FK_COW = 4
 FK_WRITE_REUSE = 8
 FK_HOLE = 16
+FK_READPAGE = 32
 
 _KIND_ORDER = (
     (FK_COW, "cow"),
     (FK_HOLE, "hole"),
+    (FK_READPAGE, "readpage"),
     (FK_WRITE_REUSE, "write_reuse"),
     (FK_XIP_READ, "xip_read"),
     (FK_PAGECACHE_HIT, "pagecache_hit"),

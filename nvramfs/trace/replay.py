@@ -36,7 +36,14 @@ log = logging.getLogger(__name__)
 
 # Configuration keys a replay takes (header `config` names); the rest of the
 # header describes the recording only.
-REPLAY_KEYS = ("dram_pages", "policy", "writeback_seconds", "pte_special", "max_promote_per_tick")
+REPLAY_KEYS = (
+    "dram_pages",
+    "policy",
+    "writeback_seconds",
+    "pte_special",
+    "max_promote_per_tick",
+    "static",  # the profile of policy static (docs/POLICIES.md)
+)
 
 
 @dataclass
@@ -89,12 +96,13 @@ def replay_config(header: Header, overrides: dict[str, Any] | None = None) -> di
     import inspect
 
     from nvramfs.mm import MemoryManager
-    from nvramfs.mm.policy import POLICIES
+    from nvramfs.mm.policy import OFFLINE, POLICIES
 
     cfg = recorded_config(header)
     known = set(inspect.signature(MemoryManager).parameters) - {
         "backing", "events", "clock", "nr_nvram_pages", "device"
     } | {"medium"}  # fmt: skip
+    known.add("static")  # the profile of policy static (docs/POLICIES.md)
     for k, v in (overrides or {}).items():
         if k not in known:
             raise UsageError(f"replay option {k}: unknown (one of: {', '.join(sorted(known))})")
@@ -107,9 +115,13 @@ def replay_config(header: Header, overrides: dict[str, Any] | None = None) -> di
     dram = cfg.get("dram_pages")
     if not isinstance(dram, int) or dram < 1:
         raise UsageError(f"dram: the budget must hold at least one 4 KiB frame (got {dram})")
+    if (overrides or {}).get("static") and not (overrides or {}).get("policy"):
+        cfg["policy"] = "static"
     policy = cfg.get("policy") or "2q"
-    if policy not in POLICIES:
-        raise UsageError(f"policy={policy}: unknown (one of: {', '.join(POLICIES)})")
+    if policy not in POLICIES and policy not in OFFLINE:
+        raise UsageError(f"policy={policy}: unknown (one of: {', '.join([*POLICIES, *OFFLINE])})")
+    if policy == "static" and not cfg.get("static"):
+        raise UsageError("policy static needs a profile: -o static=PROFILE")
     cfg["policy"] = policy
     wb = cfg.get("writeback_seconds", 5.0)
     if not isinstance(wb, int | float) or not wb > 0:
@@ -121,7 +133,12 @@ class Replayer:
     """One replay in progress: the mm, its backing, the clock, the event log."""
 
     def __init__(
-        self, header: Header, config: dict[str, Any], events: Any, clock: VirtualClock
+        self,
+        header: Header,
+        config: dict[str, Any],
+        events: Any,
+        clock: VirtualClock,
+        policy: Any = None,
     ) -> None:
         import inspect
 
@@ -144,10 +161,16 @@ class Replayer:
         if meter is not None and "device" in params:
             kw["device"] = meter
             backing = meter.backing(self.backing)
+        if policy is not None:
+            kw["policy"] = policy  # built by trace.policies (opt, opt-nox, static)
         try:
             self.mm = MemoryManager(backing, int(config["dram_pages"]), **kw)
         except (ValueError, KeyError) as exc:
             raise UsageError(f"replay configuration: {exc}") from None
+        # lru, opt, opt-nox, static: a ctl `policy` command recorded live is not replayed
+        # (it would switch away from the policy asked for).
+        self.skip_set_policy = config["policy"] in ("lru", "opt", "opt-nox", "static")
+        self.skipped: list[str] = []
         self.records = 0
         self.closed = False
         self.batch = True
@@ -257,6 +280,9 @@ class Replayer:
 
     def _plain(self, part: Any, i: int, op: str) -> None:
         """A CALLS record: the method of the same name, its arguments from their columns."""
+        if op == "set_policy" and self.skip_set_policy:
+            self.skipped.append(str(part.text.get(i)))
+            return
         method = getattr(self.mm, op, None)
         if method is None:
             raise TraceError(f"{part.path}: record {op!r}: this MemoryManager has no {op}()")
@@ -271,6 +297,9 @@ class Replayer:
         gen = int(part.cols["gen"][i])
         self.backing.generations[ino] = gen
         path = part.text.get(i)
+        bind = getattr(self.mm.policy, "bind", None)
+        if bind is not None and path is not None:
+            bind(ino, path)  # static: the profile names paths
         if path is not None and self._paths.get(ino) != (path, gen):
             self._paths[ino] = (path, gen)
             self.events.emit(schema.PATH, ino=ino, gen=gen, path=path)
@@ -372,7 +401,9 @@ def replay(
     start = time.perf_counter()
     try:
         clock.now = header.t0_us * 1e-6  # mm starts when the recording started
-        r = Replayer(header, cfg, events, clock)
+        from .policies import replay_policy
+
+        r = Replayer(header, cfg, events, clock, replay_policy(trace, cfg))
         r.batch = batch
         notes.extend(r.notes)
         _emit_mount(events, trace, header, cfg, r.mm)
@@ -382,6 +413,11 @@ def replay(
             parts += 1
         if cut or not r.closed:
             notes.append(f"{trace}: the recording was cut short; replayed {parts} complete part(s)")
+        if r.skipped:
+            notes.append(
+                f"{trace}: {len(r.skipped)} recorded ctl `policy` command(s) not replayed "
+                f"under policy {cfg['policy']}"
+            )
         r.finish()
         meter = getattr(r.mm, "device", None)
         if meter is not None and hasattr(schema, "WEAR"):

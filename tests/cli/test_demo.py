@@ -174,6 +174,14 @@ def test_quick_demo_end_to_end(demo_dirs) -> None:
     replayed = json.loads(rep.stdout)
     for key in ("faults", "accesses", "migrations", "cow", "writebacks", "peak"):
         assert replayed[key] == summary[key], key
+    # Modelled time (docs/COSTS.md): per phase on the default medium, the write
+    # phase's share of COW and writeback named, the same totals in the replay.
+    assert "modelled time on nor" in text
+    assert "of this phase's modelled time went to writing" in text
+    assert summary["device"]["medium"] == "nor"
+    assert summary["device"]["modelled_ns"]["cow"] > 0
+    assert replayed["device"]["modelled_ns"] == summary["device"]["modelled_ns"]
+    assert {"modelled.png", "wear.png"} <= {p.name for p in plots}
 
 
 @pytest.mark.fuse

@@ -202,7 +202,14 @@ HANDMADE = {
     "migrations": {"promote": {"policy": 3, "ctl": 1}, "demote": {"dram_budget": 2, "unmount": 1}},
     "cow_via": {"pfn_mkwrite": 2, "wp_page_copy": 1},
     "writebacks": {"fsync": 1, "dirty_expire": 2, "unmount": 1},
-    "faults": {"xip_read": 20, "pagecache_hit": 58, "cow": 4, "write_reuse": 3, "hole": 0},
+    "faults": {
+        "xip_read": 20,
+        "pagecache_hit": 58,
+        "cow": 4,
+        "write_reuse": 3,
+        "hole": 0,
+        "readpage": 0,
+    },
     "accesses": {"read": 78, "write": 7},
     "hot": {"/hot.bin": (75, 1), "/data/cold.bin": (3, 6)},
 }

@@ -72,3 +72,33 @@ def test_without_marks_phases_are_time_buckets_and_without_a_model_no_section():
     assert [p["phase"] for p in phases] == ["0s", "2s"]
     plain = [e for e in events if e["ev"] != "counters"]
     assert summarize(Scan.of_events(plain))["device"] is None
+
+
+def test_plot_draws_modelled_time_by_phase_and_the_wear_heatmap(tmp_path):
+    import json
+
+    from nvramfs.cli.plot import load_view, make_plots
+    from nvramfs.events.reader import ReadReport
+
+    events = [
+        ev(0, 0.0, "mount", image="i", dram_pages=16, policy="2q", medium="nor", uuid="u"),
+        ev(1, 0.5, "mark", name="write", modelled_ns={}),
+        counters(2, 1.0, cow=1000, writeback=5000, erase=9000),
+        ev(3, 1.0, "wear", medium="nor", erases=2, bytes_written_back=4096,
+           bytes_programmed=8192, bytes_erased=262144,
+           write_amplification={"programmed": 2.0, "erased": 64.0}, worst_sectors=[],
+           lifetime_years=1.0, seconds=1.0, sector_pages=32, nr_sectors=3, sectors_per_bin=1,
+           erase_bins=[0, 2, 0], program_bins=[0, 2, 0], modelled_ns={}),
+        ev(4, 1.0, "unmount", clean=True),
+    ]  # fmt: skip
+    log = tmp_path / "l.events.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    view = load_view(log, "all", ReadReport())
+    names = [p.name for p in make_plots(view, tmp_path / "out")]
+    assert "modelled.png" in names and "wear.png" in names
+    assert (tmp_path / "out" / "wear.png").stat().st_size > 5000
+    # A log with no device model draws neither.
+    plain = [e for e in events if e["ev"] not in ("wear", "counters")]
+    log.write_text("".join(json.dumps(e) + "\n" for e in plain))
+    names = [p.name for p in make_plots(load_view(log, "all", ReadReport()), tmp_path / "o2")]
+    assert "modelled.png" not in names and "wear.png" not in names
