@@ -4,9 +4,10 @@
 #   libfuse3-dev   headers pyfuse3's Cython extension is compiled against
 #   pkg-config     how pyfuse3's build finds libfuse3
 #   fio            the workloads of `nvramfs demo` and tools/bench_fio.py
+#   attr           getfattr, which the README's tour uses for the residency map
 #   gcc, python3-dev, python3-venv: building pyfuse3, the virtualenv
 set -euo pipefail
-pkgs=(fuse3 libfuse3-dev pkg-config fio gcc)
+pkgs=(fuse3 libfuse3-dev pkg-config fio gcc attr)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -34,16 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.progress import BarColumn, Progress, TextColumn
+
 import nvramfs
 from nvramfs.cli.log import (
     PAGE_SIZE,
     format_summary,
-    human_bytes,
 )
 from nvramfs.device import DEFAULT_MEDIUM
 from nvramfs.errors import NvramfsError, UsageError
 from nvramfs.events import schema
 from nvramfs.events.reader import ReadReport, parse_line
+from nvramfs.units import format_bytes as human_bytes
 
 DEFAULT_DRAM = "8M"  # the zipf hot set of the default image is a little bigger: it fills
 QUICK_DRAM = "2M"  # the quick phases warm fewer pages; a smaller budget still fills
@@ -407,28 +409,34 @@ def run_phase(
             stderr=err,
             cwd=outdir,  # fio's own leftovers (if any) go there, not into the CWD
         )
+        # The live line (a tty only): rich's bar over the phase's runtime, then mm's
+        # figures so far; transient, so the phase's result line replaces it.
+        bar = Progress(
+            TextColumn("  "),
+            BarColumn(bar_width=20),
+            TextColumn("{task.fields[clock]}"),
+            TextColumn("{task.fields[status]}"),
+            transient=True,
+            disable=not tty,
+        )
+        task = bar.add_task(phase.name, total=phase.runtime or None, clock="", status="")
         try:
-            while proc.poll() is None:
-                if tty:
-                    tail.poll()
-                    el = time.monotonic() - t0
-                    if phase.runtime:
-                        frac = min(1.0, el / phase.runtime)
-                        bar = "#" * int(frac * 20)
-                        clock = f"[{bar:<20}] {el:4.1f}/{phase.runtime:g} s"
-                    else:
-                        clock = f"{el:5.1f} s"
-                    line = f"  {clock}  {_status(before, read_counters(mnt) or tail.counters)}"
-                    sys.stdout.write("\r" + line[:150].ljust(100))
-                    sys.stdout.flush()
-                time.sleep(0.25)
+            with bar:
+                while proc.poll() is None:
+                    if tty:
+                        tail.poll()
+                        el = time.monotonic() - t0
+                        clock = (
+                            f"{el:4.1f}/{phase.runtime:g} s" if phase.runtime else f"{el:5.1f} s"
+                        )
+                        status = _status(before, read_counters(mnt) or tail.counters)
+                        bar.update(task, completed=el, clock=clock, status=status)
+                    time.sleep(0.25)
         except BaseException:
             _stop(proc)
             raise
     phase.seconds = time.monotonic() - t0
     phase.wall = (wall0, time.time())
-    if tty:
-        sys.stdout.write("\r" + " " * 110 + "\r")
     if proc.returncode != 0:
         text = err_path.read_text(errors="replace")
         raise NvramfsError(
@@ -474,11 +482,25 @@ def _phase_line(phase: Phase) -> str:
 
 
 def phase_table(phases: list[Phase]) -> str:
-    """Throughput and latency per phase (fio), with what mm did during it (counters)."""
-    out = [
-        f"{'phase':<10} {'':<5} {'MiB/s':>8} {'IOPS':>8} {'mean lat':>10} {'p99 lat':>10}   "
-        f"{'hit':>6} {'promote':>8} {'demote':>7} {'cow':>6}"
-    ]
+    """Throughput and latency per phase (fio), with what mm did during it (counters);
+    a rich table, rendered to text."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for name, justify in (
+        ("phase", "left"),
+        ("", "left"),
+        ("MiB/s", "right"),
+        ("IOPS", "right"),
+        ("mean lat", "right"),
+        ("p99 lat", "right"),
+        ("hit", "right"),
+        ("promote", "right"),
+        ("demote", "right"),
+        ("cow", "right"),
+    ):
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
     for ph in phases:
         nums = fio_numbers(ph.result)
         s = ph.stats
@@ -486,17 +508,25 @@ def phase_table(phases: list[Phase]) -> str:
         first = True
         for d, x in nums.items():
             label = "verify" if ph.job.startswith("randwrite-verify") and d == "read" else d
-            tail = (
-                f"   {hit:>6} {s.get('promote', 0):>8,} {s.get('demote', 0):>7,} {s.get('cow', 0):>6,}"
+            mm = (
+                [hit, f"{s.get('promote', 0):,}", f"{s.get('demote', 0):,}", f"{s.get('cow', 0):,}"]
                 if first and s
-                else ""
+                else ["", "", "", ""]
             )
-            out.append(
-                f"{ph.name if first else '':<10} {label:<5} {x['mib_s']:>8,.1f} {x['iops']:>8,.0f} "
-                f"{_lat(x['lat_mean_us']):>10} {_lat(x['lat_p99_us']):>10}{tail}"
+            t.add_row(
+                ph.name if first else "",
+                label,
+                f"{x['mib_s']:,.1f}",
+                f"{x['iops']:,.0f}",
+                _lat(x["lat_mean_us"]),
+                _lat(x["lat_p99_us"]),
+                *mm,
             )
             first = False
-    return "\n".join(out)
+    console = Console(width=200, color_system=None, highlight=False)
+    with console.capture() as cap:
+        console.print(t)
+    return "\n".join(line.rstrip() for line in cap.get().splitlines())
 
 
 def modelled_lines(phases: list[Phase], medium: str) -> list[str]:
@@ -539,10 +569,12 @@ def phase_spans(
 
 
 def is_mounted(mnt: Path) -> bool:
+    from nvramfs.fuse.mount import unescape_mounts_field
+
     path = str(mnt.resolve())
     try:
         with open("/proc/mounts") as f:
-            return any(line.split()[1].replace("\\040", " ") == path for line in f if line.strip())
+            return any(unescape_mounts_field(ln.split()[1]) == path for ln in f if ln.strip())
     except OSError:
         return os.path.ismount(path)
 
@@ -621,7 +653,7 @@ def unmount(mnt: Path, pid: int | None) -> str | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from nvramfs.fuse.options import parse_size
+    from nvramfs.units import parse_size
 
     dram = args.dram or (QUICK_DRAM if args.quick else DEFAULT_DRAM)
     parse_size(dram)  # a bad size is a usage error before anything happens

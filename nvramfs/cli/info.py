@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import uuid
 
 from nvramfs.image import Image
+from nvramfs.units import format_bytes
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -53,6 +55,14 @@ def info(path: str) -> dict:
         img.close()
 
 
+def _uuid(value: object) -> str:
+    """The uuid as blkid and dumpe2fs print it (8-4-4-4-12)."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return str(value)
+
+
 def _secs(ns: int) -> float | None:
     """Unix time in seconds; None for a field the image does not have (0)."""
     return ns / 1e9 if ns else None
@@ -79,9 +89,9 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d))
         return 0
-    mib = 1 << 20
     print(f"image:        {d['image']}")
-    print(f"size:         {d['size']} bytes ({d['size'] / mib:.1f} MiB)")
+    print(f"uuid:         {_uuid(d['uuid'])}")
+    print(f"size:         {d['size']} bytes ({format_bytes(d['size'])})")
     print(f"block size:   {d['block_size']}")
     print(f"blocks:       {d['blocks']} ({d['blocks_used']} used, {d['blocks_free']} free)")
     print(f"inodes:       {d['inodes']} ({d['inodes_used']} used, {d['inodes_free']} free)")

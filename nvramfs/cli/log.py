@@ -42,6 +42,7 @@ from nvramfs.events.records import (
     split_sessions,
 )
 from nvramfs.events.records import _direction as _direction
+from nvramfs.units import format_bytes as human_bytes  # the one byte formatter
 
 ACTIONS = ("summary", "top", "filter", "follow", "export", "profile")
 
@@ -78,15 +79,6 @@ def summarize(
 
 def _i(n: int | float) -> str:
     return f"{n:,}" if isinstance(n, int) else f"{n:,.1f}"
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _reasons(c: dict[str, int]) -> str:
@@ -235,7 +227,10 @@ def _shares(ns: dict[str, int]) -> str:
     if not total:
         return "nothing"
     top = sorted(((v, k) for k, v in ns.items() if v), reverse=True)
-    return ", ".join(f"{k} {100 * v / total:.0f}%" for v, k in top)
+    shown = [(v, k) for v, k in top if 100 * v / total >= 0.5]
+    rest = total - sum(v for v, _ in shown)
+    text = ", ".join(f"{k} {100 * v / total:.0f}%" for v, k in shown)
+    return text + (f", the rest {100 * rest / total:.1g}%" if rest else "")
 
 
 def format_device(d: dict[str, Any], *, phases: bool = True) -> list[str]:

@@ -8,9 +8,23 @@ import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
 from nvramfs.errors import NvramfsError
 from nvramfs.image.hostspace import growth_warning
-from nvramfs.image.mkfs import mkfs, parse_size
+from nvramfs.image.mkfs import mkfs
+from nvramfs.units import format_bytes, parse_size
 
 HELP = """\
 Make an nvramfs image. With --from DIR, copy the tree (regular files,
@@ -38,7 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="FILE",
         help="build the tree a recipe describes (images/*.json), copy it",
     )
-    p.add_argument("--size", metavar="SIZE", help="image size: 16G, 512M, 4096 (bytes) ...")
+    p.add_argument(
+        "--size",
+        metavar="SIZE",
+        help="image size: 16G, 1.5G, 512M, 64MB, 4096 (bytes); binary units",
+    )
     p.add_argument("--force", action="store_true", help="overwrite IMAGE if it exists")
     p.add_argument(
         "--preallocate",
@@ -50,29 +68,72 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+# Not on a tty: one progress line every NOTTY_INTERVAL seconds (as a log would want).
+NOTTY_INTERVAL = 5.0
+# Nothing at all for an mkfs shorter than this.
+SHOW_AFTER = 0.5
+
+
+class _Rate(ProgressColumn):
+    """rich's estimate of the copy rate, in the binary units of every other figure."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text(f"{format_bytes(speed)}/s" if speed else "? /s", style="progress.data.speed")
+
+
 class _Bar:
-    """A progress bar on stderr, only on a tty and only once mkfs takes a moment."""
+    """mkfs's progress on stderr, from rich: a live bar on a tty; elsewhere (a log, a
+    pipe, CI) a line every NOTTY_INTERVAL seconds. Rate and time left are rich's
+    estimates (its task speed over the last seconds)."""
 
     def __init__(self) -> None:
-        self.t0 = time.monotonic()
         self.tty = sys.stderr.isatty()
-        self.shown = False
-        self.last = 0.0
+        self.progress = Progress(
+            TextColumn("mkfs"),
+            BarColumn(),
+            TaskProgressColumn(),
+            DownloadColumn(binary_units=True),
+            _Rate(),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+            disable=not self.tty,
+            transient=False,
+        )
+        self.task = self.progress.add_task("copy", total=None, start=True)
+        self.t0 = time.monotonic()
+        self.last_line = self.t0
+        self.started = False
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if not self.tty or now - self.t0 < 0.5 or now - self.last < 0.1:
+        self.progress.update(self.task, completed=done, total=total)
+        if now - self.t0 < SHOW_AFTER:
             return
-        self.last = now
-        self.shown = True
-        frac = done / total if total else 1.0
-        bar = "#" * int(frac * 30)
-        sys.stderr.write(f"\rmkfs: [{bar:<30}] {frac * 100:5.1f}% {done >> 20}/{total >> 20} MiB")
-        sys.stderr.flush()
+        if self.tty:
+            if not self.started:
+                self.progress.start()
+                self.started = True
+            return
+        if now - self.last_line >= NOTTY_INTERVAL:
+            self.last_line = now
+            print(self.line(), file=sys.stderr, flush=True)
+
+    def line(self) -> str:
+        """`mkfs: 45% 120.0 MiB of 266.0 MiB, 40.1 MiB/s, 3 s left`."""
+        t = self.progress.tasks[0]
+        speed = t.speed
+        left = t.time_remaining
+        rate = f"{format_bytes(speed)}/s" if speed else "? /s"
+        eta = f"{left:.0f} s left" if left is not None else "? s left"
+        return (
+            f"mkfs: {t.percentage:.0f}% {format_bytes(t.completed)} of "
+            f"{format_bytes(t.total or 0)}, {rate}, {eta}"
+        )
 
     def end(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
+        if self.started:
+            self.progress.stop()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -121,7 +182,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.quiet:
         what = f"{res.files} entries" if (args.src or args.recipe) else "empty"
         print(
-            f"{res.path}: {res.size >> 20} MiB, {res.nr_blocks} blocks of 4096, "
+            f"{res.path}: {format_bytes(res.size)}, {res.nr_blocks} blocks of 4096, "
             f"{res.inodes} inodes, {what}, in {res.seconds:.2f} s"
         )
     return 0

@@ -194,18 +194,20 @@ def _device_plots(plt: Any, view: View, out: Path, dpi: int) -> list[Path]:
                   for p in phases]  # fmt: skip
         x = np.arange(len(phases))
         bottom = np.zeros(len(phases))
+        peak = max(p["modelled_ns_total"] for p in phases)
+        unit, div = ("s", 1e9) if peak >= 1e9 else ("ms", 1e6) if peak >= 1e6 else ("µs", 1e3)
         for kind, colour in _KIND_COLOURS.items():
-            ms = np.array([p["modelled_ns"].get(kind, 0) for p in phases], dtype=float) / 1e6
-            if ms.any():
-                ax.bar(x, ms, bottom=bottom, color=colour, label=kind, width=0.7)
-                bottom += ms
+            v = np.array([p["modelled_ns"].get(kind, 0) for p in phases], dtype=float) / div
+            if v.any():
+                ax.bar(x, v, bottom=bottom, color=colour, label=kind, width=0.7)
+                bottom += v
         for xi, p in zip(x, phases, strict=True):
-            ax.text(xi, bottom[xi], f"wall {p['wall_s']:g} s", ha="center", va="bottom",
-                    fontsize=8, color="#333333")  # fmt: skip
+            ax.text(xi, bottom[xi], f"{bottom[xi]:.3g} {unit}\nwall {p['wall_s']:.3g} s",
+                    ha="center", va="bottom", fontsize=8, color="#333333")  # fmt: skip
         ax.set_xticks(x, labels, rotation=20 if len(phases) > 4 else 0, ha="right"
                       if len(phases) > 4 else "center")  # fmt: skip
-        ax.set_ylabel("modelled time (ms)")
-        ax.set_ylim(0, max(bottom.max() * 1.15, 1e-9))
+        ax.set_ylabel(f"modelled time ({unit})")
+        ax.set_ylim(0, max(bottom.max() * 1.2, 1e-9))
         ax.set_title(f"Modelled time by kind per phase, medium {d['medium']}")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
         fig.tight_layout()
@@ -237,7 +239,8 @@ def _wear(plt: Any, wear: dict[str, Any], path: Path, dpi: int) -> Path:
         ax.set_facecolor("#eeeeee")
         unit = "sector" if per_bin == 1 else f"{per_bin} sectors"
         ax.set_title(f"{title} per {unit} (max {int(v.max())})", fontsize=10)
-        ax.set_xlabel(f"cell = {unit}; row by row from block 0")
+        ax.set_xlabel(f"one cell = {unit}, in block order, row by row (grey: past the end)")
+        ax.set_xticks([])
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     wa = wear.get("write_amplification") or {}

@@ -14,6 +14,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument(
+        "-l",
+        "--lazy",
+        action="store_true",
+        help="detach now (as umount -l); the daemon writes back and exits once the last "
+        "file under the mount is closed, and nothing waits for it",
+    )
+    p.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for the daemon (300)"
     )
     p.set_defaults(func=main)
@@ -23,5 +30,5 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from nvramfs.fuse.admin import unmount
 
-    unmount(args.mountpoint, timeout=args.timeout)
+    unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
     return 0

@@ -899,7 +899,7 @@ def _phases(s: SessionInfo, width: float) -> list[dict[str, Any]]:
         d = _sub(ns1, ns0)
         if name == "start" and s.marks and not any(d.values()):
             continue
-        label = name if s.marks or name != "start" else "0s"
+        label = name if s.marks else f"{t0:g}-{t1:g}s"
         out.append(
             {
                 "session": s.number,

@@ -13,6 +13,8 @@ ACCESS = "access"
 FAULT = "fault"
 ERROR = "error"
 UNMOUNT = "unmount"
+CTL = "ctl"  # a command to .nvramfs/ctl and its answer
+POLICY = "policy"  # the migration policy switched (ctl or remount)
 # A phase starts (`mark NAME` written to .nvramfs/ctl; the demo between phases).
 MARK = "mark"
 # The device model's wear and write amplification at the end of a session.
@@ -38,6 +40,8 @@ EVENT_TYPES = (
     DROP,
     ZERO_EV,
     XIP_WRITE,
+    CTL,
+    POLICY,
     WEAR,
     MARK,
 )
@@ -58,6 +62,7 @@ REASON_FSYNC = "fsync"
 REASON_DEMOTE = "demote"
 REASON_DIRTY_EXPIRE = "dirty_expire"
 REASON_SYNC = "sync"
+REASON_REMOUNT = "remount"
 # A page read into a frame on demand (lru, opt, opt-nox) or pinned (static).
 REASON_READPAGE = "readpage"
 REASON_TRUNCATE = "truncate"

@@ -2,14 +2,19 @@
 
     .nvramfs/stats    JSON: mm counters, residency, DRAM budget, struct page bytes
     .nvramfs/events   the most recent lines of the event log
-    .nvramfs/ctl      write a command: `sync`, `demote-all`, `policy NAME`
+    .nvramfs/ctl      commands: `sync`, `demote-all`, `policy [NAME]`, `stats`,
+                      `promote-cap [PAGES]`, `dram [SIZE]`, `remount OPTIONS`, `help`
 
 The directory is not listed by readdir of the root but can be looked up by
 name (mkfs refuses a tree that holds the name). Its files change on every
 read, so they are opened with `direct_io` and given short attribute timeouts:
 the content is a snapshot taken at open (stats, events) and reads are served
 from it at any offset; st_size is 0, which direct_io readers do not consult.
-A ctl command runs when it is written; an unknown command is EINVAL.
+A ctl command runs when it is written (`echo sync > ctl`; a failure is
+EINVAL, its reason in the `ctl` event), or when it is asked for as the xattr
+`user.nvramfs.ctl COMMAND` of ctl: the value is the daemon's answer (`ok: ...`
+or `error: ...`). `nvramfs ctl` asks the second way, which also works on a
+read-only mount (commands that write, `sync`, are refused there).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ log = logging.getLogger(__name__)
 # Inode numbers far above anything the image allocates.
 CTL_BASE = 1 << 62
 CTL_TIMEOUT = 0.1
+# `nvramfs ctl` asks with getxattr(ctl, CTL_XATTR_PREFIX + command).
+CTL_XATTR_PREFIX = b"user.nvramfs.ctl "
+CTL_REPEAT_SECONDS = 1.0
 EVENTS_TAIL_BYTES = 64 << 10
 
 
@@ -66,6 +74,9 @@ class Control:
         self.events = events
         self.info = info  # image, mountpoint, log, sim, cache, pid, ... for stats
         self.ops: Any = None
+        self._ro_by_remount = False
+        self._dram_max = int(info.get("dram_pages", 0))  # the budget at mount: the most
+        self._answers: dict[tuple[int, bytes], tuple[float, bytes]] = {}
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
         now = time.time_ns()
         uid, gid = os.getuid(), os.getgid()
@@ -73,7 +84,7 @@ class Control:
             (self.DIR, stat.S_IFDIR | 0o555, 2),
             (self.STATS, stat.S_IFREG | 0o444, 1),
             (self.EVENTS, stat.S_IFREG | 0o444, 1),
-            (self.CTL, stat.S_IFREG | 0o200, 1),
+            (self.CTL, stat.S_IFREG | 0o600, 1),
         ):
             e = pyfuse3.EntryAttributes()
             e.st_ino = ino
@@ -190,31 +201,225 @@ class Control:
     # --------------------------------------------------------------- commands
 
     def command(self, data: bytes) -> None:
-        """Run the commands in one write to `ctl` (one per line)."""
+        """`echo CMD > .nvramfs/ctl`: run the commands of one write (one per line).
+
+        A failure is EINVAL to the writer; the daemon's message is in the `ctl`
+        event of the log. `nvramfs ctl` asks through `query` instead and gets it."""
         lines = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines()]
         lines = [ln for ln in lines if ln]
         if not lines:
             raise FUSEError(errno.EINVAL)
         for line in lines:
-            self._run(line)
+            ok, _ = self.run(line)
+            if not ok:
+                raise FUSEError(errno.EINVAL)
 
-    def _run(self, line: str) -> None:
+    def query(self, name: bytes, pid: int) -> bytes:
+        """getxattr(`.nvramfs/ctl`, `user.nvramfs.ctl COMMAND`): run COMMAND, answer
+        `ok: MESSAGE` or `error: MESSAGE` as the value.
+
+        A read (getxattr) works on a read-only mount too, where the kernel refuses
+        to open ctl for writing. getfattr asks twice (the size, then the value):
+        the same name from the same process within CTL_REPEAT_SECONDS gets the
+        answer of the first run, so one command runs once."""
+        if not name.startswith(CTL_XATTR_PREFIX):
+            raise FUSEError(pyfuse3.ENOATTR)
+        line = name[len(CTL_XATTR_PREFIX) :].decode("utf-8", "replace").strip()
+        now = time.monotonic()
+        key = (pid, name)
+        last = self._answers.get(key)
+        if last is not None and now - last[0] < CTL_REPEAT_SECONDS:
+            return last[1]
+        ok, message = self.run(line) if line else (False, "no command (try: help)")
+        answer = f"{'ok' if ok else 'error'}: {message}\n".encode()
+        self._answers = {k: v for k, v in self._answers.items() if now - v[0] < CTL_REPEAT_SECONDS}
+        self._answers[key] = (now, answer)
+        return answer
+
+    def run(self, line: str) -> tuple[bool, str]:
+        """Run one command; (ok, message). Every command is logged as a `ctl` event."""
         words = line.split()
         cmd, args = words[0], words[1:]
         log.info("ctl: %s", line)
-        if cmd == "sync" and not args:
-            self.ops.sync_all(schema.REASON_SYNC)
-        elif cmd == "demote-all" and not args:
-            self.mm.demote_all(schema.REASON_CTL)
-        elif cmd == "policy" and len(args) == 1:
-            try:
-                self.mm.set_policy(args[0])
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("ctl: policy %s: %s", args[0], exc)
-                raise FUSEError(errno.EINVAL) from None
-            self.info["policy"] = args[0]
-        else:
-            log.warning("ctl: unknown command %r", line)
-            raise FUSEError(errno.EINVAL)
+        try:
+            handler = _COMMANDS.get(cmd)
+            if handler is None:
+                raise CtlError(f"unknown command {cmd!r} (try: help)")
+            if cmd in _WRITING and self.ops is not None and self.ops.readonly:
+                raise CtlError(f"{cmd}: the mount is read-only")
+            ok, message = True, handler(self, args)
+        except CtlError as exc:
+            ok, message = False, str(exc)
+            log.warning("ctl: %s: %s", line, message)
+        except OSError as exc:  # e.g. ENOSPC in a writeback: an answer, not a crash
+            ok, message = False, f"{cmd}: {exc.strerror or exc}"
+            log.warning("ctl: %s: %s", line, message)
+        self._emit(schema.CTL, cmd=line, ok=ok, message=message)
         if self.events is not None:
             self.events.flush()
+        return ok, message
+
+    def _emit(self, ev: str, **fields: Any) -> None:
+        if self.events is not None:
+            self.events.emit(ev, **fields)
+
+    def _set_policy(self, name: str, reason: str) -> str:
+        old = self.info.get("policy")
+        if name == old:
+            return f"policy {name} (unchanged)"
+        try:
+            self.mm.set_policy(name)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CtlError(f"policy {name}: {exc}") from None
+        self.info["policy"] = name
+        self._emit(schema.POLICY, **{"from": old, "to": name, "reason": reason})
+        return f"policy {old} -> {name}"
+
+    def _help(self, args: list[str]) -> str:
+        return "commands: " + "; ".join(f"{k} {v}".strip() for k, v in _USAGE.items())
+
+    def _stats(self, args: list[str]) -> str:
+        return json.dumps(self.stats(), sort_keys=True)
+
+    def _sync(self, args: list[str]) -> str:
+        _no_args("sync", args)
+        before = int(self.mm.stats().get("dirty", 0))
+        self.ops.sync_all(schema.REASON_SYNC)
+        return f"wrote back {before} dirty page{'s' * (before != 1)}"
+
+    def _demote_all(self, args: list[str]) -> str:
+        _no_args("demote-all", args)
+        n = self.mm.demote_all(schema.REASON_CTL) or 0
+        return f"demoted {n} page{'s' * (n != 1)} to XIP"
+
+    def _policy(self, args: list[str]) -> str:
+        if not args:
+            return f"policy {self.info.get('policy')}"
+        if len(args) != 1:
+            raise CtlError("usage: policy [NAME]")
+        return self._set_policy(args[0], schema.REASON_CTL)
+
+    def _promote_cap(self, args: list[str]) -> str:
+        if not hasattr(self.mm, "max_promote_per_tick"):
+            raise CtlError("promote-cap: sim=off has no migration")
+        if args:
+            if len(args) != 1 or not args[0].isdigit() or int(args[0]) < 1:
+                raise CtlError("usage: promote-cap [PAGES] (at least 1)")
+            self.mm.max_promote_per_tick = int(args[0])
+        return f"promote-cap {self.mm.max_promote_per_tick} pages per tick"
+
+    def _dram_pages(self, text: str) -> int:
+        """A budget in frames from a size (`64M`, `1.5G`, bytes), checked against the
+        most the machine has: the budget at mount."""
+        from nvramfs.errors import UsageError
+        from nvramfs.units import parse_size
+
+        if not hasattr(self.mm, "set_dram_budget"):
+            raise CtlError("dram: sim=off has no DRAM budget")
+        try:
+            pages = parse_size(text) // 4096
+        except UsageError as exc:
+            raise CtlError(f"dram: {exc}") from None
+        if not 1 <= pages <= self._dram_max:
+            raise CtlError(
+                f"dram={text}: the budget can be 4 KiB to {self._dram_max * 4096 >> 10} KiB "
+                "(the size at mount; unmount and mount again for more)"
+            )
+        return pages
+
+    def _dram(self, args: list[str]) -> str:
+        """`dram [SIZE]`: show, or offline/online frames (MemoryManager.set_dram_budget)."""
+        if len(args) > 1:
+            raise CtlError("usage: dram [SIZE]")
+        old = int(self.info.get("dram_pages", 0))
+        if not args:
+            return f"dram {old} frames ({old * 4096 >> 10} KiB; at most {self._dram_max})"
+        pages = self._dram_pages(args[0])
+        try:
+            now = self.mm.set_dram_budget(pages)
+        except (OSError, ValueError) as exc:
+            now = int(self.mm.stats().get("dram_pages", old))
+            self.info["dram_pages"] = now
+            raise CtlError(f"dram: {getattr(exc, 'strerror', None) or exc} (now {now})") from None
+        self.info["dram_pages"] = now
+        return f"dram {old} -> {now} frames"
+
+    def _remount(self, args: list[str]) -> str:
+        """`mount -o remount,...`: what may change on a live mount (fuse/options.py)."""
+        words = [w for a in args for w in a.split(",") if w]
+        self._remount_check(words)  # all or nothing: refuse before changing anything
+        done = []
+        for word in words:
+            key, _, value = word.partition("=")
+            if word == "ro":
+                if not self.ops.readonly:
+                    self.ops.sync_all(schema.REASON_SYNC)
+                    self.ops.readonly = True
+                    self._ro_by_remount = True
+                done.append("ro")
+            elif word == "rw":
+                self.ops.readonly = False
+                self._ro_by_remount = False
+                done.append("rw")
+            elif key == "policy" and value:
+                done.append(self._set_policy(value, schema.REASON_REMOUNT))
+            elif key == "promote_cap" and value:
+                done.append(self._promote_cap([value]))
+            elif key == "dram":
+                done.append(self._dram([value]))
+        return "remounted: " + (", ".join(done) or "nothing to change")
+
+    def _remount_check(self, words: list[str]) -> None:
+        for word in words:
+            key, _, value = word.partition("=")
+            if word == "rw" and self.info.get("image_readonly"):
+                raise CtlError(
+                    "cannot remount rw: the image was opened read-only at mount "
+                    "(unmount, then mount without ro)"
+                )
+            if word == "rw" and self.ops.readonly and not self._ro_by_remount:
+                raise CtlError("cannot remount rw: a fatal error turned the mount read-only")
+            if key == "dram":
+                self._dram_pages(value)
+            elif key == "policy" and value:
+                from nvramfs.mm.policy import POLICIES
+
+                if value not in POLICIES:
+                    raise CtlError(f"unknown policy {value!r} (one of: {', '.join(POLICIES)})")
+            elif key == "promote_cap" and value.isdigit() and int(value) >= 1:
+                pass
+            elif word not in ("ro", "rw"):
+                raise CtlError(f"remount: cannot change {word!r}")
+
+
+class CtlError(Exception):
+    """A ctl command that cannot run: the message is the answer."""
+
+
+def _no_args(cmd: str, args: list[str]) -> None:
+    if args:
+        raise CtlError(f"usage: {cmd} (no arguments)")
+
+
+# Commands, their arguments (for `help`), and the ones that write to the image.
+_USAGE = {
+    "help": "",
+    "stats": "",
+    "sync": "",
+    "demote-all": "",
+    "policy": "[NAME]",
+    "promote-cap": "[PAGES]",
+    "dram": "[SIZE]",
+    "remount": "OPTIONS",
+}
+_COMMANDS = {
+    "help": Control._help,
+    "stats": Control._stats,
+    "sync": Control._sync,
+    "demote-all": Control._demote_all,
+    "policy": Control._policy,
+    "promote-cap": Control._promote_cap,
+    "dram": Control._dram,
+    "remount": Control._remount,
+}
+_WRITING = {"sync"}

@@ -34,6 +34,7 @@ import faulthandler
 import inspect
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -52,8 +53,12 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 
 
-def check_mountpoint(mountpoint: str) -> str:
-    """The absolute mountpoint, or a one-line NvramfsError (exit 1) saying what is wrong."""
+def check_mountpoint(mountpoint: str, warn: Any = None) -> str:
+    """The absolute mountpoint, or a one-line NvramfsError (exit 1) saying what is wrong.
+
+    A non-empty directory is allowed, as libfuse 3 and mount(8) allow it: its
+    entries are hidden (not lost) while the mount lasts, which `warn` is told
+    in one line."""
     path = os.path.abspath(mountpoint)
     try:
         st = os.stat(path)
@@ -70,7 +75,21 @@ def check_mountpoint(mountpoint: str) -> str:
         raise NvramfsError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(path) or path in mounted_paths():
         raise NvramfsError(f"mountpoint {mountpoint} is already a mountpoint")
+    if warn is not None:
+        try:
+            with os.scandir(path) as it:
+                nonempty = any(True for _ in it)
+        except OSError:
+            nonempty = False
+        if nonempty:
+            warn(f"mountpoint {mountpoint} is not empty: its entries are hidden until unmount")
     return path
+
+
+def unescape_mounts_field(field: str) -> str:
+    """A /proc/mounts field as the path it stands for: the kernel writes space, tab,
+    newline and backslash as the octal escapes \\040 \\011 \\012 \\134."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def mounted_paths(fstype_prefix: str = "") -> set[str]:
@@ -81,7 +100,7 @@ def mounted_paths(fstype_prefix: str = "") -> set[str]:
             for line in f:
                 parts = line.split()
                 if len(parts) >= 3 and parts[2].startswith(fstype_prefix):
-                    out.add(parts[1].replace("\\040", " ").replace("\\011", "\t"))
+                    out.add(unescape_mounts_field(parts[1]))
     except OSError:
         pass
     return out
@@ -103,7 +122,9 @@ def mount(
     image = os.path.abspath(image)
     if not os.path.exists(image):
         raise NvramfsError(f"image {image} does not exist")
-    mountpoint = check_mountpoint(mountpoint)
+    mountpoint = check_mountpoint(
+        mountpoint, warn=lambda text: print(f"nvramfs: warning: {text}", file=sys.stderr)
+    )
     if opts.sim and opts.policy is not None:
         from nvramfs.mm.policy import POLICIES
 
@@ -231,6 +252,8 @@ def make_mm(img: Any, opts: MountOptions, events: Any) -> Any:
         kw["policy"] = static_policy(img, opts)
     if "nr_nvram_pages" in params:
         kw["nr_nvram_pages"] = img.nr_blocks
+    if opts.promote_cap is not None:
+        kw["max_promote_per_tick"] = opts.promote_cap
     if opts.kernel != "modern":
         kw["kernel"] = opts.kernel
     if opts.writeback is not None:
@@ -403,6 +426,7 @@ def serve(
         "policy": policy,
         "dram_pages": opts.dram_pages,
         "recovered": recovered,
+        "image_readonly": opts.readonly,
     }
     control = Control(mm, events, info)
     ops = Operations(

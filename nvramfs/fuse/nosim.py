@@ -124,5 +124,14 @@ class NoSim:
         mapped = int(np.count_nonzero(self.img.bmap(ino, 0, pages))) if pages else 0
         return {"pages": pages, "xip": mapped, "pagecache": 0, "dirty": 0}
 
+    def residency_map(self, ino: int, nr_pages: int) -> list[list[Any]]:
+        """Runs of `xip` (a block) and `hole` pages: with no simulation nothing is in DRAM."""
+        from nvramfs.mm.manager import run_lengths
+
+        if nr_pages <= 0:
+            return []
+        blocks = np.asarray(self.img.bmap(ino, 0, nr_pages))
+        return run_lengths((blocks != 0).astype(np.uint8), ("hole", "xip"))
+
     def close(self) -> None:
         pass

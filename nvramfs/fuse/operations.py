@@ -950,8 +950,12 @@ class Operations(pyfuse3.Operations):
         if name == RESIDENCY_XATTR and not self._is_ctl(inode):
             if not stat.S_ISREG(self._attr(inode).st_mode):
                 raise FUSEError(pyfuse3.ENOATTR)
-            return json.dumps(self.mm.residency(inode), sort_keys=True).encode()
+            res = dict(self.mm.residency(inode))
+            res["map"] = self.mm.residency_map(inode, -(-self._attr(inode).st_size // 4096))
+            return json.dumps(res, sort_keys=True).encode()
         if self._is_ctl(inode):
+            if inode == self.control.CTL:
+                return self.control.query(name, ctx.pid)
             raise FUSEError(pyfuse3.ENOATTR)
         return self.img.getxattr(inode, name)
 

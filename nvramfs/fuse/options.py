@@ -11,10 +11,10 @@ error (exit 2), so a typo never mounts with a default the user did not ask for.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 from nvramfs.errors import UsageError
+from nvramfs.units import parse_size
 
 PAGE_SIZE = 4096
 DEFAULT_DRAM = 64 << 20
@@ -45,6 +45,9 @@ OPTION_HELP = [
     ("", "copies XIP pages into anonymous memory); see docs/ARCHITECTURE.md"),
     ("medium=NAME|FILE", "what the device model prices moves on: nor (default), pcm,"),
     ("", "optane, dram, or a profile .toml file; see docs/COSTS.md"),
+    ("promote_cap=PAGES", "most pages the policy promotes per 1 s tick"),
+    ("", "(default: dram/8 in pages, at least 32, at most 1024)"),
+    ("remount", "change a live mount: ro/rw, policy=, promote_cap=, dram= (at most as mounted)"),
     ("noatime, strictatime", "access times on read (default relatime)"),
 ]
 
@@ -72,18 +75,11 @@ _VFS_FLAGS = {
 }
 # Words mount(8)/fstab use that mean nothing to the filesystem itself.
 _IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_netdev", "nofail"}
-_IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=")
-
-_SIZE_RE = re.compile(r"^(\d+)([KMGT]?)(i?B?)?$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """`64M` / `1G` / `4096` -> bytes (binary units; a trailing `B`/`iB` is allowed)."""
-    m = _SIZE_RE.match(text.strip())
-    if not m:
-        raise UsageError(f"bad size {text!r} (use e.g. 4096, 512K, 64M, 1G)")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+# fsname/subtype are set by the daemon, user_id/group_id by libfuse: mount(8)
+# hands them back (from /proc/self/mountinfo) on `mount -o remount`.
+_IGNORED_PREFIXES = ("x-", "comment=", "fsname=", "subtype=", "user_id=", "group_id=")
+# What `-o remount` may change; every other option is fixed for the mount's life.
+REMOUNT_KEYS = {"remount", "ro", "rw", "policy", "dram", "promote_cap"}
 
 
 @dataclass
@@ -100,11 +96,15 @@ class MountOptions:
     sim: bool = True
     trace_faults: bool = False
     writeback: float | None = None
+    promote_cap: int | None = None
+    remount: bool = False
     trace: str | None = None
     static: str | None = None  # policy static: the profile file
     kernel: str = "modern"
     medium: str = "nor"
     vfs_flags: list[str] = field(default_factory=list)
+    # The options the user named (key before `=`), for remount's checks.
+    given: list[str] = field(default_factory=list)
 
     @property
     def atime(self) -> str:
@@ -117,6 +117,26 @@ class MountOptions:
     @property
     def dram_pages(self) -> int:
         return max(1, self.dram_bytes // PAGE_SIZE)
+
+    def remount_request(self) -> str:
+        """The `remount` ctl command for these options (`-o remount,...`): only what
+        remount may change; anything else given is a usage error."""
+        fixed = sorted({k for k in self.given if k not in REMOUNT_KEYS})
+        if fixed:
+            raise UsageError(
+                f"-o remount cannot change {', '.join(fixed)} "
+                "(it may change ro/rw, policy=, dram=, promote_cap=; unmount and mount again)"
+            )
+        words = []
+        if "ro" in self.given or "rw" in self.given:
+            words.append("ro" if self.readonly else "rw")
+        if self.policy is not None:
+            words.append(f"policy={self.policy}")
+        if "dram" in self.given:
+            words.append(f"dram={self.dram_bytes}")
+        if self.promote_cap is not None:
+            words.append(f"promote_cap={self.promote_cap}")
+        return "remount " + ",".join(words) if words else "remount"
 
     def log_path(self, image: str) -> str:
         """The event log path: `log=` or `IMAGE.events.jsonl` beside the image."""
@@ -154,7 +174,11 @@ def _apply(opts: MountOptions, word: str) -> None:
     key, eq, value = word.partition("=")
     if eq and not value and key not in ("log",):
         raise UsageError(f"option {key!r} needs a value")
-    if word == "ro":
+    if word not in _VFS_FLAGS and word not in _IGNORED and not word.startswith(_IGNORED_PREFIXES):
+        opts.given.append(key)
+    if word == "remount":
+        opts.remount = True
+    elif word == "ro":
         opts.readonly = True
     elif word == "rw":
         opts.readonly = False
@@ -205,6 +229,10 @@ def _apply(opts: MountOptions, word: str) -> None:
             raise UsageError(f"writeback={value}: give seconds, e.g. writeback=5") from None
         if not opts.writeback > 0:
             raise UsageError(f"writeback={value}: must be more than 0 seconds")
+    elif key == "promote_cap" and eq:
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError(f"promote_cap={value}: give a number of pages, at least 1")
+        opts.promote_cap = int(value)
     elif word in _VFS_FLAGS:
         opts.vfs_flags.append(word)
     elif word in _IGNORED or word.startswith(_IGNORED_PREFIXES):

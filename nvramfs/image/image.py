@@ -385,6 +385,8 @@ class Image(Allocator, ExtentMaps, Directories):
             )
         self._check_orphan_list()
         self._reclaim_orphans()
+        if not self.was_clean:
+            self._trim_past_eof()
         with self._transaction() as txn:
             self._sb["state"] = F.STATE_DIRTY
             if not self._tool:
@@ -1118,6 +1120,68 @@ class Image(Allocator, ExtentMaps, Directories):
             self.recovery.append(f"reclaimed {n} orphan inode{'s' * (n != 1)}")
         if t:
             self.recovery.append(f"finished {t} interrupted truncate{'s' * (t != 1)}")
+
+    def _trim_past_eof(self) -> None:
+        """Crash recovery: nothing of a regular file may survive past its size.
+
+        Ordered writeback programs a page past the on-image size in the same
+        session that will later advance the size over it; a crash in between
+        leaves that block mapped past EOF, and the tail of the last page may
+        hold bytes the size never covered. A later extension of the file
+        would show them where zeros belong. So after an unclean shutdown every
+        such block is freed and every such tail zeroed (ext4 trims the same
+        from its orphan list).
+        """
+        L = self.L
+        bpb = F.BITS_PER_BITMAP_BLOCK
+        # Look first, write after. A damaged inode is left as it is, for fsck
+        # (the mount reads inodes lazily and answers EIO where it must).
+        work: list[tuple[int, int, int | None]] = []
+        pages = 0
+        damaged = 0
+        for i in range(L.ibitmap_blocks):
+            used = np.flatnonzero(self._bitmap_bits(L.ibitmap_start, i)) + i * bpb
+            for ino in used[(used >= F.ROOT_INO) & (used < L.nr_inodes)].tolist():
+                try:
+                    rec = self._inode(ino, allow_free=True)
+                    if not stat.S_ISREG(int(rec["mode"])) or int(rec["nlink"]) == 0:
+                        continue
+                    size = int(rec["size"])
+                    keep = -(-size // BS)
+                    e = self._ext(ino)
+                    past = int(np.maximum(e.lblk + e.len - np.maximum(e.lblk, keep), 0).sum())
+                    tail = None
+                    if size % BS:
+                        b = int(self.bmap(ino, size // BS, 1)[0])
+                        if b and any(self._block(b)[size % BS :]):
+                            tail = b
+                except (CorruptImage, FsError):
+                    damaged += 1
+                    continue
+                if past or tail is not None:
+                    work.append((ino, size, tail))
+                    pages += past
+        files = len(work)
+        for ino, size, tail in work:
+            with self._transaction():
+                if tail is not None:
+                    blk = self._wblock(tail)
+                    blk[size % BS :] = bytes(BS - size % BS)
+                done = self._free_tail(ino, -(-size // BS))
+            if not done:
+                with self._transaction():
+                    self._orphan_add(ino)
+                self._finish_truncate(ino)
+        if damaged:
+            self.recovery.append(
+                f"{damaged} damaged inode{'s' * (damaged != 1)} not checked past their end "
+                f"(run fsck)"
+            )
+        if files:
+            self.recovery.append(
+                f"trimmed {pages} page{'s' * (pages != 1)} past the end of "
+                f"{files} file{'s' * (files != 1)} (written back, size not yet advanced)"
+            )
 
     # -------------------------------------------------------------- setattr
     def setattr(

@@ -29,6 +29,7 @@ from nvramfs.image.hostspace import preallocate as _preallocate
 from nvramfs.image.image import Image
 from nvramfs.image.lock import ImageInUse, lock_fd, lock_image, unlock_image
 from nvramfs.image.persist import Persist
+from nvramfs.units import format_bytes, parse_size  # noqa: F401 (parse_size: re-exported)
 
 BS = F.BLOCK_SIZE
 MIB = 1 << 20
@@ -74,30 +75,6 @@ class MkfsResult:
     def inodes(self) -> int:
         """Inodes a file can use: every slot but the reserved slot 0 (as `info` and df -i)."""
         return self.nr_inodes - 1
-
-
-def parse_size(text: str) -> int:
-    """'16G', '512M', '4096', '1.5G' -> bytes (binary units)."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = 1
-    for suf, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
-        if t.endswith(suf):
-            t, mult = t[:-1], m
-            break
-    try:
-        val = float(t)
-    except ValueError:
-        raise NvramfsError(f"bad size {text!r} (try 16G, 512M or 4096)", 2) from None
-    if val <= 0:
-        raise NvramfsError(f"bad size {text!r}: must be positive", 2)
-    return int(val * mult)
-
-
-def _human(n: int) -> str:
-    for unit, m in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= m:
-            return f"{n / m:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def scan_tree(src: Path) -> Scan:
@@ -317,8 +294,8 @@ def mkfs(
             size = need + max(need, GROW_MIN)
         elif size < need:
             raise NvramfsError(
-                f"size {_human(size)} too small: the tree needs at least {need} bytes "
-                f"({_human(need)})"
+                f"size {format_bytes(size)} too small: the tree needs at least {need} bytes "
+                f"({format_bytes(need)})"
             )
     elif size is None:
         raise NvramfsError("give --size SIZE for an empty image, or --from DIR", 2)
@@ -326,10 +303,12 @@ def mkfs(
     lay = _plan(size, sc.inodes_needed if sc else 0)
     if lay.problems() or lay.nr_blocks < lay.data_start + 64:
         need = (lay.data_start + 64) * BS
-        raise NvramfsError(f"size {_human(size)} too small: at least {need} bytes are needed")
+        raise NvramfsError(f"size {format_bytes(size)} too small: at least {need} bytes are needed")
     if sc is not None and lay.nr_blocks - lay.data_start < sc.blocks_needed + 64:
         need = (sc.blocks_needed + 64 + lay.data_start) * BS
-        raise NvramfsError(f"size {_human(size)} too small: the tree needs at least {need} bytes")
+        raise NvramfsError(
+            f"size {format_bytes(size)} too small: the tree needs at least {need} bytes"
+        )
     # The old image's lock first (as mke2fs refuses a mounted device), then the
     # new file's, both held across the rename: no mount starts in between.
     old_lock = None

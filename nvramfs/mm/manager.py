@@ -62,7 +62,15 @@ from .flags import (
     VM_SHARED,
     VM_WRITE,
 )
-from .machine import KERNEL_MODERN, PG_ANON, PG_DIRTY, PG_LOCKED, PG_WRITEBACK, Machine
+from .machine import (
+    KERNEL_MODERN,
+    PG_ANON,
+    PG_DIRTY,
+    PG_LOCKED,
+    PG_RESERVED,
+    PG_WRITEBACK,
+    Machine,
+)
 from .memory import handle_mm_fault, unmap_mapping_pages
 from .migrate import demote, promote, reclaimable_frames
 from .policy import Policy, make_policy
@@ -137,6 +145,7 @@ class MemoryManager:
         self._touched: list[Any] = []
         self._t_interval = clock()
         self._closed = False
+        self._offline: list[int] = []  # frames taken out of the budget (set_dram_budget)
         # Hot-path constants.
         self._nr_frames = m.nr_frames
         self._base = m.nvram_base_pfn
@@ -1015,6 +1024,55 @@ class MemoryManager:
         dirty = len(self._dirty_frames(ino))
         return {"pages": xip + cache, "xip": xip, "pagecache": cache, "dirty": dirty}
 
+    def set_dram_budget(self, pages: int) -> int:
+        """Offline or online DRAM frames, as memory hot-(un)plug does: the budget becomes
+        `pages`, at most the frames the machine was built with (`nr_frames - 1`).
+
+        Offlining takes free frames off the free list and marks them PG_reserved
+        with a reference (the kernel's offline pages: never allocated, never
+        freed); with no free frame, direct reclaim demotes the policy's coldest
+        pages first (reason `dram_budget`, dirty ones written back). Onlining puts
+        offlined frames back on the free list. Returns the budget now."""
+        m = self.machine
+        if not 1 <= pages <= m.nr_frames - 1:
+            raise ValueError(
+                f"the DRAM budget can be 1 to {m.nr_frames - 1} frames (the size at mount)"
+            )
+        while m.dram_pages > pages:
+            if not m.free_list and not self._reclaim():
+                raise OSError(errno.EBUSY, "no frame can be freed to shrink the DRAM budget")
+            pfn = m.free_list.pop()
+            m._refcount[pfn] = 1
+            m.flags[pfn] = PG_RESERVED
+            self._offline.append(pfn)
+            m.dram_pages -= 1
+        while m.dram_pages < pages:
+            pfn = self._offline.pop()
+            m._refcount[pfn] = 0
+            m.flags[pfn] = 0
+            m.free_list.append(pfn)
+            m.dram_pages += 1
+        return m.dram_pages
+
+    def residency_map(self, ino: int, nr_pages: int) -> list[list[Any]]:
+        """Where each page [0, nr_pages) of a file lives, run-length encoded:
+        `[[state, first_index, count], ...]`, state one of RESIDENCY_STATES: `dirty`
+        (a dirty pagecache frame), `pagecache` (a clean frame), `xip` (no frame: the
+        NVRAM block serves it), `hole` (no frame, no block: reads as zeros)."""
+        if nr_pages <= 0:
+            return []
+        blocks = np.asarray(self.backing.bmap(ino, 0, nr_pages))
+        state = np.where(blocks != 0, 1, 0).astype(np.uint8)  # hole 0, xip 1
+        mapping = self._spaces.get(ino)
+        if mapping is not None and mapping.pages:
+            idx = np.fromiter(mapping.pages.keys(), np.int64, len(mapping.pages))
+            frames = np.fromiter(mapping.pages.values(), np.int64, len(mapping.pages))
+            keep = idx < nr_pages
+            idx, frames = idx[keep], frames[keep]
+            dirty = (self.machine.flags[frames] & PG_DIRTY) != 0
+            state[idx] = np.where(dirty, 3, 2)  # pagecache 2, dirty 3
+        return run_lengths(state, RESIDENCY_STATES)
+
     def close(self) -> None:
         """Write back everything (reason `unmount`), log the last counters, flush the log."""
         if self._closed:
@@ -1024,3 +1082,19 @@ class MemoryManager:
         self.events.emit(schema.COUNTERS, **self._counters())
         self.events.flush()
         self._closed = True
+
+
+# The states of residency_map, by their code in its array.
+RESIDENCY_STATES = ("hole", "xip", "pagecache", "dirty")
+
+
+def run_lengths(codes: np.ndarray, names: tuple[str, ...]) -> list[list[Any]]:
+    """[[names[code], first, count], ...] for each run of equal codes (one numpy pass)."""
+    if len(codes) == 0:
+        return []
+    starts = np.flatnonzero(np.diff(codes.astype(np.int16), prepend=-1) != 0)
+    counts = np.diff(np.append(starts, len(codes)))
+    return [
+        [names[int(codes[s])], int(s), int(n)]
+        for s, n in zip(starts.tolist(), counts.tolist(), strict=True)
+    ]

@@ -47,7 +47,7 @@ def test_nvramfs_error_is_one_line(monkeypatch, capsys):
     import nvramfs.cli as cli
 
     parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli, "build_parser", lambda *a: parser)
     sub = next(a for a in parser._actions if a.dest == "command")
     p = sub.add_parser("boom")
     p.set_defaults(func=boom)

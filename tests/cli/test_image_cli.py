@@ -13,7 +13,7 @@ import pytest
 
 from nvramfs.cli import run
 from nvramfs.image import Image
-from nvramfs.image.mkfs import parse_size
+from nvramfs.units import parse_size
 
 
 def nv(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:

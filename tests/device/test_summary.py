@@ -69,7 +69,7 @@ def test_without_marks_phases_are_time_buckets_and_without_a_model_no_section():
     s = summarize(Scan.of_events(events), bucket=2.0)
     phases = s["device"]["phases"]
     assert [p["modelled_ns"]["xip_read"] for p in phases] == [250, 350]
-    assert [p["phase"] for p in phases] == ["0s", "2s"]
+    assert [p["phase"] for p in phases] == ["0-2s", "2-3s"]
     plain = [e for e in events if e["ev"] != "counters"]
     assert summarize(Scan.of_events(plain))["device"] is None
 

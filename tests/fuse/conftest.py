@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mounthelp import FUSERMOUNT, MOUNTED_HERE, Mount, Mounter, have_fuse, mounts_under
+from mounthelp import FUSERMOUNT, MOUNTED_HERE, Mount, Mounter, have_fuse, mounts_under, unescape
 
 
 @pytest.fixture
@@ -68,5 +68,6 @@ def pytest_sessionfinish(session, exitstatus):
     with open("/proc/mounts") as f:
         for line in f:
             parts = line.split()
-            if parts[2] == "fuse.nvramfs" and parts[1] in MOUNTED_HERE:
-                subprocess.run([FUSERMOUNT, "-uz", parts[1]], capture_output=True)
+            path = unescape(parts[1])
+            if parts[2] == "fuse.nvramfs" and path in MOUNTED_HERE:
+                subprocess.run([FUSERMOUNT, "-uz", path], capture_output=True)

@@ -57,9 +57,15 @@ def mkfs(image: Path, size: str = "64M", tree: Path | None = None) -> Path:
     return image
 
 
+def unescape(field: str) -> str:
+    """A /proc/mounts field as a path: \\040 \\011 \\012 \\134 are space, tab, newline, \\."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def mounts_under(prefix: str) -> list[str]:
     with open("/proc/mounts") as f:
-        return [ln.split()[1] for ln in f if ln.split()[1].startswith(prefix)]
+        paths = [unescape(ln.split()[1]) for ln in f]
+    return [p for p in paths if p.startswith(prefix)]
 
 
 def pid_alive(pid: int) -> bool:
