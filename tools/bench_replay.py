@@ -17,6 +17,15 @@ to mm.batch.load_pages, the default) and as many times with one mm call per
 record (the baseline), alternated; medians, and the ratio. The two must give
 the same counters (checked). Then a cProfile of one batched hot replay: where
 the time goes. The default run takes about two minutes on an idle core.
+
+    tools/bench_replay.py --sweep [--jobs N]
+
+The sweep benchmark (docs/TRACE.md, "Sweeps"): 6 policies (none, mq, 2q,
+clock, lru, opt) x 8 DRAM sizes (256 KiB to 32 MiB) over a Zipf(theta 1.2)
+read trace of 1 M page accesses over 64 MiB, one configuration per process
+(nvramfs.trace.sweep.run_local). Prints the sweep's wall time beside its
+baseline, the same replays one after the other (the sum of their wall times),
+and the CPU seconds of the worker processes (the goal: under 3 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -64,7 +73,11 @@ def main() -> int:
     p.add_argument("--tick-every", type=int, default=20_000, help="accesses per tick (20000)")
     p.add_argument("--repeats", type=int, default=3, help="runs of each; medians (3)")
     p.add_argument("--no-profile", dest="profile", action="store_false")
+    p.add_argument("--sweep", action="store_true", help="the sweep benchmark (see above)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count(), help="sweep processes (cores)")
     args = p.parse_args()
+    if args.sweep:
+        return bench_sweep(args)
 
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     work = Path(tempfile.mkdtemp(prefix="nvramfs-bench-replay-", dir=base))
@@ -122,6 +135,69 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"(total {time.monotonic() - t_start:.0f} s)")
+    return 0
+
+
+SWEEP_POLICIES = ("none", "mq", "2q", "clock", "lru", "opt")
+SWEEP_SIZES_KIB = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+def bench_sweep(args: argparse.Namespace) -> int:
+    import resource
+
+    from nvramfs.trace.sweep import configurations, known_policies, run_local
+
+    policies = [p for p in SWEEP_POLICIES if p in known_policies()]
+    missing = [p for p in SWEEP_POLICIES if p not in policies]
+    npages, accesses = 16384, 1_000_000  # 64 MiB, 1 M page accesses
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    work = Path(tempfile.mkdtemp(prefix="nvramfs-bench-sweep-", dir=base))
+    try:
+        d = work / "zipf.trace"
+        pages = synth.zipf_pages(npages, accesses, 1.2)
+        synth.read_trace(str(d), pages, npages, dram_pages=4096, tick_every=args.tick_every)
+        configs = configurations(policies, [k * 1024 // 4096 for k in SWEEP_SIZES_KIB])
+        print(
+            f"sweep: {len(policies)} policies x {len(SWEEP_SIZES_KIB)} sizes = {len(configs)} "
+            f"configurations, {accesses:,} accesses over {npages * 4 // 1024} MiB, "
+            f"{args.jobs} processes"
+            + (f" (not in this nvramfs: {', '.join(missing)})" if missing else ""),
+            flush=True,
+        )
+
+        def progress(done: int, total: int) -> None:
+            print(f"  {done}/{total} ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        rows = run_local(str(d), configs, jobs=args.jobs, progress=progress)
+        wall = time.monotonic() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    bad = [r for r in rows if r["error"]]
+    if bad:
+        sys.exit(f"bench_replay: {len(bad)} configurations failed: {bad[0]['error']}")
+    serial = sum(r["seconds"] for r in rows)
+    print(
+        f"\n{'policy':<8}" + "".join(f"{k // 1024 if k >= 1024 else k:>8}" for k in SWEEP_SIZES_KIB)
+    )
+    print(f"{'':<8}" + "".join(f"{'MiB' if k >= 1024 else 'KiB':>8}" for k in SWEEP_SIZES_KIB))
+    for p in policies:
+        hr = [r["hit_ratio"] for r in rows if r["policy"] == p]
+        print(f"{p:<8}" + "".join(f"{h:>8.3f}" for h in hr) + "   hit ratio")
+    print("\nreplay seconds per configuration (median over sizes), accesses/s:")
+    for p in policies:
+        secs = [r["seconds"] for r in rows if r["policy"] == p]
+        aps = [r["accesses_per_s"] for r in rows if r["policy"] == p]
+        print(f"  {p:<8}{statistics.median(secs):>8.1f} s  {statistics.median(aps):>12,.0f}/s")
+    print(
+        f"\nsweep wall {wall:.1f} s ({args.jobs} processes)  |  baseline, one after the other: "
+        f"{serial:.1f} s (sum of the replays' wall times)  |  ratio {serial / wall:.2f}x  |  "
+        f"worker CPU {cpu:.1f} s  |  goal < 180 s: {'met' if wall < 180 else 'NOT met'}"
+        f"  |  load average {os.getloadavg()[0]:.1f}"
+    )
     return 0
 
 

@@ -39,6 +39,7 @@ COMMANDS = [
     "demo",
     "replay",
     "trace",
+    "sweep",
 ]
 
 

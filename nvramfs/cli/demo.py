@@ -89,6 +89,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="where the log, fio output, summary and plots go (default: demo/ beside the image)",
     )
     p.add_argument("--mountpoint", metavar="DIR", help="mount here (default: a new temp dir)")
+    p.add_argument(
+        "--sweep-seconds",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="end with a sweep of the demo's trace, at most S seconds (20; 0: none)",
+    )
     p.set_defaults(func=main)
     return p
 
@@ -763,4 +770,26 @@ def main(args: argparse.Namespace) -> int:
         print(f"plots        none: {plot_note}")
     if report.describe():
         print(f"note         {report.describe()}")
+    if args.sweep_seconds > 0 and (trace / "header.json").exists():
+        print(demo_sweep(trace, args.policy, parse_size(dram), args.sweep_seconds))
     return 0
+
+
+def demo_sweep(trace: Path, policy: str | None, dram_bytes: int, seconds: float) -> str:
+    """The demo's closing line: its trace replayed for the default policy at its budget
+    with XIP and without, and under opt (nvramfs.trace.sweep, bounded to `seconds`)."""
+    import inspect
+
+    from nvramfs.mm import MemoryManager
+    from nvramfs.trace import sweep
+
+    name = policy or inspect.signature(MemoryManager).parameters["policy"].default
+    pages = max(1, dram_bytes // PAGE_SIZE)
+    configs = [sweep.Config(name, pages, True), sweep.Config(name, pages, False)]
+    has_opt = "opt" in sweep.known_policies()
+    if has_opt:
+        configs.append(sweep.Config("opt", pages, True))
+    rows = sweep.run_bounded(str(trace), configs, seconds)
+    return "sweep        " + sweep.xip_line(
+        name, pages, rows[0], rows[1], rows[2] if has_opt else None
+    )

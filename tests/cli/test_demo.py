@@ -133,6 +133,9 @@ def test_quick_demo_end_to_end(demo_dirs) -> None:
         "plots ",
     ):
         assert needle in text, needle
+    # It ends with the sweep of its own trace: one line, XIP against no XIP and opt.
+    last_line = text.rstrip().splitlines()[-1]
+    assert last_line.startswith("sweep        XIP at 2 MiB, 2q: "), last_line  # or: not in time
     log = out / "demo.events.jsonl"
     summary = json.loads((out / "summary.json").read_text())
     # Non-zero migrations both ways and non-zero COW.

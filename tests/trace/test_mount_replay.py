@@ -76,6 +76,8 @@ def test_fio_runs_replay_to_the_live_counters(mounter, tmp_path: Path) -> None:
     m.ctl("demote-all")
     fio(m.path, "--filename=data", "--rw=randread", "--bs=4k", "--size=3M", "--io_size=2M")
     m.ctl("policy clock")
+    m.ctl("promote-cap 7")  # an assigned mm setting: a `setattr` record
+    m.ctl("dram 768K")  # MemoryManager.set_dram_budget: a plain call record
     time.sleep(2.2)  # two ticks: dirty expiry and the new policy's passes
     fio(m.path, "--filename=data", "--rw=read", "--bs=128k", "--size=3M")
     m.umount()
@@ -88,11 +90,15 @@ def test_fio_runs_replay_to_the_live_counters(mounter, tmp_path: Path) -> None:
     assert live["cow"]["total"] > 0 and live["writebacks"].get("fsync", 0) > 0
     for key in EXACT:
         assert rep[key] == live[key], key
-    skip = {"mount", "unmount", "path", "error"}
+    skip = {"mount", "unmount", "path", "error", "ctl", "policy"}  # the FUSE layer's own
     assert {k: v for k, v in rep["by_event"].items() if k not in skip} == {
         k: v for k, v in live["by_event"].items() if k not in skip
     }
     assert rep["replay"]["complete"] is True
+    import polars as pl
+
+    ops = set(pl.read_parquet(str(trace / "*.parquet"))["op"].to_list())
+    assert {"setattr", "set_dram_budget", "set_policy", "demote_all", "truncate"} <= ops
     # The device model heard the same moves: the same modelled time and wear.
     last_live = [e for e in m.session_events() if e["ev"] == "counters"][-1]
     rev = [json.loads(x) for x in rlog.read_text().splitlines()]
