@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,3 +72,14 @@ def pytest_sessionfinish(session, exitstatus):
             path = unescape(parts[1])
             if parts[2] == "fuse.nvramfs" and path in MOUNTED_HERE:
                 subprocess.run([FUSERMOUNT, "-uz", path], capture_output=True)
+
+
+@pytest.fixture
+def public_dir():
+    """A directory other users can reach (pytest's tmp_path is private to root)."""
+    d = Path(tempfile.mkdtemp(prefix="nvramfs-public-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

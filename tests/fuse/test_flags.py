@@ -13,11 +13,9 @@ import mmap
 import os
 import re
 import select
-import shutil
 import stat
 import struct
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -154,17 +152,6 @@ def test_o_excl_o_path_and_o_tmpfile(mnt):
     with pytest.raises(OSError) as ei:
         os.open(mnt.path, os.O_TMPFILE | os.O_RDWR, 0o600)
     assert ei.value.errno == errno.EOPNOTSUPP
-
-
-@pytest.fixture
-def public_dir():
-    """A directory other users can reach (pytest's tmp_path is private to root)."""
-    d = Path(tempfile.mkdtemp(prefix="nvramfs-public-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def as_nobody(code: str) -> subprocess.CompletedProcess:

@@ -321,20 +321,6 @@ def test_otrunc_drops_setuid_as_tmpfs_does(mounter, public_dir, tmpfs_dir):
     assert results[(True, "root")] == 0o6777
 
 
-@pytest.fixture
-def public_dir():
-    """A directory other users can reach (pytest's tmp_path is private to root)."""
-    import tempfile
-    from pathlib import Path
-
-    d = Path(tempfile.mkdtemp(prefix="nvramfs-public-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def test_crash_before_close_never_shows_the_old_data(mounter):
     """Crash between the O_TRUNC and the close: the file is empty, or has its new size
     with the new bytes or zeros (the once-a-second size update); never old bytes."""

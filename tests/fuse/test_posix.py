@@ -8,10 +8,8 @@ import json
 import mmap
 import os
 import random
-import shutil
 import stat
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -362,17 +360,6 @@ def test_readdir_is_complete_and_stable_while_entries_change(mnt):
     stayed = names - set(sorted(names)[300:310])
     assert len(seen) == len(set(seen))
     assert stayed <= set(seen)
-
-
-@pytest.fixture
-def public_dir():
-    """A directory other users can reach (pytest's tmp_path is private to root)."""
-    d = Path(tempfile.mkdtemp(prefix="nvramfs-public-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_sticky_directory_and_setgid_inheritance(mounter, public_dir):
