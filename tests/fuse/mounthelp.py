@@ -214,3 +214,16 @@ class Mounter:
     def cleanup(self) -> None:
         for mount in reversed(self.mounts):
             mount.teardown()
+
+
+def as_nobody(code: str) -> subprocess.CompletedProcess:
+    """Run `python3 -c code` as nobody (uid/gid 65534, no groups): permission checks."""
+    return subprocess.run(
+        ["python3", "-c", code],
+        capture_output=True,
+        text=True,
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        timeout=30,
+    )

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mounthelp import as_nobody
 
 pytestmark = pytest.mark.fuse
 
@@ -152,18 +153,6 @@ def test_o_excl_o_path_and_o_tmpfile(mnt):
     with pytest.raises(OSError) as ei:
         os.open(mnt.path, os.O_TMPFILE | os.O_RDWR, 0o600)
     assert ei.value.errno == errno.EOPNOTSUPP
-
-
-def as_nobody(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["python3", "-c", code],
-        capture_output=True,
-        text=True,
-        user=65534,
-        group=65534,
-        extra_groups=[],
-        timeout=30,
-    )
 
 
 @pytest.mark.parametrize("cache", CACHES)

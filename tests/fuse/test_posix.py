@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mounthelp import as_nobody
 
 pytestmark = pytest.mark.fuse
 
@@ -371,17 +372,6 @@ def test_sticky_directory_and_setgid_inheritance(mounter, public_dir):
     own = t / "roots"
     own.write_bytes(b"r")
     os.chmod(own, 0o666)
-
-    def as_nobody(code: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["python3", "-c", code],
-            capture_output=True,
-            text=True,
-            user=65534,
-            group=65534,
-            extra_groups=[],
-            timeout=30,
-        )
 
     out = as_nobody(f"import os; os.unlink({str(own)!r})")
     assert out.returncode != 0 and "PermissionError" in out.stderr
