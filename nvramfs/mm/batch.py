@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .flags import _PAGE_ACCESSED, _PAGE_PRESENT, PAGE_SHIFT, PTE_PFN_SHIFT
-from .vma import PTE_INDEX_MASK, PTE_SHIFT
+from .vma import PTE_INDEX_MASK, PTE_SHIFT, PTRS_PER_PTE
 
 if TYPE_CHECKING:
     from .manager import MemoryManager
@@ -36,6 +36,9 @@ WINDOW = 1 << 16
 # Fewer loads than this: plain mm.read calls are cheaper.
 SMALL = 48
 _SAT = 0xFFFF
+# The ptes and counters of a chunk that does not exist (nothing present).
+_NO_PTES = np.zeros(PTRS_PER_PTE, dtype=np.int64)
+_NO_COUNTS = np.zeros(PTRS_PER_PTE, dtype=np.uint16)
 
 
 def load_pages(mm: MemoryManager, ino: int, indices: np.ndarray) -> None:
@@ -56,65 +59,65 @@ def load_pages(mm: MemoryManager, ino: int, indices: np.ndarray) -> None:
             pos += 1
             continue
         w = idx[pos : pos + WINDOW]
-        present = _present(vma, w)
         # Hits first, all at once: they commute with the faults (module docstring).
-        _hits(mm, vma, w[present])
+        present = _hits(mm, vma, w)
         for page in w[~present].tolist():
             read(ino, page << PAGE_SHIFT, 1)
         pos += len(w)
 
 
-def _groups(chunks: np.ndarray) -> tuple[np.ndarray, list[int], list[int], list[int]]:
-    """Sort order and [lo, hi) bounds of each run of equal chunk numbers."""
-    order = np.argsort(chunks, kind="stable")
-    cs = chunks[order]
-    cut = np.flatnonzero(cs[1:] != cs[:-1]) + 1
-    lo = [0, *cut.tolist()]
-    hi = [*cut.tolist(), len(cs)]
-    return order, lo, hi, cs[lo].tolist() if len(cs) else []
+def _rows(nos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct chunk numbers among `nos`, ascending, and the row of each element
+    among them. A bitmap over their span when it is small (no sort), else np.unique."""
+    lo = int(nos.min())
+    span = int(nos.max()) - lo + 1
+    if span > 4 * len(nos) + 4096:
+        u, inv = np.unique(nos, return_inverse=True)
+        return u, inv.reshape(-1)
+    rel = nos - lo
+    used = np.zeros(span, dtype=bool)
+    used[rel] = True
+    rank = np.cumsum(used, dtype=np.int64) - 1
+    return np.flatnonzero(used) + lo, rank[rel]
 
 
-def _present(vma: VMA, pages: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(pages), dtype=bool)
-    if not len(pages):
-        return out
+def _hits(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> np.ndarray:
+    """Account the loads of `pages` whose ptes are present (read()'s fast path, batched);
+    returns which loads those were (the rest must fault).
+
+    The page-table chunks the window names are gathered once (one array of
+    their ptes, row after row); a load's pte is found at row * 512 + slot.
+    Loads of the same page add up (bincount), the counters saturate as one by
+    one would, and each chunk hit gets its ptes (young bit) and read counters
+    back in one copy each."""
     pgd = vma.vm_mm.pgd
-    order, lo, hi, nos = _groups(pages >> PTE_SHIFT)
-    slots = pages & PTE_INDEX_MASK
-    for a, b, no in zip(lo, hi, nos, strict=True):
-        chunk = pgd.get(no)
-        if chunk is not None:
-            sel = order[a:b]
-            out[sel] = (chunk.pte_np[slots[sel]] & _PAGE_PRESENT) != 0
-    return out
-
-
-def _hits(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> None:
-    """Account loads of pages whose ptes are all present (read()'s fast path, batched)."""
-    if not len(pages):
-        return
-    uniq, counts = np.unique(pages, return_counts=True)
-    pgd = vma.vm_mm.pgd
-    nos = uniq >> PTE_SHIFT
-    cut = np.flatnonzero(nos[1:] != nos[:-1]) + 1
-    lo = [0, *cut.tolist()]
-    hi = [*cut.tolist(), len(uniq)]
-    nr_frames = mm._nr_frames
-    frame_hits = 0
+    nos, row = _rows(pages >> PTE_SHIFT)
+    chunks = [pgd.get(no) for no in nos.tolist()]
+    ptes = np.concatenate([_NO_PTES if c is None else c.pte_np for c in chunks])
+    flat = (row << PTE_SHIFT) | (pages & PTE_INDEX_MASK)
+    p = ptes[flat]
+    present = (p & _PAGE_PRESENT) != 0
+    flat = flat[present]
+    if not len(flat):
+        return present
+    pfns = p[present] >> PTE_PFN_SHIFT
+    frame_hits = int(np.count_nonzero((pfns > 0) & (pfns < mm._nr_frames)))
+    counts = np.bincount(flat, minlength=len(ptes))
+    hit = counts > 0
+    ptes[hit] |= _PAGE_ACCESSED
+    reads = np.concatenate([_NO_COUNTS if c is None else c.reads_np for c in chunks])
+    reads = np.minimum(reads + counts, _SAT).astype(np.uint16)
     gen = mm._gen
-    for a, b in zip(lo, hi, strict=True):
-        chunk = pgd[int(nos[a])]
-        s = uniq[a:b] & PTE_INDEX_MASK
-        c = counts[a:b]
-        p = chunk.pte_np
-        p[s] |= _PAGE_ACCESSED
-        r = chunk.reads_np
-        r[s] = np.minimum(r[s].astype(np.int64) + c, _SAT)
-        pfns = p[s] >> PTE_PFN_SHIFT
-        frame_hits += int(c[(pfns > 0) & (pfns < nr_frames)].sum())
+    touched = mm._touched
+    for k in np.flatnonzero(hit.reshape(-1, PTRS_PER_PTE).any(axis=1)).tolist():
+        chunk = chunks[k]
+        a = k << PTE_SHIFT
+        chunk.pte_np[:] = ptes[a : a + PTRS_PER_PTE]
+        chunk.reads_np[:] = reads[a : a + PTRS_PER_PTE]
         if chunk.gen != gen:
             chunk.gen = gen
-            mm._touched.append(chunk)
+            touched.append(chunk)
     st = mm.stats_
-    st.reads += len(pages)
+    st.reads += len(flat)
     st.pagecache_hit += frame_hits
+    return present
