@@ -10,13 +10,22 @@ unmap a pte (a read fault maps XIP pfns, the zero page or an existing frame,
 and allocates no frame, so reclaim never runs), so a pte present when the
 batch looks at it stays present for the whole batch: the hits among a window
 of loads are accounted at once (young bit, the interval's read counters,
-`accesses.read`, `pagecache_hit`), and only the pages that were not present go
-through `mm.read`, in order. Counting is commutative (saturating sums), so the
-order of hits and faults within a window changes nothing.
+`accesses.read`, `pagecache_hit`). So are the read faults that need nothing
+but the pte (the fault-around of xip_map_pages, for scattered pages): a page
+whose NVRAM block the filesystem vma's bmap hint knows, that has no
+page-cache page and lies before the end of the file gets exactly the pte
+vm_insert_mixed installs, one `xip_read` fault and `xip_mapped`, and its
+later loads in the window are hits. Only the other loads (no hint: the
+backing's bmap; a hole; a page-cache page to map) go through `mm.read`, in
+order. Counting is commutative (saturating sums), and none of those faults
+changes what another page's fault does (a read fault only fills hints where
+a pte is empty), so the order of hits and faults within a window changes
+nothing. With per-fault events on (`trace_faults`) every fault goes through
+`mm.read`, so the events keep their order.
 
 The backing sees exactly the calls of the loop above, in the same order (only
-faults call it): a trace replay keys the image's changes by backing call
-number. tests/trace/test_batch.py holds this equal to the loop above.
+faults without a hint call it): a trace replay keys the image's changes by
+backing call number. tests/trace/test_batch.py holds this equal to the loop above.
 """
 
 from __future__ import annotations
@@ -25,7 +34,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .flags import _PAGE_ACCESSED, _PAGE_PRESENT, PAGE_SHIFT, PTE_PFN_SHIFT
+from .flags import (
+    _PAGE_ACCESSED,
+    _PAGE_BMAP,
+    _PAGE_PRESENT,
+    _PAGE_SPECIAL,
+    PAGE_SHIFT,
+    PTE_FLAGS_MASK,
+    PTE_PFN_SHIFT,
+)
+from .memory import vm_page_prot_rw
 from .vma import PTE_INDEX_MASK, PTE_SHIFT, PTRS_PER_PTE
 
 if TYPE_CHECKING:
@@ -59,9 +77,10 @@ def load_pages(mm: MemoryManager, ino: int, indices: np.ndarray) -> None:
             pos += 1
             continue
         w = idx[pos : pos + WINDOW]
-        # Hits first, all at once: they commute with the faults (module docstring).
-        present = _hits(mm, vma, w)
-        for page in w[~present].tolist():
+        # Hits and hinted XIP faults first, all at once: they commute with the
+        # other faults (module docstring).
+        rest = _window(mm, vma, w)
+        for page in w[rest].tolist():
             read(ino, page << PAGE_SHIFT, 1)
         pos += len(w)
 
@@ -81,15 +100,16 @@ def _rows(nos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(used) + lo, rank[rel]
 
 
-def _hits(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> np.ndarray:
-    """Account the loads of `pages` whose ptes are present (read()'s fast path, batched);
-    returns which loads those were (the rest must fault).
+def _window(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> np.ndarray:
+    """Account the loads of `pages` that are hits or hinted XIP faults (read()'s fast
+    path and xip_file_fault's vm_insert_mixed, batched); returns which loads are left
+    to fault through mm.read, in order.
 
     The page-table chunks the window names are gathered once (one array of
     their ptes, row after row); a load's pte is found at row * 512 + slot.
     Loads of the same page add up (bincount), the counters saturate as one by
-    one would, and each chunk hit gets its ptes (young bit) and read counters
-    back in one copy each."""
+    one would, and each chunk used gets its ptes and read counters back in
+    one copy each."""
     pgd = vma.vm_mm.pgd
     nos, row = _rows(pages >> PTE_SHIFT)
     chunks = [pgd.get(no) for no in nos.tolist()]
@@ -97,9 +117,21 @@ def _hits(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> np.ndarray:
     flat = (row << PTE_SHIFT) | (pages & PTE_INDEX_MASK)
     p = ptes[flat]
     present = (p & _PAGE_PRESENT) != 0
-    flat = flat[present]
+    served = present
+    nr_xip = 0
+    if not mm.trace_faults:
+        xip = _hinted_xip(mm, vma, pages, p, present)
+        if xip is not None:
+            at = flat[xip]
+            before = int(np.count_nonzero(ptes & _PAGE_PRESENT))
+            m = mm.machine
+            bits = _PAGE_PRESENT | (_PAGE_SPECIAL if m.pte_special else 0) | vm_page_prot_rw(vma)
+            ptes[at] = (p[xip] & ~PTE_FLAGS_MASK) | bits
+            nr_xip = int(np.count_nonzero(ptes & _PAGE_PRESENT)) - before
+            served = present | xip
+    flat = flat[served]
     if not len(flat):
-        return present
+        return ~served
     pfns = p[present] >> PTE_PFN_SHIFT
     frame_hits = int(np.count_nonzero((pfns > 0) & (pfns < mm._nr_frames)))
     counts = np.bincount(flat, minlength=len(ptes))
@@ -120,4 +152,29 @@ def _hits(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> np.ndarray:
     st = mm.stats_
     st.reads += len(flat)
     st.pagecache_hit += frame_hits
-    return present
+    if nr_xip:
+        st.xip_read += nr_xip  # the faults' kind (Stats.count_fault)
+        st.xip_mapped += nr_xip  # insert_pfn of an NVRAM pfn in the filesystem's vma
+    return ~served
+
+
+def _hinted_xip(
+    mm: MemoryManager, vma: VMA, pages: np.ndarray, p: np.ndarray, present: np.ndarray
+) -> np.ndarray | None:
+    """Which loads fault a page that xip_file_fault maps from its bmap hint alone:
+    not present, the hint an NVRAM pfn, before the end of the file (else SIGBUS),
+    no page-cache page (else that page is mapped). None: no such load."""
+    xip = ~present & ((p & _PAGE_BMAP) != 0) & ((p >> PTE_PFN_SHIFT) >= mm._base)
+    mapping = vma.vm_file
+    max_idx = mapping.max_idx
+    if max_idx is not None:
+        xip &= pages < max_idx
+    if not xip.any():
+        return None
+    cache = mapping.pages
+    if cache:
+        at = np.flatnonzero(xip)
+        cached = np.fromiter((i in cache for i in pages[at].tolist()), dtype=bool, count=len(at))
+        if cached.any():
+            xip[at[cached]] = False
+    return xip
