@@ -107,9 +107,9 @@ def _window(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> np.ndarray:
 
     The page-table chunks the window names are gathered once (one array of
     their ptes, row after row); a load's pte is found at row * 512 + slot.
-    Loads of the same page add up (bincount), the counters saturate as one by
-    one would, and each chunk used gets its ptes and read counters back in
-    one copy each."""
+    Loads of the same page add up, the counters saturate as one by one
+    would, and each chunk used gets its ptes and read counters back in one
+    copy each."""
     pgd = vma.vm_mm.pgd
     nos, row = _rows(pages >> PTE_SHIFT)
     chunks = [pgd.get(no) for no in nos.tolist()]
@@ -118,30 +118,37 @@ def _window(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> np.ndarray:
     p = ptes[flat]
     present = (p & _PAGE_PRESENT) != 0
     served = present
-    nr_xip = 0
     if not mm.trace_faults:
         xip = _hinted_xip(mm, vma, pages, p, present)
         if xip is not None:
-            at = flat[xip]
-            before = int(np.count_nonzero(ptes & _PAGE_PRESENT))
-            m = mm.machine
-            bits = _PAGE_PRESENT | (_PAGE_SPECIAL if m.pte_special else 0) | vm_page_prot_rw(vma)
-            ptes[at] = (p[xip] & ~PTE_FLAGS_MASK) | bits
-            nr_xip = int(np.count_nonzero(ptes & _PAGE_PRESENT)) - before
             served = present | xip
+    pfns = p[present] >> PTE_PFN_SHIFT
+    frame_hits = int(np.count_nonzero((pfns > 0) & (pfns < mm._nr_frames)))
     flat = flat[served]
     if not len(flat):
         return ~served
-    pfns = p[present] >> PTE_PFN_SHIFT
-    frame_hits = int(np.count_nonzero((pfns > 0) & (pfns < mm._nr_frames)))
-    counts = np.bincount(flat, minlength=len(ptes))
-    hit = counts > 0
-    ptes[hit] |= _PAGE_ACCESSED
+    # The pages loaded (ascending) and how many loads each.
+    if len(ptes) <= 8 * len(flat):
+        counts = np.bincount(flat, minlength=len(ptes))
+        at = np.flatnonzero(counts)
+        counts = counts[at]
+    else:
+        at, counts = np.unique(flat, return_counts=True)
+    old = ptes[at]
+    mapped = (old & _PAGE_PRESENT) == 0  # the hinted XIP faults, one per page
+    nr_xip = int(np.count_nonzero(mapped))
+    new = old | _PAGE_ACCESSED
+    if nr_xip:
+        bits = _PAGE_PRESENT | (_PAGE_SPECIAL if mm.machine.pte_special else 0)
+        bits |= vm_page_prot_rw(vma) | _PAGE_ACCESSED
+        new = np.where(mapped, (old & ~PTE_FLAGS_MASK) | bits, new)
+    ptes[at] = new
     reads = np.concatenate([_NO_COUNTS if c is None else c.reads_np for c in chunks])
-    reads = np.minimum(reads + counts, _SAT).astype(np.uint16)
+    reads[at] = np.minimum(reads[at] + counts, _SAT)
+    ks = at >> PTE_SHIFT
     gen = mm._gen
     touched = mm._touched
-    for k in np.flatnonzero(hit.reshape(-1, PTRS_PER_PTE).any(axis=1)).tolist():
+    for k in ks[np.flatnonzero(np.diff(ks, prepend=-1))].tolist():
         chunk = chunks[k]
         a = k << PTE_SHIFT
         chunk.pte_np[:] = ptes[a : a + PTRS_PER_PTE]
