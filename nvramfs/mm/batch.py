@@ -43,6 +43,7 @@ from .flags import (
     PTE_FLAGS_MASK,
     PTE_PFN_SHIFT,
 )
+from .machine import PG_LOCKED
 from .memory import vm_page_prot_rw
 from .vma import PTE_INDEX_MASK, PTE_SHIFT, PTRS_PER_PTE
 
@@ -101,9 +102,9 @@ def _rows(nos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _window(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> np.ndarray:
-    """Account the loads of `pages` that are hits or hinted XIP faults (read()'s fast
-    path and xip_file_fault's vm_insert_mixed, batched); returns which loads are left
-    to fault through mm.read, in order.
+    """Account the loads of `pages` that hit or whose fault the window takes (read()'s
+    fast path and the fault-around of _fault_around, batched); returns which loads
+    are left to fault through mm.read, in order.
 
     The page-table chunks the window names are gathered once (one array of
     their ptes, row after row); a load's pte is found at row * 512 + slot.
@@ -117,16 +118,33 @@ def _window(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> np.ndarray:
     flat = (row << PTE_SHIFT) | (pages & PTE_INDEX_MASK)
     p = ptes[flat]
     present = (p & _PAGE_PRESENT) != 0
-    served = present
-    if not mm.trace_faults:
-        xip = _hinted_xip(mm, vma, pages, p, present)
-        if xip is not None:
-            served = present | xip
     pfns = p[present] >> PTE_PFN_SHIFT
     frame_hits = int(np.count_nonzero((pfns > 0) & (pfns < mm._nr_frames)))
+    new = p | _PAGE_ACCESSED  # each load's pte after it
+    served = present
+    nr_xip = 0
+    frames = None
+    if not mm.trace_faults:
+        exists = np.fromiter((c is not None for c in chunks), dtype=bool, count=len(chunks))
+        around = _fault_around(mm, vma, pages, p, exists[row])
+        if around is not None:
+            xip, cached, frame = around
+            # The faults, one per page: a raw NVRAM pfn (vm_insert_mixed's pte)...
+            if xip.any():
+                bits = _PAGE_PRESENT | (_PAGE_SPECIAL if mm.machine.pte_special else 0)
+                bits |= vm_page_prot_rw(vma) | _PAGE_ACCESSED
+                new[xip] = (p[xip] & ~PTE_FLAGS_MASK) | bits
+                nr_xip = len(np.unique(flat[xip]))
+            # ... or the page-cache page, refcounted (finish_fault's pte).
+            if cached.any():
+                new[cached] = (frame[cached] << PTE_PFN_SHIFT) | _PAGE_PRESENT | _PAGE_ACCESSED
+                frames = np.unique(frame[cached])
+                frame_hits += int(np.count_nonzero(cached))  # the fault and the hits after
+            served = present | xip | cached
     flat = flat[served]
     if not len(flat):
         return ~served
+    ptes[flat] = new[served]  # every load of a page leaves the same pte
     # The pages loaded (ascending) and how many loads each.
     if len(ptes) <= 8 * len(flat):
         counts = np.bincount(flat, minlength=len(ptes))
@@ -134,15 +152,6 @@ def _window(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> np.ndarray:
         counts = counts[at]
     else:
         at, counts = np.unique(flat, return_counts=True)
-    old = ptes[at]
-    mapped = (old & _PAGE_PRESENT) == 0  # the hinted XIP faults, one per page
-    nr_xip = int(np.count_nonzero(mapped))
-    new = old | _PAGE_ACCESSED
-    if nr_xip:
-        bits = _PAGE_PRESENT | (_PAGE_SPECIAL if mm.machine.pte_special else 0)
-        bits |= vm_page_prot_rw(vma) | _PAGE_ACCESSED
-        new = np.where(mapped, (old & ~PTE_FLAGS_MASK) | bits, new)
-    ptes[at] = new
     reads = np.concatenate([_NO_COUNTS if c is None else c.reads_np for c in chunks])
     reads[at] = np.minimum(reads[at] + counts, _SAT)
     ks = at >> PTE_SHIFT
@@ -162,26 +171,47 @@ def _window(mm: MemoryManager, vma: VMA, pages: np.ndarray) -> np.ndarray:
     if nr_xip:
         st.xip_read += nr_xip  # the faults' kind (Stats.count_fault)
         st.xip_mapped += nr_xip  # insert_pfn of an NVRAM pfn in the filesystem's vma
+    if frames is not None:
+        # find_get_page's reference becomes the pte's; page_add_file_rmap; the rss.
+        m = mm.machine
+        m._refcount[frames] += 1
+        m._mapcount[frames] += 1
+        vma.vm_mm.rss_file += len(frames)
     return ~served
 
 
-def _hinted_xip(
-    mm: MemoryManager, vma: VMA, pages: np.ndarray, p: np.ndarray, present: np.ndarray
-) -> np.ndarray | None:
-    """Which loads fault a page that xip_file_fault maps from its bmap hint alone:
-    not present, the hint an NVRAM pfn, before the end of the file (else SIGBUS),
-    no page-cache page (else that page is mapped). None: no such load."""
-    xip = ~present & ((p & _PAGE_BMAP) != 0) & ((p >> PTE_PFN_SHIFT) >= mm._base)
+def _fault_around(
+    mm: MemoryManager, vma: VMA, pages: np.ndarray, p: np.ndarray, exists: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The loads whose read fault needs nothing the window has not got (filemap's
+    fault-around, map_pages, for scattered pages): the pte not present, before the
+    end of the file (else SIGBUS), in a page-table chunk that `exists`, and either a
+    page-cache page that is not locked (xip_file_fault maps it: `cached`, with its
+    `frame`) or, with no page-cache page, an NVRAM block the bmap hint knows
+    (vm_insert_mixed maps it raw: `xip`). A hole, an unknown block or a locked page
+    is left to mm.read. None: no such load."""
     mapping = vma.vm_file
+    if mapping is None or not vma.fs_owned:
+        return None
+    miss = exists & ((p & _PAGE_PRESENT) == 0)
     max_idx = mapping.max_idx
     if max_idx is not None:
-        xip &= pages < max_idx
-    if not xip.any():
+        miss &= pages < max_idx
+    at = np.flatnonzero(miss)
+    if not len(at):
         return None
+    frame = np.zeros(len(pages), dtype=np.int64)
     cache = mapping.pages
     if cache:
-        at = np.flatnonzero(xip)
-        cached = np.fromiter((i in cache for i in pages[at].tolist()), dtype=bool, count=len(at))
-        if cached.any():
-            xip[at[cached]] = False
-    return xip
+        get = cache.get
+        f = np.fromiter((get(i, 0) for i in pages[at].tolist()), dtype=np.int64, count=len(at))
+        frame[at] = f  # ZERO_PFN (0) is never a page-cache page
+        miss[at[f > 0]] = False  # a page-cache page is never mapped raw
+        busy = np.flatnonzero(f > 0)
+        busy = busy[(mm.machine.flags[f[busy]] & PG_LOCKED) != 0]
+        frame[at[busy]] = 0
+    cached = frame > 0
+    xip = miss & ((p & _PAGE_BMAP) != 0) & ((p >> PTE_PFN_SHIFT) >= mm._base)
+    if not (xip.any() or cached.any()):
+        return None
+    return xip, cached, frame
