@@ -956,11 +956,17 @@ class Operations(pyfuse3.Operations):
     def _kill_suid(self, of: OpenFile, entry: pyfuse3.EntryAttributes) -> None:
         """A write by an unprivileged opener drops setuid/setgid as the VFS's
         file_remove_privs would (`_drop_privs`): FUSE direct_io writes leave it to
-        us; under cache=kernel the kernel has sent the SETATTR already."""
+        us; under cache=kernel the kernel has sent the SETATTR already.
+
+        The write's reply carries no attributes, and after a direct_io write
+        the kernel refreshes only size and times: a statx asking for the mode
+        alone (`stat -c %a`) would see the old one for ATTR_TIMEOUT. So the
+        kernel's attributes of the inode are invalidated."""
         mode = self._drop_privs(entry, of.uid, of.gid, of.pid)
         if mode != entry.st_mode:
             self.img.setattr(of.ino, mode=mode)
             self._load(of.ino)
+            pyfuse3.invalidate_inode(of.ino, attr_only=True)
 
     def reserve(self, ino: int, off: int, length: int) -> None:
         """Reserve image blocks for the holes a write fills: ENOSPC now, at write(),
