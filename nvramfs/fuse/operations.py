@@ -468,6 +468,8 @@ class Operations(pyfuse3.Operations):
         else:
             ino = self.img.lookup(parent_inode, name)
         entry = self._attr(ino)
+        if ino in self._reserved:
+            self._count_delalloc(ino, entry)
         self._remember(parent_inode, name if name not in (b".", b"..") else b"", ino)
         return entry
 
@@ -497,7 +499,20 @@ class Operations(pyfuse3.Operations):
             if dead is not None:
                 return dead
             entry = self._load(inode)
+        if inode in self._reserved:
+            self._count_delalloc(inode, entry)
         return entry
+
+    def _count_delalloc(self, ino: int, entry: pyfuse3.EntryAttributes) -> None:
+        """st_blocks counts the blocks a write reserved and writeback has not
+        mapped yet, as ext4 counts its delayed allocations: `du` of a file just
+        written shows its size, not 0 until the flusher runs (tmpfs shows it too)."""
+        self._prune_reserved(ino)
+        mine = self._reserved.get(ino)
+        pending = len(mine) if mine else 0
+        if not pending:
+            self._reserved.pop(ino, None)
+        entry.st_blocks = self.img.getattr(ino).blocks + pending * (PAGE_SIZE // 512)
 
     @_handler
     async def setattr(

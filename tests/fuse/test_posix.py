@@ -145,6 +145,24 @@ def test_write_past_eof_leaves_a_zero_hole(mnt):
     assert p.read_bytes() == b"he" + bytes(4094)
 
 
+def test_du_counts_blocks_written_but_not_yet_written_back(mnt, tmpfs_dir):
+    """st_blocks of a file just written counts its reserved blocks (ext4's delayed
+    allocation does the same), before and after writeback: `du` is never 0."""
+    seen = {}
+    for where, root in (("nvramfs", mnt.path), ("tmpfs", tmpfs_dir)):
+        p = root / "fresh"
+        p.write_bytes(b"z" * (1 << 20))
+        fd = os.open(p, os.O_WRONLY)
+        os.pwrite(fd, b"x" * 4096, 8 << 20)  # one page past a hole
+        os.close(fd)
+        # `stat -c %b`: a statx for the block count alone.
+        out = subprocess.run(["stat", "-c", "%b", str(p)], capture_output=True, text=True)
+        seen[where] = (int(out.stdout), os.stat(p).st_blocks)
+    assert seen["nvramfs"] == seen["tmpfs"] == ((257 * 4096) // 512,) * 2
+    mnt.ctl("sync")
+    assert os.stat(mnt.p("fresh")).st_blocks == seen["tmpfs"][1]
+
+
 def test_truncate_to_a_petabyte_is_sparse_or_efbig(mnt):
     p = mnt.p("huge")
     p.write_bytes(b"abc")
