@@ -434,7 +434,21 @@ def test_mmap_private_under_direct_and_shared_under_kernel_cache(mounter):
         with pytest.raises(OSError) as ei:
             mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         assert ei.value.errno == errno.ENODEV
+    # A name `shared_mmap=` matches (default *-shm, SQLite's WAL index) goes
+    # through the page cache, so it can be mapped shared.
+    m.p("f-shm").write_bytes(data)
+    with open(m.p("f-shm"), "r+b") as f:
+        mp = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED)
+        mp[0:5] = b"SHARE"
+        mp.flush()
+        mp.close()
+    assert m.p("f-shm").read_bytes() == b"SHARE" + data[5:]
     m.umount()
+    n = mounter(img, "shared_mmap=")
+    with open(n.p("f-shm"), "rb") as f, pytest.raises(OSError) as ei:
+        mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    assert ei.value.errno == errno.ENODEV
+    n.umount()
     k = mounter(img, "cache=kernel")
     with open(k.p("f"), "r+b") as f:
         mp = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED)
