@@ -48,6 +48,7 @@ from .filemap import (
     delete_from_page_cache,
     dirty_indices,
     emit_page_events,
+    groups_of,
     mapping_bmap,
     write_cache_pages,
     xip_file_vm_ops,
@@ -90,7 +91,7 @@ from .memory import handle_mm_fault, unmap_mapping_pages
 from .migrate import demote, demote_clean_pages, promote, reclaimable_frames
 from .policy import Policy, make_policy
 from .stats import Stats, fault_kind
-from .vma import PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
+from .vma import PTE_INDEX_MASK, PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
 
 # The filesystem's vma of a file covers every page a file can have.
 MAX_FILE_PAGES = 1 << 51
@@ -111,6 +112,11 @@ DIRTY_RATIO = 0.20
 BDP_OK = 0  # under dirty_background: nothing to do
 BDP_BACKGROUND = 1  # over dirty_background: wake the flusher
 BDP_THROTTLE = 2  # at dirty_limit: the writer waits while the flusher writes back
+
+
+def _by_owner(owners: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """_groups of the owning inodes of a batch of frames (empty for an empty batch)."""
+    return groups_of(owners) if len(owners) else []
 
 
 def _vma_name(vma: VMA, addr: int) -> str:
@@ -1001,10 +1007,8 @@ class MemoryManager:
         done = 0
         if not len(frames):
             return 0
-        owners = m.mapping[frames]
-        for ino in np.unique(owners).tolist():
-            mapping = self._spaces[int(ino)]
-            done += write_cache_pages(mapping, frames[owners == ino], reason)
+        for ino, sel in _by_owner(m.mapping[frames]):
+            done += write_cache_pages(self._spaces[ino], frames[sel], reason)
         return done
 
     def nr_dirty(self) -> int:
@@ -1113,15 +1117,14 @@ class MemoryManager:
         pages = reclaimable_frames(m, pages)  # held by someone else: no frame to free
         if not len(pages):
             return 0
-        dirty = pages[(m.flags[pages] & PG_DIRTY) != 0]
-        if len(dirty):
-            self._writeback(dirty, schema.REASON_DEMOTE)
+        isdirty = (m.flags[pages] & PG_DIRTY) != 0
+        if isdirty.any():
+            self._writeback(pages[isdirty], schema.REASON_DEMOTE)
         owners = m.mapping[pages]
         idx = m.index[pages]
         done = 0
-        for ino in np.unique(owners).tolist():
-            mapping = self._spaces[int(ino)]
-            sel = owners == ino
+        for ino, sel in _by_owner(owners):
+            mapping = self._spaces[ino]
             n = demote_clean_pages(mapping, pages[sel], reason)
             done += n
             if n:
@@ -1135,13 +1138,29 @@ class MemoryManager:
             return
         pgd = vma.vm_mm.pgd
         on_demote = self.policy.on_demote
-        for index in indices.tolist():
-            if index in mapping.pages:
+        # The base policy's on_demote is bit operations on the word: it takes the
+        # whole array of words at once (a policy that overrides it gets one call
+        # per page, as _demote makes).
+        vectorised = type(self.policy).on_demote is Policy.on_demote
+        cache = mapping.pages
+        il = indices.tolist()
+        if cache:
+            gone = np.array([i not in cache for i in il], dtype=bool)
+            if not gone.all():
+                indices = indices[gone]
+        if not len(indices):
+            return
+        nos = indices >> PTE_SHIFT
+        for no, sel in groups_of(nos):
+            chunk = pgd.get(no)
+            if chunk is None:
                 continue
-            chunk = pgd.get(index >> PTE_SHIFT)
-            if chunk is not None:
-                slot = index & 511
-                chunk.state[slot] = on_demote(int(chunk.state[slot]))
+            slots = indices[sel] & PTE_INDEX_MASK
+            words = chunk.state[slots]
+            if vectorised:
+                chunk.state[slots] = on_demote(words)
+            else:
+                chunk.state[slots] = [on_demote(w) for w in words.tolist()]
 
     def _reclaim(self) -> bool:
         """Direct reclaim (shrink_inactive_list): isolate up to SWAP_CLUSTER_MAX of the
