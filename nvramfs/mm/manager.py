@@ -743,7 +743,7 @@ class MemoryManager:
         n = len(mv)
         npg = ((offset + n - 1) >> PAGE_SHIFT) - first + 1
         cache = mapping.pages
-        if cache and any(first + i in cache for i in range(npg)):
+        if cache and not cache.keys().isdisjoint(range(first, first + npg)):
             return False
         mm = vma.vm_mm
         base = self._base
@@ -751,10 +751,11 @@ class MemoryManager:
         p = chunk.pte_np[s0 : s0 + npg]
         present = (p & _PAGE_PRESENT) != 0
         if present.any() and bool(
-            np.any(present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0)))
+            (present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0))).any()
         ):
             return False
-        self._prefill_bmap(vma, first, npg)
+        if not p.all():  # a pte with neither a pfn nor a bmap hint
+            self._prefill_bmap(vma, first, npg)
         src = p >> PTE_PFN_SHIFT  # NVRAM pfn of each page, 0 for a hole
         hole = src == 0
         m = self.machine
@@ -833,18 +834,20 @@ class MemoryManager:
                 )
         if nh < npg:
             Stats.bump(st.cow_via, schema.VIA_PFN_MKWRITE, npg - nh)
-            cow = np.flatnonzero(~hole)
+            if nh:
+                cow = np.flatnonzero(~hole)
+                idx, src, frames = idx[cow], src[cow], frames[cow]
             emit_page_events(
                 m,
                 schema.COW,
                 ino,
-                idx[cow],
-                src[cow],
-                frames[cow],
+                idx,
+                src,
+                frames,
                 schema.XIP,
                 schema.PAGECACHE,
                 schema.REASON_WRITE,
-                frames[cow],
+                frames,
                 via=schema.VIA_PFN_MKWRITE,
                 # As pfn_mkwrite left each: the page cache's reference, not yet mapped.
                 counts=(1, 0),
@@ -1115,6 +1118,13 @@ class MemoryManager:
         busy = PG_ANON | PG_LOCKED | PG_WRITEBACK
         pages = pages[(m.mapping[pages] != 0) & ((m.flags[pages] & busy) == 0)]
         pages = reclaimable_frames(m, pages)  # held by someone else: no frame to free
+        return self._shrink_isolated(pages, reason)
+
+    def _shrink_isolated(self, pages: np.ndarray, reason: str) -> int:
+        """shrink_page_list of frames already isolated: cached, not busy, held by
+        nobody but the page cache and their ptes (as _isolate and the filter above
+        leave them)."""
+        m = self.machine
         if not len(pages):
             return 0
         isdirty = (m.flags[pages] & PG_DIRTY) != 0
@@ -1183,7 +1193,7 @@ class MemoryManager:
             victims = np.concatenate([clean, victims[isdirty][: batch - len(clean)]])
         else:
             victims = clean
-        self.shrink_page_list(victims, schema.REASON_DRAM_BUDGET)
+        self._shrink_isolated(victims, schema.REASON_DRAM_BUDGET)
         return len(free) > before
 
     def _isolate(self, n: int) -> np.ndarray:
