@@ -101,8 +101,11 @@ class DeviceModel:
 
     def writeback(self, blocks: np.ndarray) -> None:
         """Dirty pages programmed into `blocks` (one page each), in one batch."""
-        b = np.unique(np.asarray(blocks, dtype=np.int64))
-        b = b[(b >= 0) & (b < self.nr_blocks)]
+        b = np.asarray(blocks, dtype=np.int64)
+        if len(b) > 1 and not bool((b[1:] > b[:-1]).all()):
+            b = np.unique(b)  # (mm's batches come sorted and unique)
+        if len(b) and (int(b[0]) < 0 or int(b[-1]) >= self.nr_blocks):
+            b = b[(b >= 0) & (b < self.nr_blocks)]
         if not len(b):
             return
         m = self.medium
@@ -116,16 +119,19 @@ class DeviceModel:
         # (the erase's price) and program the new pages (the writeback's).
         spp = self.sector_pages
         sectors = b // spp
-        dirty_sectors = np.unique(sectors[self.programmed[b]])
+        dirty_sectors = sectors[self.programmed[b]]  # sorted, as b is
+        if len(dirty_sectors) > 1:
+            dirty_sectors = dirty_sectors[np.r_[True, dirty_sectors[1:] != dirty_sectors[:-1]]]
         if not len(dirty_sectors):
             self._program(b, "writeback")
             return
-        in_erase = np.isin(sectors, dirty_sectors)
+        k = len(dirty_sectors)
+        rows = np.searchsorted(dirty_sectors, sectors)
+        in_erase = dirty_sectors[np.minimum(rows, k - 1)] == sectors
         if not in_erase.all():
             self._program(b[~in_erase], "writeback")
+            rows = rows[in_erase]
         # Every sector to erase at once, as (sector, page-in-sector) masks.
-        k = len(dirty_sectors)
-        rows = np.searchsorted(dirty_sectors, sectors[in_erase])
         targets = np.zeros((k, spp), dtype=bool)
         targets[rows, b[in_erase] % spp] = True
         keep = self.live.reshape(-1, spp)[dirty_sectors] & ~targets
