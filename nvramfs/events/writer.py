@@ -80,17 +80,21 @@ def _page_lines(ev: str, seq: int, t: float, cols: tuple) -> list[str]:
     f-string of its own numbers (the mm logs three lines per page it moves)."""
     ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via = cols
     n = len(index)
-    if type(refcount) is int:  # one count for every page
-        refcount = [refcount] * n
-    if type(mapcount) is int:
-        mapcount = [mapcount] * n
+    one = type(refcount) is int and type(mapcount) is int  # the same counts for every page
+    if not one:
+        refcount = [refcount] * n if type(refcount) is int else refcount
+        mapcount = [mapcount] * n if type(mapcount) is int else mapcount
+        if refcount.count(refcount[0]) == n and mapcount.count(mapcount[0]) == n:
+            one, refcount, mapcount = True, refcount[0], mapcount[0]
     t = round(t, 6)
     words = {ev, home_from, home_to, reason} | ({via} if via is not None else set())
+    columns = (index, pfn_from, pfn_to) if one else (index, pfn_from, pfn_to, refcount, mapcount)
     fast = (
         words <= _WORDS
         and type(ino) is int
         and type(t) is float
-        and all(set(map(type, c)) <= _INT for c in (index, pfn_from, pfn_to, refcount, mapcount))
+        and (not one or (type(refcount) is int and type(mapcount) is int))
+        and all(set(map(type, c)) <= _INT for c in columns)
     )
     if not fast:
         return [_page_dict_line(ev, seq + k, t, cols, k) + "\n" for k in range(n)]
@@ -99,9 +103,8 @@ def _page_lines(ev: str, seq: int, t: float, cols: tuple) -> list[str]:
     end = "}\n" if via is None else f',"via":"{via}"}}\n'
     homes = f',"from":"{home_from}","to":"{home_to}","reason":"{reason}","refcount":'
     seqs = range(seq, seq + n)
-    r0, m0 = refcount[0], mapcount[0]
-    if refcount.count(r0) == n and mapcount.count(m0) == n:
-        tail = f'{homes}{r0},"mapcount":{m0}{end}'
+    if one:
+        tail = f'{homes}{refcount},"mapcount":{mapcount}{end}'
         return [
             f'{head}{s}{mid}{i},"pfn_from":{a},"pfn_to":{b}{tail}'
             for s, i, a, b in zip(seqs, index, pfn_from, pfn_to, strict=True)

@@ -1138,11 +1138,14 @@ class MemoryManager:
             n = demote_clean_pages(mapping, pages[sel], reason)
             done += n
             if n:
-                self._policy_demoted(mapping, idx[sel])
+                self._policy_demoted(mapping, idx[sel], all_gone=n == len(sel))
         return done
 
-    def _policy_demoted(self, mapping: AddressSpace, indices: np.ndarray) -> None:
-        """Tell the policy about the pages of `indices` that left the page cache."""
+    def _policy_demoted(
+        self, mapping: AddressSpace, indices: np.ndarray, all_gone: bool = False
+    ) -> None:
+        """Tell the policy about the pages of `indices` that left the page cache
+        (`all_gone`: the caller knows every one did)."""
         vma = mapping.fs_vma
         if vma is None:
             return
@@ -1153,9 +1156,8 @@ class MemoryManager:
         # per page, as _demote makes).
         vectorised = type(self.policy).on_demote is Policy.on_demote
         cache = mapping.pages
-        il = indices.tolist()
-        if cache:
-            gone = np.array([i not in cache for i in il], dtype=bool)
+        if cache and not all_gone:
+            gone = np.array([i not in cache for i in indices.tolist()], dtype=bool)
             if not gone.all():
                 indices = indices[gone]
         if not len(indices):

@@ -304,7 +304,7 @@ def _demote_clean_page_by_page(mapping, pages, reason) -> int:
     return sum(demote(mapping, p, reason) for p in pages[ok].tolist())
 
 
-def _policy_demoted_page_by_page(self, mapping, indices) -> None:
+def _policy_demoted_page_by_page(self, mapping, indices, all_gone=False) -> None:
     """The old per-page on_demote of each demoted page's policy word."""
     pgd = mapping.fs_vma.vm_mm.pgd
     for index in indices.tolist():
