@@ -496,7 +496,7 @@ def serve(
 def _run_profiled(fn: Any, *args: Any) -> Any:
     """trio.run(fn, *args); under NVRAMFS_PROFILE=PATH the daemon's serving loop runs
     in cProfile and its stats go to PATH at unmount (for `python -m pstats PATH`):
-    how the benchmarks' per-request costs were found (docs/PERFORMANCE.md)."""
+    how the write path's per-request costs were found (README, "Benchmarks")."""
     path = os.environ.get("NVRAMFS_PROFILE")
     if not path:
         return trio.run(fn, *args)
