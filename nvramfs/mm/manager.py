@@ -48,6 +48,7 @@ from .filemap import (
     delete_from_page_cache,
     dirty_indices,
     emit_page_events,
+    groups_of,
     mapping_bmap,
     write_cache_pages,
     xip_file_vm_ops,
@@ -115,6 +116,11 @@ DIRTY_RATIO = 0.20
 BDP_OK = 0  # under dirty_background: nothing to do
 BDP_BACKGROUND = 1  # over dirty_background: wake the flusher
 BDP_THROTTLE = 2  # at dirty_limit: the writer waits while the flusher writes back
+
+
+def _by_owner(owners: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """_groups of the owning inodes of a batch of frames (empty for an empty batch)."""
+    return groups_of(owners) if len(owners) else []
 
 
 def _vma_name(vma: VMA, addr: int) -> str:
@@ -741,7 +747,7 @@ class MemoryManager:
         n = len(mv)
         npg = ((offset + n - 1) >> PAGE_SHIFT) - first + 1
         cache = mapping.pages
-        if cache and any(first + i in cache for i in range(npg)):
+        if cache and not cache.keys().isdisjoint(range(first, first + npg)):
             return False
         mm = vma.vm_mm
         base = self._base
@@ -749,10 +755,11 @@ class MemoryManager:
         p = chunk.pte_np[s0 : s0 + npg]
         present = (p & _PAGE_PRESENT) != 0
         if present.any() and bool(
-            np.any(present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0)))
+            (present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0))).any()
         ):
             return False
-        self._prefill_bmap(vma, first, npg)
+        if not p.all():  # a pte with neither a pfn nor a bmap hint
+            self._prefill_bmap(vma, first, npg)
         src = p >> PTE_PFN_SHIFT  # NVRAM pfn of each page, 0 for a hole
         hole = src == 0
         m = self.machine
@@ -831,18 +838,20 @@ class MemoryManager:
                 )
         if nh < npg:
             Stats.bump(st.cow_via, schema.VIA_PFN_MKWRITE, npg - nh)
-            cow = np.flatnonzero(~hole)
+            if nh:
+                cow = np.flatnonzero(~hole)
+                idx, src, frames = idx[cow], src[cow], frames[cow]
             emit_page_events(
                 m,
                 schema.COW,
                 ino,
-                idx[cow],
-                src[cow],
-                frames[cow],
+                idx,
+                src,
+                frames,
                 schema.XIP,
                 schema.PAGECACHE,
                 schema.REASON_WRITE,
-                frames[cow],
+                frames,
                 via=schema.VIA_PFN_MKWRITE,
                 # As pfn_mkwrite left each: the page cache's reference, not yet mapped.
                 counts=(1, 0),
@@ -1005,10 +1014,8 @@ class MemoryManager:
         done = 0
         if not len(frames):
             return 0
-        owners = m.mapping[frames]
-        for ino in np.unique(owners).tolist():
-            mapping = self._spaces[int(ino)]
-            done += write_cache_pages(mapping, frames[owners == ino], reason)
+        for ino, sel in _by_owner(m.mapping[frames]):
+            done += write_cache_pages(self._spaces[ino], frames[sel], reason)
         return done
 
     def nr_dirty(self) -> int:
@@ -1115,37 +1122,61 @@ class MemoryManager:
         busy = PG_ANON | PG_LOCKED | PG_WRITEBACK
         pages = pages[(m.mapping[pages] != 0) & ((m.flags[pages] & busy) == 0)]
         pages = reclaimable_frames(m, pages)  # held by someone else: no frame to free
+        return self._shrink_isolated(pages, reason)
+
+    def _shrink_isolated(self, pages: np.ndarray, reason: str) -> int:
+        """shrink_page_list of frames already isolated: cached, not busy, held by
+        nobody but the page cache and their ptes (as _isolate and the filter above
+        leave them)."""
+        m = self.machine
         if not len(pages):
             return 0
-        dirty = pages[(m.flags[pages] & PG_DIRTY) != 0]
-        if len(dirty):
-            self._writeback(dirty, schema.REASON_DEMOTE)
+        isdirty = (m.flags[pages] & PG_DIRTY) != 0
+        if isdirty.any():
+            self._writeback(pages[isdirty], schema.REASON_DEMOTE)
         owners = m.mapping[pages]
         idx = m.index[pages]
         done = 0
-        for ino in np.unique(owners).tolist():
-            mapping = self._spaces[int(ino)]
-            sel = owners == ino
+        for ino, sel in _by_owner(owners):
+            mapping = self._spaces[ino]
             n = demote_clean_pages(mapping, pages[sel], reason)
             done += n
             if n:
-                self._policy_demoted(mapping, idx[sel])
+                self._policy_demoted(mapping, idx[sel], all_gone=n == len(sel))
         return done
 
-    def _policy_demoted(self, mapping: AddressSpace, indices: np.ndarray) -> None:
-        """Tell the policy about the pages of `indices` that left the page cache."""
+    def _policy_demoted(
+        self, mapping: AddressSpace, indices: np.ndarray, all_gone: bool = False
+    ) -> None:
+        """Tell the policy about the pages of `indices` that left the page cache
+        (`all_gone`: the caller knows every one did)."""
         vma = mapping.fs_vma
         if vma is None:
             return
         pgd = vma.vm_mm.pgd
         on_demote = self.policy.on_demote
-        for index in indices.tolist():
-            if index in mapping.pages:
+        # The base policy's on_demote is bit operations on the word: it takes the
+        # whole array of words at once (a policy that overrides it gets one call
+        # per page, as _demote makes).
+        vectorised = type(self.policy).on_demote is Policy.on_demote
+        cache = mapping.pages
+        if cache and not all_gone:
+            gone = np.array([i not in cache for i in indices.tolist()], dtype=bool)
+            if not gone.all():
+                indices = indices[gone]
+        if not len(indices):
+            return
+        nos = indices >> PTE_SHIFT
+        for no, sel in groups_of(nos):
+            chunk = pgd.get(no)
+            if chunk is None:
                 continue
-            chunk = pgd.get(index >> PTE_SHIFT)
-            if chunk is not None:
-                slot = index & 511
-                chunk.state[slot] = on_demote(int(chunk.state[slot]))
+            slots = indices[sel] & PTE_INDEX_MASK
+            words = chunk.state[slots]
+            if vectorised:
+                chunk.state[slots] = on_demote(words)
+            else:
+                chunk.state[slots] = [on_demote(w) for w in words.tolist()]
 
     def _reclaim(self) -> bool:
         """Direct reclaim (shrink_inactive_list): isolate up to SWAP_CLUSTER_MAX of the
@@ -1168,7 +1199,7 @@ class MemoryManager:
             victims = np.concatenate([clean, victims[isdirty][: batch - len(clean)]])
         else:
             victims = clean
-        self.shrink_page_list(victims, schema.REASON_DRAM_BUDGET)
+        self._shrink_isolated(victims, schema.REASON_DRAM_BUDGET)
         return len(free) > before
 
     def _isolate(self, n: int) -> np.ndarray:
