@@ -606,7 +606,12 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.EINVAL)
         # The image must know the current size first, or a shrink from a size
         # only this cache knows would look like no change and free nothing;
-        # the dirty pages go first so that it can (ordered data).
+        # the dirty pages go first so that it can (ordered data). On a shrink,
+        # mm drops the pages past the new end before that: as the kernel's
+        # truncate_inode_pages, dirty data cut off is never written back.
+        if size < entry.st_size:
+            self.mm.truncate(ino, size, reason)
+            self._unreserve_from(ino, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
         if ino in self._meta_dirty:
             self.mm.fsync(ino)
         self.flush_meta(ino)
@@ -614,9 +619,8 @@ class Operations(pyfuse3.Operations):
             # Grow: let the image refuse (EFBIG) before anything changes.
             self.img.setattr(ino, size=size)
             self.mm.truncate(ino, size, reason)
-        else:
+        elif size == entry.st_size:
             self.mm.truncate(ino, size, reason)
-            self._unreserve_from(ino, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
         entry.st_size = size
         if size == 0:
             self._alloc_on_close.add(ino)

@@ -66,6 +66,7 @@ def test_otrunc_of_dirty_file_leaves_nothing_of_the_old_data(mounter, cache):
         dirty = dirty_pages(p)
         assert dirty > 0
     free_before = os.statvfs(m.path).f_bfree
+    written_back = m.stats()["writeback"]["pages"] if sim else 0
     with open(p, "wb") as f:
         assert os.fstat(f.fileno()).st_size == 0
         f.write(b"new")
@@ -73,9 +74,10 @@ def test_otrunc_of_dirty_file_leaves_nothing_of_the_old_data(mounter, cache):
         m.ctl("sync")  # flushes the event log too
         drops = [e for e in m.session_events() if e.get("ev") == "drop"]
         assert [e["reason"] for e in drops] == ["o_trunc"]
-        # Ordered data writes a file's dirty frames back before any size change
-        # (see _set_size), so they are dropped clean; never more than were dirty.
-        assert drops[0]["first"] == 0 and drops[0]["dirty"] in (0, dirty)
+        # As the kernel's truncate_inode_pages: the dirty frames are dropped,
+        # never written back (writing data about to be cut off costs NVRAM wear).
+        assert drops[0]["first"] == 0 and drops[0]["dirty"] == dirty
+        assert m.stats()["writeback"]["pages"] == written_back + 1  # b"new", by the sync
     assert dirty_pages(p) <= 1
     assert p.read_bytes() == b"new"
     assert os.statvfs(m.path).f_bfree >= free_before + 99  # the old blocks came back
@@ -89,6 +91,32 @@ def test_otrunc_of_dirty_file_leaves_nothing_of_the_old_data(mounter, cache):
     assert m.p("f").read_bytes() == b"new"
     os.truncate(m.p("f"), len(old))
     assert m.p("f").read_bytes() == b"new" + bytes(len(old) - 3)
+    m.umount()
+    assert mounter_fsck_clean(img)
+
+
+def test_ftruncate_of_dirty_pages_writes_back_only_what_stays(mounter):
+    """A shrink drops the dirty pages past the new end without writing them back;
+    the dirty pages below it are written back (the size on the image must not
+    cover data that is not there), and the file reads back after a remount."""
+    img = mounter.image()
+    m = mounter(img, "writeback=60")
+    p = m.p("f")
+    head, tail = os.urandom(4 << 20), os.urandom(4 << 20)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, head)
+        assert m.stats()["writeback"]["pages"] == 0
+        os.ftruncate(fd, 0)
+        assert m.stats()["writeback"]["pages"] == 0  # 1,024 dirty pages dropped, none written
+        os.pwrite(fd, tail, 4 << 20)  # a 4 MiB hole, then 4 MiB dirty
+        os.ftruncate(fd, 6 << 20)
+        assert m.stats()["writeback"]["pages"] == 512  # only 4..6 MiB, which stays
+    finally:
+        os.close(fd)
+    m.umount()
+    m = mounter(img)
+    assert m.p("f").read_bytes() == bytes(4 << 20) + tail[: 2 << 20]
     m.umount()
     assert mounter_fsck_clean(img)
 
