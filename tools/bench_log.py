@@ -30,6 +30,8 @@ from pathlib import Path
 
 GOAL_RATE = 1_000_000
 GOAL_RSS_MIB = 512
+# Bumped when the generated log changes (a log of an older format is not reused).
+LOG_FORMAT = 2
 UUID = "2b1f6c1e-0d3a-4c55-9a9e-5f1f3a7e8b01"
 
 
@@ -113,23 +115,23 @@ def generate(path: Path, n_events: int, seed: int = 1) -> int:
                     (prom if up else dem)[reason] = (prom if up else dem).get(reason, 0) + 1
                     frames = max(0, min(16384, frames + (1 if up else -1)))
                     src, dst = ("xip", "pagecache") if up else ("pagecache", "xip")
-                    emit(t1, "migrate", f',"ino":{ino},"index":{index},"from":"{src}",'
-                         f'"to":"{dst}","pfn_from":{1048576 + index},"pfn_to":{frames},'
-                         f'"reason":"{reason}","refcount":1,"mapcount":1')  # fmt: skip
+                    emit(t1, "migrate", f',"ino":{ino},"index":{index},'
+                         f'"pfn_from":{1048576 + index},"pfn_to":{frames},"from":"{src}",'
+                         f'"to":"{dst}","reason":"{reason}","refcount":1,"mapcount":1')  # fmt: skip
                 for _ in range(rng.randint(20, 80)):
                     ino = rng.choices(range(nfiles), weights)[0] + 2
                     index = rng.randrange(sizes[ino - 2])
                     emit(t + rng.random(), "cow", f',"ino":{ino},"index":{index},'
-                         f'"via":"pfn_mkwrite","from":"xip","to":"pagecache",'
-                         f'"pfn_from":{1048576 + index},"pfn_to":{frames},"reason":"write",'
-                         f'"refcount":1,"mapcount":1')  # fmt: skip
+                         f'"pfn_from":{1048576 + index},"pfn_to":{frames},"from":"xip",'
+                         f'"to":"pagecache","reason":"write","refcount":1,"mapcount":1,'
+                         f'"via":"pfn_mkwrite"')  # fmt: skip
                 for _ in range(rng.randint(20, 80)):
                     ino = rng.choices(range(nfiles), weights)[0] + 2
                     index = rng.randrange(sizes[ino - 2])
                     reason = rng.choice(("dirty_expire", "demote", "fsync"))
                     wbs[reason] = wbs.get(reason, 0) + 1
-                    emit(t1, "writeback", f',"ino":{ino},"index":{index},"from":"pagecache",'
-                         f'"to":"xip","pfn_from":{frames},"pfn_to":{1048576 + index},'
+                    emit(t1, "writeback", f',"ino":{ino},"index":{index},"pfn_from":{frames},'
+                         f'"pfn_to":{1048576 + index},"from":"pagecache","to":"xip",'
                          f'"reason":"{reason}","refcount":1,"mapcount":1')  # fmt: skip
                 counters = {
                     "faults": faults,
@@ -196,7 +198,7 @@ def main() -> int:
     a = ap.parse_args()
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
-    log = d / f"bench-{a.events}.events.jsonl"
+    log = d / f"bench-{a.events}-v{LOG_FORMAT}.events.jsonl"
     if not log.exists():
         t = time.perf_counter()
         n = generate(log, a.events)

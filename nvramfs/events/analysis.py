@@ -28,10 +28,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from . import schema
-from .loader import frame_of_events, iter_frames
+from .fast import SCAN_COLS, THIN_EV, iter_splits, skeleton
+from .loader import LINE, frame_of_events
 from .numbers import hit_ratio
 from .reader import ReadReport
 
@@ -155,34 +157,76 @@ class Sessions:
 
     def annotate(self, df: pl.DataFrame) -> pl.DataFrame:
         """Add `session`, `t_log`, `image_uuid`, `file_gen`, `fkey` to one chunk's rows."""
-        if df.height == 0:
-            return _with_annotations(df)
-        prev = df["seq"].shift(1)
+        return self.annotate_split(df)[0]
+
+    def annotate_split(
+        self,
+        df: pl.DataFrame,
+        skel: pl.DataFrame | None = None,
+        special: pl.DataFrame | None = None,
+        *,
+        narrow: bool = False,
+    ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """`annotate` of a chunk given as a `fast.Split`: `skel` all its events in file
+        order, `df` the full rows among them, `special` its mounts, unmounts, counters,
+        marks and wears with every column (else they are taken from `df`). Also returns
+        how many thin rows each session has (columns `session`, `len`), or None.
+        `narrow` keeps only the columns a scan needs (`fast.SCAN_COLS`)."""
+        if skel is None:
+            skel = skeleton(df)
+        if skel.height == 0:
+            return _with_annotations(df), None
+        seq = skel["seq"]
+        prev = seq.shift(1)
         if self._last_seq is not None:
             prev = prev.scatter(0, self._last_seq)
-        first_new = not self.infos
-        new = (df["ev"] == schema.MOUNT) | (
-            prev.is_not_null() & df["seq"].is_not_null() & (df["seq"] <= prev)
-        ).fill_null(False)
-        if first_new:
+        new = skel["mount"] | (prev.is_not_null() & seq.is_not_null() & (seq <= prev)).fill_null(
+            False
+        )
+        if not self.infos:
             new = new.scatter(0, True)
         base = len(self.infos)
-        session = (new.cast(pl.Int64).cum_sum() + base).alias("session")
-        seqs = df["seq"].drop_nulls()
-        if len(seqs):
-            self._last_seq = int(seqs[-1])
-        df = df.with_columns(session.cast(pl.Int32))
-        # The few rows that shape sessions: mounts, unmounts, counters.
-        special = df.filter(
-            pl.col("ev").is_in(
-                [schema.MOUNT, schema.UNMOUNT, schema.COUNTERS, schema.MARK, schema.WEAR]
+        new_np = new.to_numpy()
+        session_np = (np.cumsum(new_np, dtype=np.int64) + base).astype(np.int32)
+        session = pl.Series("session", session_np)
+        # The previous event's seq, whatever chunk it was in (None when it had none).
+        self._last_seq = seq[-1]
+        # Sessions are runs of rows: where each starts and ends in this chunk.
+        starts = np.flatnonzero(new_np)
+        if not len(starts) or starts[0] != 0:
+            starts = np.concatenate(([0], starts))
+        ends = np.append(starts[1:], len(new_np))
+        t_np = skel["t"].to_numpy()
+        per = list(
+            zip(
+                session_np[starts].tolist(),
+                t_np[ends - 1].tolist(),
+                (ends - starts).tolist(),
+                strict=True,
             )
-        ).select("session", *_ROW_COLS)
-        per = (
-            df.group_by("session", maintain_order=True)
-            .agg(pl.col("t").last().alias("last_t"), pl.len().alias("n"))
-            .rows()
         )
+        thin = None
+        thin_np = skel["thin"].to_numpy()
+        if thin_np.any():
+            thin = pl.DataFrame(
+                {
+                    "session": session_np[starts],
+                    "len": np.add.reduceat(thin_np.astype(np.uint32), starts),
+                }
+            ).filter(pl.col("len") > 0)
+            df = df.with_columns(pl.Series("session", session_np[~thin_np]))
+        else:
+            df = df.with_columns(session)
+        # The few rows that shape sessions: mounts, unmounts, counters.
+        kinds = [schema.MOUNT, schema.UNMOUNT, schema.COUNTERS, schema.MARK, schema.WEAR]
+        if special is None:
+            special = df.filter(pl.col("ev").is_in(kinds)).select("session", *_ROW_COLS)
+        elif special.height:
+            lines = skel.select(LINE, session)
+            special = special.join(lines, on=LINE, how="left", maintain_order="left")
+            special = special.select("session", *_ROW_COLS)
+        if narrow:
+            df = df.select(c for c in df.columns if c in _NARROW)
         special_rows: dict[int, list[dict[str, Any]]] = {}
         for row in special.iter_rows(named=True):
             special_rows.setdefault(row.pop("session"), []).append(_row_dict(row))
@@ -249,7 +293,7 @@ class Sessions:
             .rows()
         ):
             self._gens[(s, ino)] = g
-        return df.with_columns(_fkey())
+        return df.with_columns(_fkey()), thin
 
 
 def _fkey() -> pl.Expr:
@@ -264,6 +308,7 @@ def _fkey() -> pl.Expr:
 
 
 _IDENT = ["image_uuid", "ino", "file_gen", "fkey"]
+_NARROW = frozenset((*SCAN_COLS, "session"))
 
 
 def _with_annotations(df: pl.DataFrame) -> pl.DataFrame:
@@ -384,8 +429,8 @@ class Scan:
     @classmethod
     def of_log(cls, path: str | os.PathLike[str], unit: float = 0.5) -> Scan:
         scan = cls(unit)
-        for df in iter_frames(path, scan.report):
-            scan.add(df)
+        for split in iter_splits(path, scan.report):
+            scan.add(split.full, split.skel, split.special)
         scan.finish()
         return scan
 
@@ -400,11 +445,22 @@ class Scan:
         scan.finish()
         return scan
 
-    def add(self, df: pl.DataFrame) -> None:
-        if df.height == 0:
+    def add(
+        self,
+        df: pl.DataFrame,
+        skel: pl.DataFrame | None = None,
+        special: pl.DataFrame | None = None,
+    ) -> None:
+        """Aggregate one chunk's rows (a chunk's events, or a `fast.Split`'s parts)."""
+        if df.height == 0 and (skel is None or skel.height == 0):
             return
         self._chunk += 1
-        df = self.sessions.annotate(df)
+        df, thin = self.sessions.annotate_split(df, skel, special, narrow=True)
+        if thin is not None:
+            self._by_event.append(thin.select("session", pl.lit(THIN_EV).alias("ev"), "len"))
+        if df.height == 0:
+            self._compact()
+            return
         self._by_event.append(df.group_by("session", "ev").len())
         moves = df.filter(pl.col("ev").is_in(_MOVES)).with_columns(_direction_expr().alias("dir"))
         if moves.height:
