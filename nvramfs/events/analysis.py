@@ -221,10 +221,9 @@ class Sessions:
         kinds = [schema.MOUNT, schema.UNMOUNT, schema.COUNTERS, schema.MARK, schema.WEAR]
         if special is None:
             special = df.filter(pl.col("ev").is_in(kinds)).select("session", *_ROW_COLS)
-        elif special.height:
-            lines = skel.select(LINE, session)
-            special = special.join(lines, on=LINE, how="left", maintain_order="left")
-            special = special.select("session", *_ROW_COLS)
+        else:  # each special row's session: where its line is in the skeleton (sorted)
+            at = np.searchsorted(skel[LINE].to_numpy(), special[LINE].to_numpy())
+            special = special.select(pl.Series("session", session_np[at]), *_ROW_COLS)
         if narrow:
             df = df.select(c for c in df.columns if c in _NARROW)
         special_rows: dict[int, list[dict[str, Any]]] = {}

@@ -31,6 +31,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import polars as pl
@@ -40,7 +41,7 @@ from . import schema
 from .loader import FIELDS, LINE, parse_chunk, parse_lines
 from .reader import ReadReport, check_log
 
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 8 << 20
 # The event type of the thin skeleton rows (FAULT lines).
 THIN_EV = schema.FAULT
 WORKERS = 2
@@ -91,8 +92,6 @@ _ACCESS_FIELDS = [
 ACCESS = _template(schema.ACCESS, _ACCESS_FIELDS)
 
 _HEAD_COLS = ["seq", "t", "ev"]
-_MOVE_COLS = [*_HEAD_COLS, *(k for k, _ in _MOVE_FIELDS), "via"]
-_ACCESS_COLS = [*_HEAD_COLS, *(k for k, _ in _ACCESS_FIELDS)]
 _PREFIX = len(f'{{"v":{schema.SCHEMA_VERSION},"seq":')
 
 
@@ -179,10 +178,10 @@ def _split(
     return Split(full, skel, special, report)
 
 
-def _lines(data: bytes) -> tuple[pl.Series, np.ndarray]:
-    """The lines of `data` (which ends with a newline), each with its newline, and the offset
-    where each starts (one more at the end)."""
-    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+def _lines(data: bytes, end: int) -> tuple[pl.Series, np.ndarray]:
+    """The lines of `data[:end]` (which ends with a newline), each with its newline, and the
+    offset where each starts (one more at the end)."""
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8, count=end) == 10)
     offs = np.empty(len(ends) + 1, np.int32)
     offs[0] = 0
     offs[1:] = ends + 1
@@ -190,45 +189,67 @@ def _lines(data: bytes) -> tuple[pl.Series, np.ndarray]:
     return pl.Series("l", arr), offs
 
 
-def _groups(frame: pl.DataFrame, pattern: str, cols: list[str]) -> pl.DataFrame:
-    """The groups of a template in the lines `frame.l` as columns named `cols`, with the
-    dtypes of `FIELDS` (lists stay text), and the lines' `_line`."""
-    parts = frame["l"].str.extract_groups(pattern).struct.unnest()
-    parts.columns = cols
-
-    def typed(c: str) -> pl.Expr:
-        dt = FIELDS[c]
-        if dt == pl.Boolean:
-            return pl.col(c) == "true"
-        if dt == pl.Int64 or dt == pl.Float64:
-            return pl.col(c).cast(dt)
-        return pl.col(c)
-
-    return parts.with_columns(
-        *(typed(c) for c in cols),
-        pl.lit(schema.SCHEMA_VERSION, dtype=pl.Int64).alias("v"),
-        frame[LINE],
-    )
+def _typed(value: pl.Expr, key: str) -> pl.Expr:
+    """The text of one value a template matched, as the dtype `FIELDS` gives `key`."""
+    dt = FIELDS[key]
+    if dt == pl.Boolean:
+        return (value == "true").alias(key)
+    if dt == pl.Int64 or dt == pl.Float64:
+        return value.cast(dt).alias(key)
+    return value.str.strip_chars('"').alias(key)  # a bare word in quotes
 
 
-def _int_list(col: str) -> pl.Expr:
-    """`[1,2,3]` (text a template matched) -> a list of int64."""
-    c = pl.col(col)
-    inner = c.str.slice(1, c.str.len_bytes() - 2)
+def _cut(lines: pl.Series, keys: list[str], *, rest: bool = False) -> pl.DataFrame:
+    """Lines a template matched, cut at their commas: field i is `"keys[i]":value` (the
+    first after `{`). A template's values hold no comma, so the cut is exact; with
+    `rest`, the text after the last key's value is one more column, `rest`."""
+    n = len(keys)
+    parts = lines.str.splitn(",", n + 1) if rest else lines.str.split_exact(",", n - 1)
+    fields = parts.struct.unnest()
+    names = fields.columns
+    cols = []
+    for i, k in enumerate(keys):
+        value = pl.col(names[i]).str.slice(len(k) + (4 if i == 0 else 3))
+        if not rest and i >= n - 2:  # may be the last value: strip the line's end
+            value = value.str.strip_suffix("}\n")
+        cols.append(_typed(value, k))
+    if rest:
+        cols.append(pl.col(names[n]).alias("rest"))
+    return fields.select(cols)
+
+
+_MOVE_KEYS = ["v", *_HEAD_COLS, *(k for k, _ in _MOVE_FIELDS), "via"]
+_ACCESS_HEAD = ["v", *_HEAD_COLS, *(k for k, _ in _ACCESS_FIELDS[:4])]
+
+
+def _moves(frame: pl.DataFrame) -> pl.DataFrame:
+    """Page-event lines (`MOVE`) as rows, with their `_line`."""
+    return _cut(frame["l"], _MOVE_KEYS).with_columns(frame[LINE])
+
+
+def _int_list(text: pl.Expr, name: str) -> pl.Expr:
+    """`1,2,3` (the inside of a list a template matched) -> a list of int64."""
     return (
-        pl.when(inner.str.len_bytes() > 0)
-        .then(inner.str.split(",").cast(pl.List(pl.Int64), strict=False))
+        pl.when(text.str.len_bytes() > 0)
+        .then(text.str.split(",").cast(pl.List(pl.Int64), strict=False))
         .otherwise(pl.lit([], dtype=pl.List(pl.Int64)))
-        .alias(col)
+        .alias(name)
     )
 
 
 def _access(frame: pl.DataFrame, report: ReadReport) -> pl.DataFrame:
-    """Access lines as rows; one whose reads or writes are not one per page is malformed
-    (the reader's rule), counted and dropped."""
-    df = _groups(frame, ACCESS, _ACCESS_COLS).with_columns(
-        _int_list("pages"), _int_list("reads"), _int_list("writes")
+    """Access lines (`ACCESS`) as rows; one whose reads or writes are not one per page is
+    malformed (the reader's rule), counted and dropped."""
+    df = _cut(frame["l"], _ACCESS_HEAD, rest=True)
+    # rest: "pages":[..],"reads":[..],"writes":[..]}\n
+    lists = df["rest"].str.split_exact('],"', 2).struct.unnest()
+    a, b, c = lists.columns
+    lists = lists.select(
+        _int_list(pl.col(a).str.slice(len('"pages":[')), "pages"),
+        _int_list(pl.col(b).str.slice(len('reads":[')), "reads"),
+        _int_list(pl.col(c).str.slice(len('writes":[')).str.strip_suffix("]}\n"), "writes"),
     )
+    df = pl.concat([df.drop("rest"), lists], how="horizontal").with_columns(frame[LINE])
     n = pl.col("pages").list.len()
     good = df.filter((pl.col("reads").list.len() == n) & (pl.col("writes").list.len() == n))
     report.lines += df.height
@@ -237,17 +258,20 @@ def _access(frame: pl.DataFrame, report: ReadReport) -> pl.DataFrame:
     return good
 
 
-def split_chunk(data: bytes, *, last: bool = False) -> Split:
-    """Whole lines of a log (`last`: the final piece, without its newline) as a `Split`."""
+def split_chunk(data: bytes, end: int | None = None, *, last: bool = False) -> Split:
+    """Whole lines of a log, `data[:end]` (`last`: the final piece, without its newline),
+    as a `Split`."""
     report = ReadReport()
-    if last or not data:
-        return _accurate(data, report, last=last)
+    if end is None:
+        end = len(data)
+    if last or not end:
+        return _accurate(data[:end], report, last=last)
     if not data.isascii():
         try:
-            data.decode()  # polars holds only valid UTF-8
+            data[:end].decode()  # polars holds only valid UTF-8
         except UnicodeDecodeError:
-            return _accurate(data, report)
-    lines, offs = _lines(data)
+            return _accurate(data[:end], report)
+    lines, offs = _lines(data, end)
     line_no = pl.int_range(pl.len(), dtype=pl.UInt32).alias(LINE)
     frame = pl.DataFrame([lines]).with_columns(line_no)
     is_fault = lines.str.contains(FAULT)
@@ -260,7 +284,7 @@ def split_chunk(data: bytes, *, last: bool = False) -> Split:
     accurate = parse_lines(raws, other, report)
     moves = rest.filter(is_move)
     if moves.height:
-        parts.append(_groups(moves, MOVE, _MOVE_COLS))
+        parts.append(_moves(moves))
         report.lines += moves.height
         report.events += moves.height
     acc = rest.filter(is_acc)
@@ -315,36 +339,48 @@ def iter_splits(
     """The log at `path` as `Split`s, in file order; `report` counts what was skipped.
 
     Chunks are cut at line ends and worked on by `WORKERS` threads, at most
-    two per worker at a time, so memory stays bounded whatever the log's size.
+    one more than there are workers at a time, so memory stays bounded
+    whatever the log's size.
     """
     p = check_log(path)
     if report is None:
         report = ReadReport()
     pending: list[Future[Split]] = []
     with open(p, "rb") as f, ThreadPoolExecutor(WORKERS) as pool:
-
-        def blocks() -> Iterator[tuple[bytes, bool]]:
-            tail = b""
-            while True:
-                block = f.read(chunk)
-                if not block:
-                    break
-                data = tail + block
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    tail = data
-                    continue
-                tail = data[cut + 1 :]
-                yield data[: cut + 1], False
-            if tail:
-                yield tail, True
-
-        for data, last in blocks():
-            pending.append(pool.submit(split_chunk, data, last=last))
-            if len(pending) > 2 * WORKERS:
+        for data, end, last in _blocks(f, chunk):
+            pending.append(pool.submit(split_chunk, data, end, last=last))
+            if len(pending) > WORKERS:
                 yield _done(pending.pop(0), report)
         while pending:
             yield _done(pending.pop(0), report)
+
+
+def _blocks(f: BinaryIO, chunk: int) -> Iterator[tuple[bytes, int, bool]]:
+    """(data, end, last): `data[:end]` is whole lines (`last`: the final piece, without its
+    newline). The part of a read after its last newline is read again with the next
+    chunk (a seek back), so no chunk is copied."""
+    carry = b""
+    seekable = f.seekable()
+    while True:
+        block = f.read(chunk)
+        if carry:
+            block, carry = carry + block, b""
+        if not block:
+            return
+        cut = block.rfind(b"\n") + 1
+        if cut == 0:  # no line end: a line longer than a chunk, or the torn end of the log
+            more = f.read(chunk)
+            if not more:
+                yield block, len(block), True
+                return
+            carry = block + more
+            continue
+        yield block, cut, False
+        if cut < len(block):
+            if seekable:
+                f.seek(cut - len(block), os.SEEK_CUR)
+            else:
+                carry = block[cut:]
 
 
 def _done(fut: Future[Split], report: ReadReport) -> Split:
