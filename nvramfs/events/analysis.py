@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from . import schema
-from .fast import SCAN_COLS, THIN_EV, iter_splits, skeleton
+from .fast import CHUNK_BYTES, SCAN_COLS, THIN_EV, iter_splits, skeleton
 from .loader import LINE, frame_of_events
 from .numbers import hit_ratio
 from .reader import ReadReport
@@ -426,9 +426,12 @@ class Scan:
         self._chunk = 0
 
     @classmethod
-    def of_log(cls, path: str | os.PathLike[str], unit: float = 0.5) -> Scan:
+    def of_log(
+        cls, path: str | os.PathLike[str], unit: float = 0.5, chunk: int = CHUNK_BYTES
+    ) -> Scan:
+        """One pass over the log at `path`, by the fast path (`fast`), `chunk` bytes at a time."""
         scan = cls(unit)
-        for split in iter_splits(path, scan.report):
+        for split in iter_splits(path, scan.report, chunk):
             scan.add(split.full, split.skel, split.special)
         scan.finish()
         return scan
@@ -592,6 +595,12 @@ def _name(names: dict[tuple[Any, ...], str], key: tuple[Any, ...]) -> str:
     return names.get(key, f"<ino {key[1]}>")
 
 
+def _ident_order(key: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
+    """A file identity as a sort key (nulls last): ties in a result come out the same way
+    every run."""
+    return tuple((x is None, x if x is not None else 0) for x in key)
+
+
 def _score(reads: int, writes: int, by: str) -> int:
     return reads if by == "reads" else writes if by == "writes" else reads + writes
 
@@ -634,7 +643,7 @@ def hottest_files(
             "demote": moved[(*key, "demote")],
             "cow": moved[(*key, "cow")],
         }
-        for key, f in files.items()
+        for key, f in sorted(files.items(), key=lambda kv: _ident_order(kv[0]))
     ]
     rows.sort(key=lambda r: (-_score(r["reads"], r["writes"], by), r["path"], r["ino"]))
     return rows[:n] if n > 0 else rows
@@ -662,7 +671,11 @@ def hottest_pages(
         .with_columns(
             pl.col("path").fill_null(pl.format("<ino {}>", pl.col("ino"))), score.alias("_s")
         )
-        .sort(["_s", "path", "pages"], descending=[True, False, False])
+        .sort(
+            ["_s", "path", "pages", *_IDENT],
+            descending=[True, False, False, False, False, False, False],
+            nulls_last=True,
+        )
     )
     if n > 0:
         agg = agg.head(n)
@@ -715,7 +728,7 @@ def profile_lines(
     if top > 0:
         rows.sort(key=lambda x: (-x[2], x[0], x[1]))
         rows = rows[:top]
-    rows.sort(key=lambda x: (x[0], x[1]))
+    rows.sort()  # by path, offset (and count: two files of one path, one after the other)
     notes = []
     if nameless:
         notes.append(
