@@ -225,7 +225,7 @@ def main() -> int:
     rate = n_events / secs
     print(f"{'':<28} {'wall s':>8} {'events/s':>12} {'CPU s':>8} {'events/CPU s':>13} "
           f"{'peak RSS':>9}")  # fmt: skip
-    print(f"{'log summary (polars)':<28} {secs:>8.2f} {rate:>12,.0f} {cpu:>8.2f} "
+    print(f"{'log summary':<28} {secs:>8.2f} {rate:>12,.0f} {cpu:>8.2f} "
           f"{n_events / cpu:>13,.0f} {rss / 2**20:>5.0f} MiB   (median of {len(runs)})")  # fmt: skip
     if base is not None:
         brate = n_events / base[0]

@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from . import schema
-from .fast import CHUNK_BYTES, SCAN_COLS, THIN_EV, iter_splits, skeleton
+from .fast import CHUNK_BYTES, SCAN_COLS, THIN_EV, Split, iter_splits, join, skeleton
 from .loader import LINE, frame_of_events
 from .numbers import hit_ratio
 from .reader import ReadReport
@@ -308,6 +308,8 @@ def _fkey() -> pl.Expr:
 
 _IDENT = ["image_uuid", "ino", "file_gen", "fkey"]
 _NARROW = frozenset((*SCAN_COLS, "session"))
+# Chunks aggregated at once by `Scan.of_log` (each step has a fixed cost).
+_BATCH = 2
 
 
 def _with_annotations(df: pl.DataFrame) -> pl.DataFrame:
@@ -431,8 +433,16 @@ class Scan:
     ) -> Scan:
         """One pass over the log at `path`, by the fast path (`fast`), `chunk` bytes at a time."""
         scan = cls(unit)
+        batch: list[Split] = []
         for split in iter_splits(path, scan.report, chunk):
-            scan.add(split.full, split.skel, split.special)
+            batch.append(split)
+            if len(batch) == _BATCH:
+                joined = join(batch)
+                scan.add(joined.full, joined.skel, joined.special)
+                batch.clear()
+        if batch:
+            joined = join(batch)
+            scan.add(joined.full, joined.skel, joined.special)
         scan.finish()
         return scan
 

@@ -115,6 +115,7 @@ SCAN_COLS = (
     "frames_used",
 )
 _SCAN_SCHEMA = {c: pl.UInt32 if c == LINE else FIELDS[c] for c in SCAN_COLS}
+_SCAN_BASE = pl.DataFrame(schema=_SCAN_SCHEMA)
 # The events that shape sessions, kept whole (`Split.special`).
 SPECIAL = (schema.MOUNT, schema.UNMOUNT, schema.COUNTERS, schema.MARK, schema.WEAR)
 
@@ -311,7 +312,7 @@ def split_chunk(data: bytes, end: int | None = None, *, last: bool = False) -> S
 
 def _merge(parts: list[pl.DataFrame]) -> pl.DataFrame:
     """The rows of the parts in file order, with the columns of `SCAN_COLS`."""
-    base = pl.DataFrame(schema=_SCAN_SCHEMA)
+    base = _SCAN_BASE
     parts = [p.select(c for c in p.columns if c in _SCAN_SCHEMA) for p in parts if p.height]
     if not parts:
         return base
@@ -381,6 +382,23 @@ def _blocks(f: BinaryIO, chunk: int) -> Iterator[tuple[bytes, int, bool]]:
                 f.seek(cut - len(block), os.SEEK_CUR)
             else:
                 carry = block[cut:]
+
+
+def join(splits: list[Split]) -> Split:
+    """Consecutive splits as one (the scan aggregates a few chunks at a time: fewer, larger
+    steps). Their reports stay with them."""
+    if len(splits) == 1:
+        return splits[0]
+    off = 0
+    fulls, skels, specials = [], [], []
+    for sp in splits:
+        shift = (pl.col(LINE) + off).cast(pl.UInt32)
+        fulls.append(sp.full.with_columns(shift))
+        skels.append(sp.skel.with_columns(shift))
+        specials.append(sp.special.with_columns(shift))
+        if sp.skel.height:
+            off += int(sp.skel[LINE].max()) + 1  # type: ignore[arg-type]
+    return Split(pl.concat(fulls), pl.concat(skels), pl.concat(specials), ReadReport())
 
 
 def _done(fut: Future[Split], report: ReadReport) -> Split:

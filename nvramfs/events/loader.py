@@ -118,6 +118,7 @@ _JSON_FIELDS = ("faults", "accesses", "migrations", "writebacks")
 _SCHEMA = pl.Schema(FIELDS)
 
 CHUNK_BYTES = 8 << 20
+_EMPTY: list[pl.DataFrame] = []  # empty_frame(), made once per schema
 
 
 def register_fields(fields: dict[str, Any]) -> None:
@@ -128,10 +129,14 @@ def register_fields(fields: dict[str, Any]) -> None:
             raise ValueError(f"field {k} is already {FIELDS[k]}")
         FIELDS[k] = dt
     _SCHEMA = pl.Schema(FIELDS)
+    _EMPTY.clear()
 
 
 def empty_frame() -> pl.DataFrame:
-    return pl.DataFrame(schema=_SCHEMA)
+    """No rows, every column of the schema (made once: a frame of ~100 columns costs)."""
+    if not _EMPTY:
+        _EMPTY.append(pl.DataFrame(schema=_SCHEMA))
+    return _EMPTY[0]
 
 
 def _read_ndjson(data: bytes) -> pl.DataFrame:
