@@ -7,7 +7,9 @@ mount sessions of one image, with per-fault tracing on (`-o trace_faults`,
 the option that makes logs long), so most events are `fault`s, and every
 second of a session has its counters, access histograms of the files it
 touched, promotions, demotions, COWs and writebacks in the proportions a
-zipf-hot fio run gives. Then runs `nvramfs log LOG summary --json` as a
+zipf-hot fio run gives, each line as the writer writes it (its key order:
+`LOG_FORMAT` 2; format 1 put the page events' keys in another order, which
+the scan's fast path leaves to the NDJSON reader). Then runs `nvramfs log LOG summary --json` as a
 child process R times and prints the median wall time, events per second
 and the child's peak RSS (ru_maxrss), side by side with a baseline in the
 same run: the streaming dict reader (`reader.read_events`, json.loads per
