@@ -790,6 +790,9 @@ def demo_sweep(trace: Path, policy: str | None, dram_bytes: int, seconds: float)
     if has_opt:
         configs.append(sweep.Config("opt", pages, True))
     rows = sweep.run_bounded(str(trace), configs, seconds)
+    missing = (
+        f"not finished in {seconds:g} s (--sweep-seconds)" if has_opt else "not in this nvramfs"
+    )
     return "sweep        " + sweep.xip_line(
-        name, pages, rows[0], rows[1], rows[2] if has_opt else None
+        name, pages, rows[0], rows[1], rows[2] if has_opt else None, missing
     )

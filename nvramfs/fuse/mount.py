@@ -437,7 +437,14 @@ def serve(
     }
     control = Control(mm, events, info)
     ops = Operations(
-        img, mm, events, cache=opts.cache, readonly=opts.readonly, control=control, atime=opts.atime
+        img,
+        mm,
+        events,
+        cache=opts.cache,
+        readonly=opts.readonly,
+        control=control,
+        atime=opts.atime,
+        shared_mmap=opts.shared_mmap,
     )
     control.ops = ops
     recorder = getattr(mm, "recorder", None)

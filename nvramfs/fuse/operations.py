@@ -36,6 +36,7 @@ Gotchas, written down so nobody rediscovers them:
 from __future__ import annotations
 
 import errno
+import fnmatch
 import functools
 import json
 import logging
@@ -163,7 +164,9 @@ class OpenFile:
     what they need of the OPEN (who opened it, O_SYNC, O_NOATIME) is kept here.
     """
 
-    __slots__ = ("ino", "attr", "ctl", "writable", "uid", "gid", "pid", "sync", "noatime")
+    __slots__ = (
+        "ino", "attr", "ctl", "writable", "uid", "gid", "pid", "sync", "noatime", "direct"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -177,6 +180,7 @@ class OpenFile:
         pid: int = 0,
         sync: bool = False,
         noatime: bool = False,
+        direct: bool = True,
     ):
         self.ino = ino
         self.attr = attr
@@ -187,6 +191,7 @@ class OpenFile:
         self.pid = pid
         self.sync = sync  # O_SYNC/O_DSYNC on a direct_io file: every write is fsync'ed
         self.noatime = noatime  # O_NOATIME: reads through it leave atime alone
+        self.direct = direct  # opened with direct_io (else through the kernel page cache)
 
 
 class Operations(pyfuse3.Operations):
@@ -206,6 +211,7 @@ class Operations(pyfuse3.Operations):
         readonly: bool = False,
         control: Any = None,
         atime: str = "relatime",
+        shared_mmap: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.img = img
@@ -213,6 +219,10 @@ class Operations(pyfuse3.Operations):
         self.events = events
         self.readonly = readonly
         self.direct_io = cache == "direct"
+        # Under cache=direct, files whose name matches one of these shell patterns
+        # are opened through the kernel page cache, so that MAP_SHARED works on
+        # them (`shared_mmap=`; SQLite's WAL index, NAME-shm, by default).
+        self.shared_mmap = tuple(shared_mmap) if self.direct_io else ()
         self.control = control
         # Access times on read, as the VFS's mount flags say: relatime (update when
         # atime is not newer than mtime/ctime, or a day old), strictatime, noatime.
@@ -468,6 +478,8 @@ class Operations(pyfuse3.Operations):
         else:
             ino = self.img.lookup(parent_inode, name)
         entry = self._attr(ino)
+        if ino in self._reserved:
+            self._count_delalloc(ino, entry)
         self._remember(parent_inode, name if name not in (b".", b"..") else b"", ino)
         return entry
 
@@ -497,7 +509,20 @@ class Operations(pyfuse3.Operations):
             if dead is not None:
                 return dead
             entry = self._load(inode)
+        if inode in self._reserved:
+            self._count_delalloc(inode, entry)
         return entry
+
+    def _count_delalloc(self, ino: int, entry: pyfuse3.EntryAttributes) -> None:
+        """st_blocks counts the blocks a write reserved and writeback has not
+        mapped yet, as ext4 counts its delayed allocations: `du` of a file just
+        written shows its size, not 0 until the flusher runs (tmpfs shows it too)."""
+        self._prune_reserved(ino)
+        mine = self._reserved.get(ino)
+        pending = len(mine) if mine else 0
+        if not pending:
+            self._reserved.pop(ino, None)
+        entry.st_blocks = self.img.getattr(ino).blocks + pending * (PAGE_SIZE // 512)
 
     @_handler
     async def setattr(
@@ -816,9 +841,23 @@ class Operations(pyfuse3.Operations):
         return fh
 
     def _file_info(self, fh: int) -> pyfuse3.FileInfo:
-        if self.direct_io:
+        if self._fh[fh].direct:
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+
+    def _direct(self, ino: int) -> bool:
+        """Open `ino` with direct_io? Yes under cache=direct, unless its name
+        matches `shared_mmap`: the kernel refuses MAP_SHARED on a direct_io file
+        (libfuse 3.14 cannot ask for FUSE_DIRECT_IO_ALLOW_MMAP), and SQLite's WAL
+        needs it on its -shm file. Such a file's accesses reach the simulation as
+        the kernel's page-cache misses only, as under cache=kernel."""
+        if not self.direct_io:
+            return False
+        if self.shared_mmap:
+            name = os.path.basename(self._paths.get(ino) or "")
+            if name and any(fnmatch.fnmatchcase(name, pat) for pat in self.shared_mmap):
+                return False
+        return True
 
     def _open_file(
         self, ino: int, entry: pyfuse3.EntryAttributes, flags: int, ctx: pyfuse3.RequestContext
@@ -829,6 +868,7 @@ class Operations(pyfuse3.Operations):
         write itself; under direct_io it does not, so `write` does it. O_APPEND,
         O_DIRECT, O_NONBLOCK, O_CLOEXEC are the kernel's business (it computes
         the append offset from its i_size, which every reply keeps exact)."""
+        direct = self._direct(ino)
         return OpenFile(
             ino,
             entry,
@@ -836,8 +876,9 @@ class Operations(pyfuse3.Operations):
             uid=ctx.uid,
             gid=ctx.gid,
             pid=ctx.pid,
-            sync=self.direct_io and bool(flags & os.O_DSYNC),
+            sync=direct and bool(flags & os.O_DSYNC),
             noatime=bool(flags & os.O_NOATIME),
+            direct=direct,
         )
 
     @_handler
@@ -956,11 +997,17 @@ class Operations(pyfuse3.Operations):
     def _kill_suid(self, of: OpenFile, entry: pyfuse3.EntryAttributes) -> None:
         """A write by an unprivileged opener drops setuid/setgid as the VFS's
         file_remove_privs would (`_drop_privs`): FUSE direct_io writes leave it to
-        us; under cache=kernel the kernel has sent the SETATTR already."""
+        us; under cache=kernel the kernel has sent the SETATTR already.
+
+        The write's reply carries no attributes, and after a direct_io write
+        the kernel refreshes only size and times: a statx asking for the mode
+        alone (`stat -c %a`) would see the old one for ATTR_TIMEOUT. So the
+        kernel's attributes of the inode are invalidated."""
         mode = self._drop_privs(entry, of.uid, of.gid, of.pid)
         if mode != entry.st_mode:
             self.img.setattr(of.ino, mode=mode)
             self._load(of.ino)
+            pyfuse3.invalidate_inode(of.ino, attr_only=True)
 
     def reserve(self, ino: int, off: int, length: int) -> None:
         """Reserve image blocks for the holes a write fills: ENOSPC now, at write(),

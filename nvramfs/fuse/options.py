@@ -36,6 +36,9 @@ OPTION_HELP = [
     ("", "mmap: MAP_PRIVATE works, MAP_SHARED is refused by the kernel (ENODEV)"),
     ("cache=kernel", "the kernel page cache sits in front: fewer requests, MAP_SHARED works,"),
     ("", "and the simulation sees only the kernel's misses"),
+    ("shared_mmap=GLOBS", "under cache=direct, files whose name matches one of these"),
+    ("", "':'-separated shell patterns go through the kernel page cache, so"),
+    ("", "MAP_SHARED works on them (default *-shm: SQLite's WAL index; empty: none)"),
     ("sim=on|off", "off: serve straight from the image, no simulation (benchmark baseline)"),
     ("trace_faults", "log one `fault` event per page fault (many)"),
     ("writeback=SECONDS", "write dirty frames back after this long (default 5)"),
@@ -106,6 +109,7 @@ class MountOptions:
     medium: str = "nor"
     dirty_background: float | None = None  # percent of the DRAM budget
     dirty_limit: float | None = None  # percent of the DRAM budget
+    shared_mmap: tuple[str, ...] = ("*-shm",)  # names opened through the page cache
     vfs_flags: list[str] = field(default_factory=list)
     # The options the user named (key before `=`), for remount's checks.
     given: list[str] = field(default_factory=list)
@@ -176,7 +180,7 @@ def parse_options(groups: list[str] | None) -> MountOptions:
 
 def _apply(opts: MountOptions, word: str) -> None:
     key, eq, value = word.partition("=")
-    if eq and not value and key not in ("log",):
+    if eq and not value and key not in ("log", "shared_mmap"):
         raise UsageError(f"option {key!r} needs a value")
     if word not in _VFS_FLAGS and word not in _IGNORED and not word.startswith(_IGNORED_PREFIXES):
         opts.given.append(key)
@@ -211,6 +215,11 @@ def _apply(opts: MountOptions, word: str) -> None:
         if value not in ("direct", "kernel"):
             raise UsageError(f"cache={value}: use cache=direct or cache=kernel")
         opts.cache = value
+    elif key == "shared_mmap" and eq:
+        pats = tuple(p for p in value.split(":") if p)
+        if any("/" in p for p in pats):
+            raise UsageError(f"shared_mmap={value}: patterns match file names, not paths")
+        opts.shared_mmap = pats
     elif key == "sim" and eq:
         if value not in ("on", "off"):
             raise UsageError(f"sim={value}: use sim=on or sim=off")

@@ -145,6 +145,16 @@ def scan_tree(src: Path) -> Scan:
     return sc
 
 
+def _smallest_size() -> int:
+    """The smallest empty image mkfs makes: metadata plus 64 data blocks."""
+    blocks = 1
+    while True:
+        lay = _plan(blocks * BS, 0)
+        if not lay.problems() and lay.nr_blocks >= lay.data_start + 64:
+            return blocks * BS
+        blocks += 1
+
+
 def _plan(nr_bytes: int, inodes_needed: int) -> F.Layout:
     nr_blocks = nr_bytes // BS
     nr_inodes = max(MIN_INODES, nr_bytes // BYTES_PER_INODE, 2 * inodes_needed + 16)
@@ -299,11 +309,15 @@ def mkfs(
             )
     elif size is None:
         raise NvramfsError("give --size SIZE for an empty image, or --from DIR", 2)
+    asked = size
     size -= size % BS
     lay = _plan(size, sc.inodes_needed if sc else 0)
     if lay.problems() or lay.nr_blocks < lay.data_start + 64:
-        need = (lay.data_start + 64) * BS
-        raise NvramfsError(f"size {format_bytes(size)} too small: at least {need} bytes are needed")
+        need = _smallest_size()
+        raise NvramfsError(
+            f"size {format_bytes(asked)} too small: at least {need} bytes "
+            f"({format_bytes(need)}) are needed"
+        )
     if sc is not None and lay.nr_blocks - lay.data_start < sc.blocks_needed + 64:
         need = (sc.blocks_needed + 64 + lay.data_start) * BS
         raise NvramfsError(

@@ -868,10 +868,16 @@ def run_bounded(
 
 
 def xip_line(
-    policy: str, dram_pages: int, on: dict | None, off: dict | None, opt: dict | None
+    policy: str,
+    dram_pages: int,
+    on: dict | None,
+    off: dict | None,
+    opt: dict | None,
+    opt_missing: str = "not run",
 ) -> str:
     """The demo's one line: what XIP saves for `policy` at its budget against the same
-    policy without XIP (DRAM copies, struct page bytes), and how close it comes to opt."""
+    policy without XIP (DRAM copies, struct page bytes), and how close it comes to opt
+    (`opt_missing` says why there is no opt row, when `opt` is None)."""
     head = f"XIP at {dram_pages * PAGE / 2**20:g} MiB, {policy}: "
     if on is None or on.get("error"):
         return head + "the sweep did not finish (" + ((on or {}).get("error") or "time") + ")"
@@ -889,7 +895,7 @@ def xip_line(
         parts.append("no run without XIP in time")
     hr = on["hit_ratio"]
     if opt is None:
-        parts.append(f"hit ratio {hr:.3f}; opt: not in this nvramfs or not in time")
+        parts.append(f"hit ratio {hr:.3f}; opt: {opt_missing}")
     elif opt.get("error"):
         parts.append(f"hit ratio {hr:.3f}; opt failed ({opt['error']})")
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,20 @@ def test_mkfs_refusals_are_one_line(tmp_path: Path, src: Path, capsys) -> None:
     assert code == 1 and "reserved" in one_line(err)
     assert not (tmp_path / "n.img").exists()
     assert not list(tmp_path.glob(".n.img.mkfs-*"))  # no temporary left behind
+
+
+def test_mkfs_too_small_names_the_size_asked_and_a_minimum_that_works(
+    tmp_path: Path, capsys
+) -> None:
+    img = str(tmp_path / "s.img")
+    code, _, err = nv(capsys, "mkfs", img, "--size", "1K")
+    line = one_line(err)
+    assert code == 1 and "size 1.0 KiB too small" in line
+    need = int(re.search(r"at least (\d+) bytes", line).group(1))
+    code, _, err = nv(capsys, "mkfs", img, "--size", str(need - 4096))
+    assert code == 1 and f"at least {need} bytes" in one_line(err)
+    code, _, _ = nv(capsys, "mkfs", img, "--size", str(need))
+    assert code == 0
 
 
 def test_mkfs_force_overwrites(tmp_path: Path, capsys) -> None:

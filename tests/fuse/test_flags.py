@@ -197,9 +197,14 @@ def test_write_truncate_chown_drop_setuid_setgid_as_tmpfs_does(
                 os.chown(p, 65534, 0)
                 out = as_nobody(f"import os; os.chmod({str(p)!r}, 0o2755)")
                 assert out.returncode == 0, out.stderr
+            # What `stat -c %a` sees: a statx for the mode alone, served from the
+            # kernel's attribute cache when that is still valid.
+            out = subprocess.run(["stat", "-c", "%a", str(p)], capture_output=True, text=True)
+            seen[(where + "-statx-mode", name)] = int(out.stdout, 8)
             seen[(where, name)] = stat.S_IMODE(os.stat(p).st_mode)
     for name in cases:
         assert seen[("nvramfs", name)] == seen[("tmpfs", name)], (name, seen)
+        assert seen[("nvramfs-statx-mode", name)] == seen[("tmpfs", name)], (name, seen)
     assert seen[("nvramfs", "write-suid")] == 0o777
     assert seen[("nvramfs", "write-root")] == 0o6777
 

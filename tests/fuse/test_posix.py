@@ -145,6 +145,24 @@ def test_write_past_eof_leaves_a_zero_hole(mnt):
     assert p.read_bytes() == b"he" + bytes(4094)
 
 
+def test_du_counts_blocks_written_but_not_yet_written_back(mnt, tmpfs_dir):
+    """st_blocks of a file just written counts its reserved blocks (ext4's delayed
+    allocation does the same), before and after writeback: `du` is never 0."""
+    seen = {}
+    for where, root in (("nvramfs", mnt.path), ("tmpfs", tmpfs_dir)):
+        p = root / "fresh"
+        p.write_bytes(b"z" * (1 << 20))
+        fd = os.open(p, os.O_WRONLY)
+        os.pwrite(fd, b"x" * 4096, 8 << 20)  # one page past a hole
+        os.close(fd)
+        # `stat -c %b`: a statx for the block count alone.
+        out = subprocess.run(["stat", "-c", "%b", str(p)], capture_output=True, text=True)
+        seen[where] = (int(out.stdout), os.stat(p).st_blocks)
+    assert seen["nvramfs"] == seen["tmpfs"] == ((257 * 4096) // 512,) * 2
+    mnt.ctl("sync")
+    assert os.stat(mnt.p("fresh")).st_blocks == seen["tmpfs"][1]
+
+
 def test_truncate_to_a_petabyte_is_sparse_or_efbig(mnt):
     p = mnt.p("huge")
     p.write_bytes(b"abc")
@@ -416,7 +434,21 @@ def test_mmap_private_under_direct_and_shared_under_kernel_cache(mounter):
         with pytest.raises(OSError) as ei:
             mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         assert ei.value.errno == errno.ENODEV
+    # A name `shared_mmap=` matches (default *-shm, SQLite's WAL index) goes
+    # through the page cache, so it can be mapped shared.
+    m.p("f-shm").write_bytes(data)
+    with open(m.p("f-shm"), "r+b") as f:
+        mp = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED)
+        mp[0:5] = b"SHARE"
+        mp.flush()
+        mp.close()
+    assert m.p("f-shm").read_bytes() == b"SHARE" + data[5:]
     m.umount()
+    n = mounter(img, "shared_mmap=")
+    with open(n.p("f-shm"), "rb") as f, pytest.raises(OSError) as ei:
+        mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    assert ei.value.errno == errno.ENODEV
+    n.umount()
     k = mounter(img, "cache=kernel")
     with open(k.p("f"), "r+b") as f:
         mp = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED)

@@ -96,3 +96,11 @@ def test_bad_dirty_thresholds_are_usage_errors(opts):
 def test_dirty_threshold_options():
     o = parse_options(["dirty_background=5%,dirty_limit=15"])
     assert (o.dirty_background, o.dirty_limit) == (5.0, 15.0)
+
+
+def test_shared_mmap_option_names_file_patterns():
+    assert parse_options([]).shared_mmap == ("*-shm",)
+    assert parse_options(["shared_mmap=*.lmdb:*-shm"]).shared_mmap == ("*.lmdb", "*-shm")
+    assert parse_options(["shared_mmap="]).shared_mmap == ()
+    with pytest.raises(UsageError, match="file names, not paths"):
+        parse_options(["shared_mmap=/data/*.db"])

@@ -555,3 +555,25 @@ def test_free_slots_and_file_types_are_repaired(tmp_path: Path, image: Path) -> 
     rep = fsck(str(p), mode="y")
     assert rep.exit_code == 1 and f"inodes {nr - 3}-{nr - 2} (2): slot zeroed" in rep.fixed
     assert_clean(p)
+
+
+def test_check_of_a_sparse_image_reads_holes_without_backing_them(tmp_path: Path) -> None:
+    """fsck -n scans the whole inode table; on a sparse image that must not allocate it.
+
+    A read fault on a hole of a tmpfs file allocates a page: a check through
+    the mapping took 128 MiB of host memory for an empty 8 GiB image (and
+    would SIGBUS on a full host filesystem). The check reads holes as zeros.
+    """
+    from nvramfs.image.mkfs import mkfs
+
+    where = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path
+    path = where / f"sparse-{tmp_path.name}.img"
+    try:
+        mkfs(str(path), size=8 << 30)
+        before = path.stat().st_blocks
+        rep = fsck(str(path))
+        assert rep.exit_code == 0, rep.errors
+        grown = (path.stat().st_blocks - before) * 512
+        assert grown < 1 << 20, f"fsck -n backed {grown} bytes of holes"
+    finally:
+        path.unlink(missing_ok=True)
