@@ -138,17 +138,9 @@ class Split:
     report: ReadReport
 
 
-_SKEL_SCHEMA = {
-    LINE: pl.UInt32,
-    "seq": pl.Int64,
-    "t": pl.Float64,
-    "mount": pl.Boolean,
-    "thin": pl.Boolean,
-}
-
-
 def skeleton(full: pl.DataFrame) -> pl.DataFrame:
-    """The skeleton of rows that are all full (no thin line)."""
+    """The skeleton (`Split.skel`) of full rows: every row of a chunk that has no thin one,
+    or of any frame of events (`_line`: its own, else the row's number)."""
     line = pl.col(LINE) if LINE in full.columns else pl.int_range(pl.len(), dtype=pl.UInt32)
     return full.select(
         line.cast(pl.UInt32).alias(LINE),
