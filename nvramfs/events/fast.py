@@ -45,6 +45,8 @@ CHUNK_BYTES = 8 << 20
 # The event type of the thin skeleton rows (FAULT lines).
 THIN_EV = schema.FAULT
 WORKERS = 2
+# Lines given to the NDJSON reader at once (bounds the memory of a log the templates miss).
+ACCURATE_LINES = 8192
 
 # JSON values all parsers read alike: integers of at most 18 digits (int64),
 # decimals of at most 15 significant digits with a small exponent (exact in
@@ -136,6 +138,7 @@ class Split:
     skel: pl.DataFrame
     special: pl.DataFrame
     report: ReadReport
+    loaded: int = 0  # lines given to the NDJSON reader
 
 
 def skeleton(full: pl.DataFrame) -> pl.DataFrame:
@@ -155,16 +158,21 @@ def _accurate(data: bytes, report: ReadReport, *, last: bool = False) -> Split:
     """A chunk the fast path does not take (not UTF-8): all of it by the loader's rules."""
     full = parse_chunk(data, report, last=last)
     full = full.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias(LINE))
-    return _split(full, [], None, report)
+    split = _split([full], [], None, report)
+    split.loaded = full.height
+    return split
 
 
 def _split(
-    accurate: pl.DataFrame, parts: list[pl.DataFrame], thin: pl.DataFrame | None, report: ReadReport
+    accurate: list[pl.DataFrame],
+    parts: list[pl.DataFrame],
+    thin: pl.DataFrame | None,
+    report: ReadReport,
 ) -> Split:
-    """A `Split` of the rows of the accurate path (every column), of the templates (theirs
-    only) and the thin rows."""
-    special = accurate.filter(pl.col("ev").is_in(SPECIAL))
-    full = _merge([accurate.select(SCAN_COLS), *parts])
+    """A `Split` of the rows of the accurate path (frames with every column), of the
+    templates (theirs only) and the thin rows."""
+    special = pl.concat([a.filter(pl.col("ev").is_in(SPECIAL)) for a in accurate])
+    full = _merge([*(a.select(SCAN_COLS) for a in accurate), *parts])
     skel = skeleton(full)
     if thin is not None and thin.height:
         skel = skel.merge_sorted(thin, key=LINE) if skel.height else thin
@@ -273,8 +281,13 @@ def split_chunk(data: bytes, end: int | None = None, *, last: bool = False) -> S
     is_acc = rest["l"].str.contains(ACCESS)
     parts = []
     other = rest.filter(~is_move & ~is_acc)[LINE].to_list()
-    raws = [data[offs[i] : offs[i + 1] - 1] for i in other]
-    accurate = parse_lines(raws, other, report)
+    # The other lines by the loader, a slice at a time: all the columns of the schema
+    # are made for them, and a log of no template is all other lines.
+    accurate = []
+    for k in range(0, max(1, len(other)), ACCURATE_LINES):
+        nos = other[k : k + ACCURATE_LINES]
+        raws = [data[offs[i] : offs[i + 1] - 1] for i in nos]
+        accurate.append(parse_lines(raws, nos, report))
     moves = rest.filter(is_move)
     if moves.height:
         parts.append(_moves(moves))
@@ -298,6 +311,7 @@ def split_chunk(data: bytes, end: int | None = None, *, last: bool = False) -> S
     report.lines += thin.height
     report.events += thin.height
     split = _split(accurate, parts, thin, report)
+    split.loaded = len(other)
     split.skel = _thin_ends(split.skel, lines)
     return split
 
@@ -333,17 +347,23 @@ def iter_splits(
 
     Chunks are cut at line ends and worked on by `WORKERS` threads, at most
     one more than there are workers at a time, so memory stays bounded
-    whatever the log's size.
+    whatever the log's size. A log whose lines are mostly not templates
+    (another writer's) is read one chunk at a time: the NDJSON reader's
+    memory, once.
     """
     p = check_log(path)
     if report is None:
         report = ReadReport()
     pending: list[Future[Split]] = []
+    ahead = WORKERS + 1
     with open(p, "rb") as f, ThreadPoolExecutor(WORKERS) as pool:
         for data, end, last in _blocks(f, chunk):
             pending.append(pool.submit(split_chunk, data, end, last=last))
-            if len(pending) > WORKERS:
-                yield _done(pending.pop(0), report)
+            while len(pending) >= ahead:
+                split = _done(pending.pop(0), report)
+                if 2 * split.loaded > split.skel.height:
+                    ahead = 1
+                yield split
         while pending:
             yield _done(pending.pop(0), report)
 
