@@ -308,8 +308,10 @@ def _fkey() -> pl.Expr:
 
 _IDENT = ["image_uuid", "ino", "file_gen", "fkey"]
 _NARROW = frozenset((*SCAN_COLS, "session"))
-# Chunks aggregated at once by `Scan.of_log` (each step has a fixed cost).
-_BATCH = 2
+# Chunks aggregated at once by `Scan.of_log` (each step has a fixed cost), up to
+# so many full rows (memory).
+_BATCH = 4
+_BATCH_ROWS = 50_000
 
 
 def _with_annotations(df: pl.DataFrame) -> pl.DataFrame:
@@ -434,12 +436,15 @@ class Scan:
         """One pass over the log at `path`, by the fast path (`fast`), `chunk` bytes at a time."""
         scan = cls(unit)
         batch: list[Split] = []
+        rows = 0
         for split in iter_splits(path, scan.report, chunk):
             batch.append(split)
-            if len(batch) == _BATCH:
+            rows += split.full.height
+            if len(batch) == _BATCH or rows >= _BATCH_ROWS:
                 joined = join(batch)
                 scan.add(joined.full, joined.skel, joined.special)
                 batch.clear()
+                rows = 0
         if batch:
             joined = join(batch)
             scan.add(joined.full, joined.skel, joined.special)
