@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -179,10 +180,17 @@ def _split(
     return Split(full, skel, special, report)
 
 
+_local = threading.local()
+
+
 def _lines(data: bytes, end: int) -> tuple[pl.Series, np.ndarray]:
     """The lines of `data[:end]` (which ends with a newline), each with its newline, and the
     offset where each starts (one more at the end)."""
-    ends = np.flatnonzero(np.frombuffer(data, np.uint8, count=end) == 10)
+    mask = getattr(_local, "mask", None)
+    if mask is None or len(mask) < end:  # one per thread, reused: no page faults per chunk
+        mask = _local.mask = np.empty(max(end, CHUNK_BYTES), np.bool_)
+    np.equal(np.frombuffer(data, np.uint8, count=end), 10, out=mask[:end])
+    ends = np.flatnonzero(mask[:end])
     offs = np.empty(len(ends) + 1, np.int32)
     offs[0] = 0
     offs[1:] = ends + 1
