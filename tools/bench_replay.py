@@ -15,8 +15,8 @@ Rates are page accesses per second of the replaying process's CPU time
 Each trace is replayed `--repeats` times batched (runs of one-page reads go
 to mm.batch.load_pages, the default) and as many times with one mm call per
 record (the baseline), alternated; medians, and the ratio. The two must give
-the same counters (checked). Then a cProfile of one batched hot replay: where
-the time goes. The default run takes about two minutes on an idle core.
+the same counters (checked). Then a cProfile of one batched replay of each:
+where the time goes. The default run takes about a minute on an idle core.
 
     tools/bench_replay.py --sweep [--jobs N]
 
@@ -122,15 +122,16 @@ def main() -> int:
             b = statistics.median(runs["batched"])
             s = statistics.median(runs["per record"])
             print(f"{kind:<7}{n:>11,}{bpa:>10.2f}{fr:>9.1%}{b:>14,.0f}{s:>14,.0f}{b / s:>7.2f}x")
-        if args.profile:
+        for kind, lines in (("hot", 15), ("cold", 10)) if args.profile else ():
             prof = cProfile.Profile()
             prof.enable()
-            replay(str(work / "hot.trace"), summary=False)
+            replay(str(work / f"{kind}.trace"), summary=False)
             prof.disable()
             out = io.StringIO()
-            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)
-            text = out.getvalue()
-            print("\nwhere the time goes (cProfile, one batched hot replay, by own time):")
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(lines)
+            text = out.getvalue().replace(str(Path(__file__).resolve().parent.parent) + "/", "")
+            text = text.replace("tools/../", "")
+            print(f"\nwhere the time goes (cProfile, one batched {kind} replay, by own time):")
             print(text[text.index("ncalls") - 3 :].rstrip())
     finally:
         shutil.rmtree(work, ignore_errors=True)

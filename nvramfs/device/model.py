@@ -101,8 +101,11 @@ class DeviceModel:
 
     def writeback(self, blocks: np.ndarray) -> None:
         """Dirty pages programmed into `blocks` (one page each), in one batch."""
-        b = np.unique(np.asarray(blocks, dtype=np.int64))
-        b = b[(b >= 0) & (b < self.nr_blocks)]
+        b = np.asarray(blocks, dtype=np.int64)
+        if len(b) > 1 and not bool((b[1:] > b[:-1]).all()):
+            b = np.unique(b)  # (mm's batches come sorted and unique)
+        if len(b) and (int(b[0]) < 0 or int(b[-1]) >= self.nr_blocks):
+            b = b[(b >= 0) & (b < self.nr_blocks)]
         if not len(b):
             return
         m = self.medium
@@ -116,24 +119,41 @@ class DeviceModel:
         # (the erase's price) and program the new pages (the writeback's).
         spp = self.sector_pages
         sectors = b // spp
-        dirty_sectors = np.unique(sectors[self.programmed[b]])
-        in_erase = np.isin(sectors, dirty_sectors)
+        dirty_sectors = sectors[self.programmed[b]]  # sorted, as b is
+        if len(dirty_sectors) > 1:
+            dirty_sectors = dirty_sectors[np.r_[True, dirty_sectors[1:] != dirty_sectors[:-1]]]
+        if not len(dirty_sectors):
+            self._program(b, "writeback")
+            return
+        k = len(dirty_sectors)
+        rows = np.searchsorted(dirty_sectors, sectors)
+        in_erase = dirty_sectors[np.minimum(rows, k - 1)] == sectors
         if not in_erase.all():
             self._program(b[~in_erase], "writeback")
-        for sector in dirty_sectors:
-            lo = int(sector) * spp
-            targets = b[sectors == sector]
-            keep = np.flatnonzero(self.live[lo : lo + spp]) + lo
-            keep = np.setdiff1d(keep, targets, assume_unique=True)
-            self.modelled_ns["erase"] += len(keep) * self._page_nvram_read_ns + m.erase_ns
-            self.sector_erases[sector] += 1
-            self.erases += 1
-            self.bytes_erased += m.erase_sector
-            self.programmed[lo : lo + spp] = False
-            self.live[lo : lo + spp] = False
-            if len(keep):
-                self._program(keep, "erase")
-            self._program(targets, "writeback")
+            rows = rows[in_erase]
+        # Every sector to erase at once, as (sector, page-in-sector) masks.
+        targets = np.zeros((k, spp), dtype=bool)
+        targets[rows, b[in_erase] % spp] = True
+        keep = self.live.reshape(-1, spp)[dirty_sectors] & ~targets
+        nkeep = keep.sum(axis=1)
+        ntarget = targets.sum(axis=1)
+        ns = self.modelled_ns
+        read_ns, program_ns, erase_ns = self._page_nvram_read_ns, self._page_program_ns, m.erase_ns
+        # The prices added sector by sector, in the order a sector loop adds them
+        # (floating-point sums: a replay must get the same bits).
+        for nk, nt in zip(nkeep.tolist(), ntarget.tolist(), strict=True):
+            ns["erase"] += nk * read_ns + erase_ns
+            if nk:
+                ns["erase"] += nk * program_ns
+            ns["writeback"] += nt * program_ns
+        self.sector_erases[dirty_sectors] += 1
+        self.erases += k
+        self.bytes_erased += k * m.erase_sector
+        after = keep | targets  # erased, then the kept pages and the targets programmed
+        self.programmed.reshape(-1, spp)[dirty_sectors] = after
+        self.live.reshape(-1, spp)[dirty_sectors] = after
+        self.sector_programs[dirty_sectors] += nkeep + ntarget
+        self.bytes_programmed += int(nkeep.sum() + ntarget.sum()) * PAGE_SIZE
 
     def _program(self, blocks: np.ndarray, kind: str) -> None:
         self.modelled_ns[kind] += len(blocks) * self._page_program_ns

@@ -72,44 +72,67 @@ _INT = {int}
 
 
 def _page_lines(ev: str, seq: int, t: float, cols: tuple) -> list[str]:
-    """The lines of an emit_pages batch, each exactly what `_encode` gives its dict."""
+    """The lines of an emit_pages batch, each exactly what `_encode` gives its dict,
+    newline included.
+
+    The fields a batch shares (time, event, file, homes, reason, and the counts
+    when every page has the same) are formatted once; each line is then one
+    f-string of its own numbers (the mm logs three lines per page it moves)."""
     ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via = cols
+    n = len(index)
+    one = type(refcount) is int and type(mapcount) is int  # the same counts for every page
+    if not one:
+        refcount = [refcount] * n if type(refcount) is int else refcount
+        mapcount = [mapcount] * n if type(mapcount) is int else mapcount
+        if refcount.count(refcount[0]) == n and mapcount.count(mapcount[0]) == n:
+            one, refcount, mapcount = True, refcount[0], mapcount[0]
     t = round(t, 6)
     words = {ev, home_from, home_to, reason} | ({via} if via is not None else set())
+    columns = (index, pfn_from, pfn_to) if one else (index, pfn_from, pfn_to, refcount, mapcount)
     fast = (
         words <= _WORDS
         and type(ino) is int
         and type(t) is float
-        and {type(x) for c in (index, pfn_from, pfn_to, refcount, mapcount) for x in c} <= _INT
+        and (not one or (type(refcount) is int and type(mapcount) is int))
+        and all(set(map(type, c)) <= _INT for c in columns)
     )
-    out = []
-    for k in range(len(index)):
-        if fast:
-            line = _PAGE_FMT % (
-                schema.SCHEMA_VERSION,
-                seq + k,
-                t,
-                ev,
-                ino,
-                index[k],
-                pfn_from[k],
-                pfn_to[k],
-                home_from,
-                home_to,
-                reason,
-                refcount[k],
-                mapcount[k],
-            )
-            out.append(line + ("}" if via is None else ',"via":"' + via + '"}'))
-            continue
-        rec = {"v": schema.SCHEMA_VERSION, "seq": seq + k, "t": t, "ev": ev, "ino": ino}
-        rec.update(index=index[k], pfn_from=pfn_from[k], pfn_to=pfn_to[k])
-        rec.update({"from": home_from, "to": home_to, "reason": reason})
-        rec.update(refcount=refcount[k], mapcount=mapcount[k])
-        if via is not None:
-            rec["via"] = via
-        out.append(_ENCODE(rec))
-    return out
+    if not fast:
+        return [_page_dict_line(ev, seq + k, t, cols, k) + "\n" for k in range(n)]
+    head = f'{{"v":{schema.SCHEMA_VERSION},"seq":'
+    mid = f',"t":{t!r},"ev":"{ev}","ino":{ino},"index":'
+    end = "}\n" if via is None else f',"via":"{via}"}}\n'
+    homes = f',"from":"{home_from}","to":"{home_to}","reason":"{reason}","refcount":'
+    seqs = range(seq, seq + n)
+    if one:
+        tail = f'{homes}{refcount},"mapcount":{mapcount}{end}'
+        return [
+            f'{head}{s}{mid}{i},"pfn_from":{a},"pfn_to":{b}{tail}'
+            for s, i, a, b in zip(seqs, index, pfn_from, pfn_to, strict=True)
+        ]
+    return [
+        f'{head}{s}{mid}{i},"pfn_from":{a},"pfn_to":{b}{homes}{r},"mapcount":{m}{end}'
+        for s, i, a, b, r, m in zip(seqs, index, pfn_from, pfn_to, refcount, mapcount, strict=True)
+    ]
+
+
+def _page_dict_line(ev: str, seq: int, t: float, cols: tuple, k: int) -> str:
+    """One line of a batch through the JSON encoder (a field the template cannot take)."""
+    ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via = cols
+    rec = {"v": schema.SCHEMA_VERSION, "seq": seq, "t": t, "ev": ev, "ino": ino}
+    rec.update(index=index[k], pfn_from=pfn_from[k], pfn_to=pfn_to[k])
+    rec.update({"from": home_from, "to": home_to, "reason": reason})
+    rec.update(
+        refcount=refcount if type(refcount) is int else refcount[k],
+        mapcount=mapcount if type(mapcount) is int else mapcount[k],
+    )
+    if via is not None:
+        rec["via"] = via
+    return _ENCODE(rec)
+
+
+# flush writes this many lines at a time: each write's text stays small (a flush of
+# 65536 page events joined at once costs more in fresh memory than in formatting).
+_WRITE_LINES = 4096
 
 
 class EventWriter:
@@ -170,14 +193,15 @@ class EventWriter:
         home_from: str,
         home_to: str,
         reason: str,
-        refcount: list[int],
-        mapcount: list[int],
+        refcount: list[int] | int,
+        mapcount: list[int] | int,
         via: str | None = None,
     ) -> None:
         """A batch of page events of one kind and file (migrate, writeback, cow), one per
         element of the lists: the lines `emit` would write for each, with consecutive
-        seqs and one `t`. Kept as columns until `flush`, which formats them from the
-        template (the mm's batches log thousands of pages a second)."""
+        seqs and one `t`; `refcount`/`mapcount` may be one int for every page. Kept as
+        columns until `flush`, which formats them from the template (the mm's batches
+        log thousands of pages a second)."""
         n = len(index)
         if not n:
             return
@@ -207,11 +231,18 @@ class EventWriter:
         lines: list[str] = []
         for rec in buf:
             if type(rec) is tuple:
-                lines.extend(_page_lines(*rec))
+                lines += _page_lines(*rec)
             else:
                 rec["t"] = round(rec["t"], 6)
-                lines.append(encode(rec))
-        data = ("\n".join(lines) + "\n").encode()
+                lines.append(encode(rec) + "\n")
+            if len(lines) >= _WRITE_LINES:
+                self._write("".join(lines).encode())
+                lines = []
+        if lines:
+            self._write("".join(lines).encode())
+
+    def _write(self, data: bytes) -> None:
+        """Append whole lines (all of `data`, however many writes it takes)."""
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
@@ -258,12 +289,16 @@ class NullEventWriter:
         home_from: str,
         home_to: str,
         reason: str,
-        refcount: list[int],
-        mapcount: list[int],
+        refcount: list[int] | int,
+        mapcount: list[int] | int,
         via: str | None = None,
     ) -> None:
         """EventWriter.emit_pages: here one `emit` per page."""
         extra = {} if via is None else {"via": via}
+        if type(refcount) is int:
+            refcount = [refcount] * len(index)
+        if type(mapcount) is int:
+            mapcount = [mapcount] * len(index)
         for k in range(len(index)):
             self.emit(
                 ev,

@@ -488,7 +488,7 @@ def serve(
 
     signalled = False
     try:
-        signalled = trio.run(_serve, ops, mm, events, flusher)
+        signalled = _run_profiled(_serve, ops, mm, events, flusher)
     except BaseException as exc:
         log.exception("the FUSE main loop failed: %s", exc)
     finally:
@@ -498,6 +498,22 @@ def serve(
         _finish(ops, mm, events, img, unmount=True)
     log.info("unmounted %s%s", mountpoint, " after a signal" if signalled else "")
     return 0
+
+
+def _run_profiled(fn: Any, *args: Any) -> Any:
+    """trio.run(fn, *args); under NVRAMFS_PROFILE=PATH the daemon's serving loop runs
+    in cProfile and its stats go to PATH at unmount (for `python -m pstats PATH`):
+    how the write path's per-request costs were found (README, "Benchmarks")."""
+    path = os.environ.get("NVRAMFS_PROFILE")
+    if not path:
+        return trio.run(fn, *args)
+    import cProfile
+
+    prof = cProfile.Profile()
+    try:
+        return prof.runcall(trio.run, fn, *args)
+    finally:
+        prof.dump_stats(path)
 
 
 async def _serve(ops: Any, mm: Any, events: Any, flusher: Any = None) -> bool:

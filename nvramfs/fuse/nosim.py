@@ -67,7 +67,8 @@ class NoSim:
         n = last - first + 1
         start = offset & (PAGE_SIZE - 1)
         if start == 0 and length == n * PAGE_SIZE:
-            pages = [data[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in range(n)]
+            # One (n, PAGE_SIZE) array: the image stores it a run of blocks at a time.
+            pages = np.frombuffer(data, dtype=np.uint8).reshape(n, PAGE_SIZE)
         else:
             buf = bytearray(n * PAGE_SIZE)
             if start:
@@ -76,8 +77,7 @@ class NoSim:
             if end & (PAGE_SIZE - 1) and (n > 1 or not start):
                 buf[(n - 1) * PAGE_SIZE :] = self._page(ino, last)
             buf[start:end] = data
-            view = memoryview(buf)
-            pages = [view[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in range(n)]
+            pages = np.frombuffer(buf, dtype=np.uint8).reshape(n, PAGE_SIZE)
         self.img.write_pages(ino, np.arange(first, last + 1, dtype=np.int64), pages)
 
     def set_size(self, ino: int, size: int) -> None:

@@ -1393,11 +1393,23 @@ class Image(Allocator, ExtentMaps, Directories):
             raise FsError(errno.EROFS)
         if len(idx) and (idx.min() < 0 or idx.max() >= MAX_PAGES):
             raise FsError(errno.EFBIG)
-        # Last write of a page index wins.
-        latest = {int(i): k for k, i in enumerate(idx.tolist())}
-        order = sorted(latest)
-        data = [self._page_bytes(pages[latest[i]]) for i in order]
-        pidx = np.array(order, dtype=np.int64)
+        rows = self._page_rows(pages)
+        if rows is not None:
+            if len(rows) != len(idx):
+                raise ValueError("indices and pages differ in length")
+            # Last write of a page index wins; rows in index order.
+            if len(idx) < 2 or bool((idx[1:] > idx[:-1]).all()):
+                pidx, data, order = idx, rows, None
+            else:
+                rev = idx[::-1]
+                pidx, first = np.unique(rev, return_index=True)
+                data = rows[len(idx) - 1 - first]
+                order = pidx
+        else:
+            latest = {int(i): k for k, i in enumerate(idx.tolist())}
+            order = sorted(latest)
+            data = [self._page_bytes(pages[latest[i]]) for i in order]
+            pidx = np.array(order, dtype=np.int64)
         out = np.zeros(len(pidx), np.int64)
         order_size = None if size is None else (int(size), still_dirty)
         done = 0
@@ -1406,11 +1418,28 @@ class Image(Allocator, ExtentMaps, Directories):
         if not len(pidx) and order_size is not None:
             with self._transaction():
                 self._advance_size(ino, *order_size)
+        if rows is not None:
+            return out if order is None else out[np.searchsorted(order, idx)]
         result = np.zeros(len(idx), np.int64)
         pos = {i: k for k, i in enumerate(order)}
         for k, i in enumerate(idx.tolist()):
             result[k] = out[pos[i]]
         return result
+
+    @staticmethod
+    def _page_rows(pages: object) -> np.ndarray | None:
+        """`pages` as an (n, 4096) uint8 array when it is one (or converts to one
+        through __array__, as mm's batches of frames do): then runs of adjacent
+        blocks are stored with one copy each. None for a sequence of buffers."""
+        if isinstance(pages, list | tuple | bytes | bytearray | memoryview):
+            return None
+        if not isinstance(pages, np.ndarray):
+            if not hasattr(pages, "__array__"):
+                return None
+            pages = np.asarray(pages)
+        if pages.ndim != 2 or pages.shape[1] != BS or pages.dtype != np.uint8:
+            raise ValueError("pages: an array of them must be (n, 4096) bytes")
+        return np.ascontiguousarray(pages)
 
     @staticmethod
     def _page_bytes(p: object) -> memoryview:
@@ -1494,6 +1523,15 @@ class Image(Allocator, ExtentMaps, Directories):
         store = self.persist.store
         k = 0
         bl = blocks.tolist()
+        if isinstance(data, np.ndarray):
+            # Rows of one array: each run of adjacent blocks is one store.
+            brk = np.flatnonzero(np.diff(blocks) != 1) + 1
+            for lo, hi in zip([0, *brk.tolist()], [*brk.tolist(), len(bl)], strict=True):
+                store(bl[lo] * BS, data[lo:hi].reshape(-1))
+                self.persist.flush(bl[lo] * BS, (hi - lo) * BS)
+            if len(bl):
+                self.persist.fence()
+            return
         while k < len(bl):
             j = k
             while j + 1 < len(bl) and bl[j + 1] == bl[j] + 1:

@@ -268,10 +268,7 @@ def _copy_file(img: Image, ino: int, path: Path, progress: Callable[[int], None]
             pages = arr.reshape(n, BS)
             keep = np.flatnonzero(pages.any(axis=1))  # all-zero pages stay holes
             if len(keep):
-                mv = memoryview(arr)
-                img.write_pages(
-                    ino, keep + page, [mv[int(k) * BS : (int(k) + 1) * BS] for k in keep]
-                )
+                img.write_pages(ino, keep + page, pages if len(keep) == n else pages[keep])
             page += n
             progress(len(buf))
 

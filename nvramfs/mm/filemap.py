@@ -15,7 +15,7 @@ is copied into a new page-cache frame, dirty, and the store is retried);
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -192,12 +192,11 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
     if len(pages) == 0:
         return 0
     pages = pages[np.argsort(m.index[pages], kind="stable")]
-    plist = pages.tolist()
     f = m.flags[pages]
-    if bool(
-        np.any(f & (PG_ANON | PG_WRITEBACK | PG_LOCKED)) or np.any(m.mapping[pages] != mapping.host)
+    if bool((f & (PG_ANON | PG_WRITEBACK | PG_LOCKED)).any()) or bool(
+        (m.mapping[pages] != mapping.host).any()
     ):
-        for page in plist:  # the BUG, with the page that breaks it
+        for page in pages.tolist():  # the BUG, with the page that breaks it
             f1 = int(m.flags[page])
             VM_BUG_ON_PAGE(f1 & PG_ANON, m, page, "writeback of an anonymous page")
             VM_BUG_ON_PAGE(f1 & PG_WRITEBACK, m, page, "writeback: page already under writeback")
@@ -209,11 +208,11 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
     if len(mapping.i_mmap) == 1 and mapping.i_mmap[0] is mapping.fs_vma:
         _mkclean_fs_ptes(mapping.fs_vma, pages, m.index[pages])
     else:
-        for page in plist:
+        for page in pages.tolist():
             page_mkclean(mapping, page)
     m.flags[pages] = (f & ~np.uint32(PG_DIRTY)) | (PG_LOCKED | PG_WRITEBACK)
     indices = m.index[pages].copy()
-    views = [m.data_view[p * 4096 : (p + 1) * 4096] for p in plist]
+    views = FrameRows(m, pages)
     try:
         # The size on the device advances with this data (ordered data).
         i_size = mapping.i_size if mapping.i_size is not None else mapping.written_end
@@ -232,8 +231,8 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
         # The pages stay dirty for a later attempt.
         m.flags[pages] = (m.flags[pages] & ~np.uint32(PG_WRITEBACK | PG_LOCKED)) | PG_DIRTY
         raise
-    BUG_ON(len(blocks) != len(plist), "write_pages returned the wrong number of blocks")
-    BUG_ON(bool(np.any(blocks <= 0)), "write_pages returned no block", f"ino {mapping.host}")
+    BUG_ON(len(blocks) != len(pages), "write_pages returned the wrong number of blocks")
+    BUG_ON(bool((blocks <= 0).any()), "write_pages returned no block", f"ino {mapping.host}")
     m.page_block[pages] = blocks
     m.flags[pages] &= ~np.uint32(PG_WRITEBACK | PG_LOCKED)
     emit_page_events(
@@ -248,8 +247,35 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
         reason,
         pages,
     )
-    Stats.bump(m.stats.writebacks, reason, len(plist))
-    return len(plist)
+    Stats.bump(m.stats.writebacks, reason, len(pages))
+    return len(pages)
+
+
+class FrameRows:
+    """The data of a batch of frames for `write_pages`: a sequence of page buffers
+    (each a read-only view of its frame, taken when asked) that also converts to
+    one (n, PAGE_SIZE) array with a single gather (`__array__`), which the image
+    stores a run of adjacent blocks at a time. A backing that ignores the data
+    (a trace replay's) copies nothing."""
+
+    def __init__(self, m: Machine, frames: np.ndarray) -> None:
+        self.m = m
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, k: int) -> memoryview:
+        p = int(self.frames[k])
+        return self.m.data_view[p * 4096 : (p + 1) * 4096]
+
+    def __iter__(self) -> Any:
+        view = self.m.data_view
+        return (view[p * 4096 : (p + 1) * 4096] for p in self.frames.tolist())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.m.data[self.frames]
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 # emit_page_events: one migrate/writeback/cow event per page of a batch of
@@ -275,16 +301,23 @@ def emit_page_events(
         np.asarray(pfn_from).tolist(),
         np.asarray(pfn_to).tolist(),
     )
-    if counts is None:
-        ref = m._refcount[counted].tolist()
-        mc = (m._mapcount[counted] + 1).tolist()
-    else:  # the counts every page had at the moment the event stands for
-        ref = [counts[0]] * len(cols[0])
-        mc = [counts[1]] * len(cols[0])
     emit_pages = getattr(m.events, "emit_pages", None)
+    if counts is None:
+        rc = m._refcount[counted]
+        mp = m._mapcount[counted]
+        if emit_pages is not None and len(rc) and rc.min() == rc.max() and mp.min() == mp.max():
+            ref, mc = int(rc[0]), int(mp[0]) + 1  # the same for every page: one int each
+        else:
+            ref = rc.tolist()
+            mc = (mp + 1).tolist()
+    else:  # the counts every page had at the moment the event stands for
+        ref, mc = counts
     if emit_pages is not None:
         emit_pages(ev, ino, *cols, home_from, home_to, reason, ref, mc, via)
         return
+    if type(ref) is int:
+        ref = [ref] * len(cols[0])
+        mc = [mc] * len(cols[0])
     extra = {} if via is None else {"via": via}
     for k in range(len(ref)):
         m.events.emit(
@@ -301,16 +334,26 @@ def emit_page_events(
         )
 
 
+def groups_of(keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(key, positions) for each distinct value of a non-empty `keys`, in ascending
+    order; one group without sorting when all are equal (the usual batch: one file,
+    one page-table chunk)."""
+    k0 = int(keys[0])
+    if k0 == int(keys[-1]) and bool((keys == k0).all()):
+        return [(k0, np.arange(len(keys)))]
+    return [(k, np.flatnonzero(keys == k)) for k in np.unique(keys).tolist()]
+
+
 def _mkclean_fs_ptes(vma: VMA, pages: np.ndarray, indices: np.ndarray) -> None:
     """page_mkclean of many pages that only the filesystem's vma maps: their present
     ptes lose RW and dirty, a page-table chunk at a time."""
     pgd = vma.vm_mm.pgd
-    nos = indices >> PTE_SHIFT
-    for no in np.unique(nos).tolist():
+    if not len(indices):
+        return
+    for no, sel in groups_of(indices >> PTE_SHIFT):
         chunk = pgd.get(no)
         if chunk is None:
             continue
-        sel = nos == no
         slots = indices[sel] & PTE_INDEX_MASK
         p = chunk.pte_np[slots]
         hit = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages[sel])

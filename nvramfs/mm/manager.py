@@ -48,6 +48,7 @@ from .filemap import (
     delete_from_page_cache,
     dirty_indices,
     emit_page_events,
+    groups_of,
     mapping_bmap,
     write_cache_pages,
     xip_file_vm_ops,
@@ -90,13 +91,17 @@ from .memory import handle_mm_fault, unmap_mapping_pages
 from .migrate import demote, demote_clean_pages, promote, reclaimable_frames
 from .policy import Policy, make_policy
 from .stats import Stats, fault_kind
-from .vma import PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
+from .vma import PTE_INDEX_MASK, PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
 
 # The filesystem's vma of a file covers every page a file can have.
 MAX_FILE_PAGES = 1 << 51
 _FS_VM_FLAGS = VM_READ | VM_WRITE | VM_SHARED | VM_MAYREAD | VM_MAYWRITE | VM_MAYSHARE | VM_MIXEDMAP
 _NOT_YOUNG = ~_PAGE_ACCESSED
+_PAGE_YOUNG = _PAGE_PRESENT | _PAGE_ACCESSED
 _SAT = 0xFFFF
+# What _end_interval hands the policy's scan: the touched page-table chunks, the
+# inode each maps, whether each is still in its page table, the pages' hits.
+Interval = tuple[list[Any], np.ndarray, np.ndarray, np.ndarray]
 
 # Batch sizes, with the kernel's names: the victims one reclaim pass isolates
 # (SWAP_CLUSTER_MAX), and the most pages one flusher batch writes back
@@ -111,6 +116,11 @@ DIRTY_RATIO = 0.20
 BDP_OK = 0  # under dirty_background: nothing to do
 BDP_BACKGROUND = 1  # over dirty_background: wake the flusher
 BDP_THROTTLE = 2  # at dirty_limit: the writer waits while the flusher writes back
+
+
+def _by_owner(owners: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """_groups of the owning inodes of a batch of frames (empty for an empty batch)."""
+    return groups_of(owners) if len(owners) else []
 
 
 def _vma_name(vma: VMA, addr: int) -> str:
@@ -737,7 +747,7 @@ class MemoryManager:
         n = len(mv)
         npg = ((offset + n - 1) >> PAGE_SHIFT) - first + 1
         cache = mapping.pages
-        if cache and any(first + i in cache for i in range(npg)):
+        if cache and not cache.keys().isdisjoint(range(first, first + npg)):
             return False
         mm = vma.vm_mm
         base = self._base
@@ -745,10 +755,11 @@ class MemoryManager:
         p = chunk.pte_np[s0 : s0 + npg]
         present = (p & _PAGE_PRESENT) != 0
         if present.any() and bool(
-            np.any(present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0)))
+            (present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0))).any()
         ):
             return False
-        self._prefill_bmap(vma, first, npg)
+        if not p.all():  # a pte with neither a pfn nor a bmap hint
+            self._prefill_bmap(vma, first, npg)
         src = p >> PTE_PFN_SHIFT  # NVRAM pfn of each page, 0 for a hole
         hole = src == 0
         m = self.machine
@@ -827,18 +838,20 @@ class MemoryManager:
                 )
         if nh < npg:
             Stats.bump(st.cow_via, schema.VIA_PFN_MKWRITE, npg - nh)
-            cow = np.flatnonzero(~hole)
+            if nh:
+                cow = np.flatnonzero(~hole)
+                idx, src, frames = idx[cow], src[cow], frames[cow]
             emit_page_events(
                 m,
                 schema.COW,
                 ino,
-                idx[cow],
-                src[cow],
-                frames[cow],
+                idx,
+                src,
+                frames,
                 schema.XIP,
                 schema.PAGECACHE,
                 schema.REASON_WRITE,
-                frames[cow],
+                frames,
                 via=schema.VIA_PFN_MKWRITE,
                 # As pfn_mkwrite left each: the page cache's reference, not yet mapped.
                 counts=(1, 0),
@@ -1001,10 +1014,8 @@ class MemoryManager:
         done = 0
         if not len(frames):
             return 0
-        owners = m.mapping[frames]
-        for ino in np.unique(owners).tolist():
-            mapping = self._spaces[int(ino)]
-            done += write_cache_pages(mapping, frames[owners == ino], reason)
+        for ino, sel in _by_owner(m.mapping[frames]):
+            done += write_cache_pages(self._spaces[ino], frames[sel], reason)
         return done
 
     def nr_dirty(self) -> int:
@@ -1111,37 +1122,61 @@ class MemoryManager:
         busy = PG_ANON | PG_LOCKED | PG_WRITEBACK
         pages = pages[(m.mapping[pages] != 0) & ((m.flags[pages] & busy) == 0)]
         pages = reclaimable_frames(m, pages)  # held by someone else: no frame to free
+        return self._shrink_isolated(pages, reason)
+
+    def _shrink_isolated(self, pages: np.ndarray, reason: str) -> int:
+        """shrink_page_list of frames already isolated: cached, not busy, held by
+        nobody but the page cache and their ptes (as _isolate and the filter above
+        leave them)."""
+        m = self.machine
         if not len(pages):
             return 0
-        dirty = pages[(m.flags[pages] & PG_DIRTY) != 0]
-        if len(dirty):
-            self._writeback(dirty, schema.REASON_DEMOTE)
+        isdirty = (m.flags[pages] & PG_DIRTY) != 0
+        if isdirty.any():
+            self._writeback(pages[isdirty], schema.REASON_DEMOTE)
         owners = m.mapping[pages]
         idx = m.index[pages]
         done = 0
-        for ino in np.unique(owners).tolist():
-            mapping = self._spaces[int(ino)]
-            sel = owners == ino
+        for ino, sel in _by_owner(owners):
+            mapping = self._spaces[ino]
             n = demote_clean_pages(mapping, pages[sel], reason)
             done += n
             if n:
-                self._policy_demoted(mapping, idx[sel])
+                self._policy_demoted(mapping, idx[sel], all_gone=n == len(sel))
         return done
 
-    def _policy_demoted(self, mapping: AddressSpace, indices: np.ndarray) -> None:
-        """Tell the policy about the pages of `indices` that left the page cache."""
+    def _policy_demoted(
+        self, mapping: AddressSpace, indices: np.ndarray, all_gone: bool = False
+    ) -> None:
+        """Tell the policy about the pages of `indices` that left the page cache
+        (`all_gone`: the caller knows every one did)."""
         vma = mapping.fs_vma
         if vma is None:
             return
         pgd = vma.vm_mm.pgd
         on_demote = self.policy.on_demote
-        for index in indices.tolist():
-            if index in mapping.pages:
+        # The base policy's on_demote is bit operations on the word: it takes the
+        # whole array of words at once (a policy that overrides it gets one call
+        # per page, as _demote makes).
+        vectorised = type(self.policy).on_demote is Policy.on_demote
+        cache = mapping.pages
+        if cache and not all_gone:
+            gone = np.array([i not in cache for i in indices.tolist()], dtype=bool)
+            if not gone.all():
+                indices = indices[gone]
+        if not len(indices):
+            return
+        nos = indices >> PTE_SHIFT
+        for no, sel in groups_of(nos):
+            chunk = pgd.get(no)
+            if chunk is None:
                 continue
-            chunk = pgd.get(index >> PTE_SHIFT)
-            if chunk is not None:
-                slot = index & 511
-                chunk.state[slot] = on_demote(int(chunk.state[slot]))
+            slots = indices[sel] & PTE_INDEX_MASK
+            words = chunk.state[slots]
+            if vectorised:
+                chunk.state[slots] = on_demote(words)
+            else:
+                chunk.state[slots] = [on_demote(w) for w in words.tolist()]
 
     def _reclaim(self) -> bool:
         """Direct reclaim (shrink_inactive_list): isolate up to SWAP_CLUSTER_MAX of the
@@ -1164,7 +1199,7 @@ class MemoryManager:
             victims = np.concatenate([clean, victims[isdirty][: batch - len(clean)]])
         else:
             victims = clean
-        self.shrink_page_list(victims, schema.REASON_DRAM_BUDGET)
+        self._shrink_isolated(victims, schema.REASON_DRAM_BUDGET)
         return len(free) > before
 
     def _isolate(self, n: int) -> np.ndarray:
@@ -1237,81 +1272,131 @@ class MemoryManager:
             old = dirty[m.dirtied_at[dirty] <= now - self.writeback_seconds]
             self._writeback(old, schema.REASON_DIRTY_EXPIRE)
         # The interval's accesses: histogram events, policy scan.
-        cands: list[tuple[np.ndarray, int, np.ndarray]] = []
-        nr_frames, base = self._nr_frames, self._base
-        for chunk, vma, live, hits in self._end_interval(now):
-            if not live:
-                continue
-            ptes = chunk.pte_np
-            present = (ptes & _PAGE_PRESENT) != 0
-            young = present & ((ptes & _PAGE_ACCESSED) != 0)
-            pfns = ptes >> PTE_PFN_SHIFT
-            frames = np.where(present & (pfns < nr_frames), pfns, 0)
-            promotable = pfns >= base
-            scores = policy.scan_chunk(chunk.state, hits, young, frames, promotable)
-            ptes &= _NOT_YOUNG  # the sweep clears the young bits (page_referenced)
-            c = np.flatnonzero(scores > 0)
-            if len(c):
-                cands.append(((chunk.no << PTE_SHIFT) + c, vma.vm_file.host, scores[c]))
-        self._run_policy(cands)
+        self._run_policy(*self._scan_interval(self._end_interval(now)))
         policy.end_tick()
         self.events.emit(schema.COUNTERS, **self._counters())
         self.events.flush()
 
-    def _end_interval(self, now: float) -> list[tuple[Any, Any, bool, np.ndarray]]:
+    def _scan_interval(self, interval: Interval) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The policy's pass over the interval (page_referenced of every touched pte).
+
+        The touched page-table chunks still mapped are seen as one array of
+        pages, in the interval's chunk order: the pages hit in the interval or
+        with a young pte go to `policy.scan_chunk` in ONE call (the policies
+        are elementwise; a page neither hit nor young is nothing to them),
+        their policy words are stored back, and every young bit of those
+        chunks is cleared. Returns the promotion candidates as (page index,
+        inode, score) arrays in page order: the order a scan chunk by chunk,
+        page by page would find them in."""
+        chunks, hosts, live, hits = interval
+        if not live.all():
+            keep = np.flatnonzero(live)
+            chunks = [chunks[i] for i in keep.tolist()]
+            hosts = hosts[keep]
+            hits = hits.reshape(-1, PTRS_PER_PTE)[keep].reshape(-1)
+        empty = np.zeros(0, dtype=np.int64)
+        if not chunks:
+            return empty, empty, np.zeros(0, dtype=np.float32)
+        ptes = np.concatenate([c.pte_np for c in chunks])
+        young = (ptes & _PAGE_YOUNG) == _PAGE_YOUNG  # present and accessed
+        for c in chunks:
+            c.pte_np &= _NOT_YOUNG  # the sweep clears the young bits (page_referenced)
+        pos = np.flatnonzero((hits > 0) | young)
+        if not len(pos):
+            return empty, empty, np.zeros(0, dtype=np.float32)
+        ci = pos >> PTE_SHIFT
+        slot = pos & PTE_INDEX_MASK
+        ptes = ptes[pos]
+        young = young[pos]
+        pfns = ptes >> PTE_PFN_SHIFT
+        frames = np.where(((ptes & _PAGE_PRESENT) != 0) & (pfns < self._nr_frames), pfns, 0)
+        promotable = pfns >= self._base
+        words = np.concatenate([c.state for c in chunks])[pos]
+        before = words.copy()
+        scores = self.policy.scan_chunk(words, hits[pos], young, frames, promotable)
+        changed = np.flatnonzero(words != before)
+        if len(changed):
+            cc = ci[changed]
+            cut = np.flatnonzero(cc[1:] != cc[:-1]) + 1
+            for a, b in zip([0, *cut.tolist()], [*cut.tolist(), len(cc)], strict=True):
+                sel = changed[a:b]
+                chunks[int(cc[a])].state[slot[sel]] = words[sel]
+        c = np.flatnonzero(scores > 0)
+        nos = np.fromiter((ch.no for ch in chunks), dtype=np.int64, count=len(chunks))
+        return (nos[ci[c]] << PTE_SHIFT) + slot[c], hosts[ci[c]], scores[c]
+
+    def _end_interval(self, now: float) -> Interval:
         """Close the access interval at `now`: log its histograms, zero its counters.
 
         One `access` event per file touched (docs/EVENTS.md), keyed by
-        (inode, generation). Returns (chunk, vma, live, hits) of every touched
-        page-table chunk, for the policy's scan; unmount calls it to log the
-        last, partial interval.
+        (inode, generation). Returns the touched page-table chunks in a
+        deterministic order (by mm_struct name, then chunk number: a replay
+        scans them as the mount did), the inode each chunk's mm maps (0:
+        none), whether each chunk is still in its page table, and the
+        interval's hits (loads + stores) of their pages, chunk after chunk;
+        unmount calls it to log the last, partial interval.
         """
         touched, self._touched = self._touched, []
         self._gen += 1
         t0, t1 = self._t_interval - self.events_t0, now - self.events_t0
         self._t_interval = now
-        per_file: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-        out = []
-        for chunk in sorted(touched, key=lambda c: (c.owner.name, c.no)):  # deterministic (replay)
-            reads = chunk.reads_np.astype(np.int64)
-            writes = chunk.writes_np.astype(np.int64)
-            hits = reads + writes
+        chunks = sorted(touched, key=lambda c: (c.owner.name, c.no))  # deterministic (replay)
+        n = len(chunks)
+        if not n:
+            return [], np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), np.zeros(0, np.int64)
+        reads = np.concatenate([c.reads_np for c in chunks])
+        writes = np.concatenate([c.writes_np for c in chunks])
+        for c in chunks:
+            c.reads_np.fill(0)
+            c.writes_np.fill(0)
+        hits = reads.astype(np.int64)
+        hits += writes
+        hosts = np.zeros(n, dtype=np.int64)
+        live = np.zeros(n, dtype=bool)
+        files: dict[tuple[int, int], list[int]] = {}
+        for i, c in enumerate(chunks):
+            vma = c.owner.vmas[0] if c.owner.vmas else None
+            if vma is None:
+                continue
+            live[i] = vma.vm_mm.pgd.get(c.no) is c
+            f = vma.vm_file
+            if f is not None:
+                hosts[i] = f.host
+                files.setdefault((f.host, f.i_generation), []).append(i)
+        if files and type(self.events) is not NullEventWriter:  # it keeps nothing
             idx = np.flatnonzero(hits)
-            vma = chunk.owner.vmas[0] if chunk.owner.vmas else None
-            live = vma is not None and vma.vm_mm.pgd.get(chunk.no) is chunk
-            if len(idx) and vma is not None and vma.vm_file is not None:
-                f = vma.vm_file
-                per_file.setdefault((f.host, f.i_generation), []).append(
-                    ((chunk.no << PTE_SHIFT) + idx, reads[idx], writes[idx])
+            ci = idx >> PTE_SHIFT
+            nos = np.fromiter((c.no for c in chunks), dtype=np.int64, count=n)
+            pages = (nos[ci] << PTE_SHIFT) + (idx & PTE_INDEX_MASK)
+            for ino, gen in sorted(files):
+                mine = np.zeros(n, dtype=bool)
+                mine[files[(ino, gen)]] = True
+                sel = idx[mine[ci]] if len(files) > 1 else idx
+                if not len(sel):
+                    continue
+                self.events.emit(
+                    schema.ACCESS,
+                    ino=ino,
+                    gen=gen,
+                    t0=round(t0, 6),
+                    t1=round(t1, 6),
+                    pages=(pages[mine[ci]] if len(files) > 1 else pages).tolist(),
+                    reads=reads[sel].tolist(),
+                    writes=writes[sel].tolist(),
                 )
-            chunk.reads_np[:] = 0
-            chunk.writes_np[:] = 0
-            out.append((chunk, vma, live, hits))
-        for ino, gen in sorted(per_file):
-            parts = per_file[(ino, gen)]
-            self.events.emit(
-                schema.ACCESS,
-                ino=ino,
-                gen=gen,
-                t0=round(t0, 6),
-                t1=round(t1, 6),
-                pages=np.concatenate([p[0] for p in parts]).tolist(),
-                reads=np.concatenate([p[1] for p in parts]).tolist(),
-                writes=np.concatenate([p[2] for p in parts]).tolist(),
-            )
-        return out
+        return chunks, hosts, live, hits
 
     @property
     def events_t0(self) -> float:
         return float(getattr(self.events, "t0", getattr(self.events, "_t0", 0.0)))
 
-    def _run_policy(self, cands: list[tuple[np.ndarray, int, np.ndarray]]) -> None:
+    def _run_policy(self, idx: np.ndarray, inos: np.ndarray, scores: np.ndarray) -> None:
+        """Promote the best candidates (page `idx` of inode `inos`, by `scores`, ties in
+        page order), evicting the policy's victims when it admits them; then demote the
+        frames it finds cold."""
         m = self.machine
         policy = self.policy
-        if cands:
-            idx = np.concatenate([c[0] for c in cands])
-            inos = np.concatenate([np.full(len(c[0]), c[1], dtype=np.int64) for c in cands])
-            scores = np.concatenate([c[2] for c in cands])
+        if len(idx):
             order = np.argsort(-scores, kind="stable")[: self.max_promote_per_tick]
             victims: list[int] | None = None
             vpos = 0

@@ -24,6 +24,7 @@ from .filemap import (
     beyond_eof,
     delete_from_page_cache,
     emit_page_events,
+    groups_of,
     mapping_bmap,
     write_cache_pages,
 )
@@ -147,7 +148,8 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
     busy = PG_ANON | PG_DIRTY | PG_LOCKED | PG_WRITEBACK
     ok = ((m.flags[pages] & busy) == 0) & (m.page_block[pages] > 0)
     ok &= m.mapping[pages] == mapping.host
-    pages = pages[ok]
+    if not ok.all():
+        pages = pages[ok]
     if not len(pages):
         return 0
     vma = mapping.fs_vma
@@ -155,11 +157,10 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
         return sum(demote(mapping, p, reason) for p in pages.tolist())
     idx = m.index[pages]
     pfns = m.nvram_base_pfn + m.page_block[pages]
-    keep = np.ones(len(pages), dtype=bool)
+    keep = None
     nos = idx >> PTE_SHIFT
     pgd = vma.vm_mm.pgd
-    for no in np.unique(nos).tolist():
-        sel = np.flatnonzero(nos == no)
+    for no, sel in groups_of(nos):
         chunk = pgd.get(no)
         if chunk is None:
             continue
@@ -168,19 +169,22 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
         present = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages[sel])
         dirty = present & ((p & _PAGE_DIRTY) != 0)
         if dirty.any():
+            if keep is None:
+                keep = np.ones(len(pages), dtype=bool)
             keep[sel[dirty]] = False
             sel, slots, p, present = sel[~dirty], slots[~dirty], p[~dirty], present[~dirty]
         young = present & ((p & _PAGE_ACCESSED) != 0)
         mapped = pages[sel[present]]
         if len(mapped):
-            BUG_ON(bool(np.any(m._mapcount[mapped] < 0)), "demote: present pte of an unmapped page")
+            BUG_ON(bool((m._mapcount[mapped] < 0).any()), "demote: present pte of an unmapped page")
             m._mapcount[mapped] -= 1
             m._refcount[mapped] -= 1
             vma.vm_mm.rss_file -= len(mapped)
         if young.any():
             m.flags[pages[sel[young]]] |= PG_REFERENCED
         chunk.pte_np[slots] = (pfns[sel] << PTE_PFN_SHIFT) | _PAGE_BMAP
-    pages, idx, pfns = pages[keep], idx[keep], pfns[keep]
+    if keep is not None:
+        pages, idx, pfns = pages[keep], idx[keep], pfns[keep]
     if not len(pages):
         return 0
     _delete_from_page_cache_many(mapping, pages, idx)
@@ -205,23 +209,29 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
 # order (the free list ends as page-by-page put_page calls would leave it).
 def _delete_from_page_cache_many(mapping: AddressSpace, pages: np.ndarray, idx: np.ndarray) -> None:
     m = mapping.machine
-    if bool(np.any(m._mapcount[pages] >= 0) or np.any(m.flags[pages] & PG_DIRTY)):
+    if bool((m._mapcount[pages] >= 0).any() or (m.flags[pages] & PG_DIRTY).any()):
         for page in pages.tolist():  # the BUG, with its page
             delete_from_page_cache(mapping, page)
         return
     cache = mapping.pages
-    for index, page in zip(idx.tolist(), pages.tolist(), strict=True):
-        BUG_ON(cache.get(index) != page, "delete_from_page_cache: not in this mapping")
+    idx_l = idx.tolist()
+    pages_l = pages.tolist()
+    BUG_ON(
+        [cache.get(index) for index in idx_l] != pages_l,
+        "delete_from_page_cache: not in this mapping",
+        f"ino {mapping.host}",
+    )
+    for index in idx_l:
         del cache[index]
     m.mapping[pages] = 0
     m.flags[pages] &= ~np.uint32(PG_LRU)
     rc = m._refcount[pages] - 1
-    BUG_ON(bool(np.any(rc < 0)), "put_page: _refcount underflow", f"ino {mapping.host}")
+    BUG_ON(bool((rc < 0).any()), "put_page: _refcount underflow", f"ino {mapping.host}")
     m._refcount[pages] = rc
     freed = pages[rc == 0]
     if len(freed):
         bad = m.flags[freed] & (PG_RESERVED | PG_LOCKED | PG_WRITEBACK | PG_LRU)
-        BUG_ON(bool(np.any(bad)), "bad page state at free", f"ino {mapping.host}")
+        BUG_ON(bool(bad.any()), "bad page state at free", f"ino {mapping.host}")
         m.flags[freed] = 0
         m.page_block[freed] = 0
         m.free_list.extend(freed.tolist())

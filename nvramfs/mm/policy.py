@@ -1,10 +1,11 @@
 """Replacement policies: which XIP pages to promote into the page cache, which frames to demote.
 
 One small interface on numpy arrays. Once per tick the manager hands the
-policy each page-table chunk touched in the interval (`scan_chunk`), then
-asks it to rank promotion candidates against the frames it would evict
-(`victims`, `admit`), and which frames are cold enough to demote on their
-own (`cold_frames`). Under memory pressure (a COW needs a frame), `victims`
+policy the pages touched in the interval (`scan_chunk`: in one call, the
+pages of every page-table chunk touched that were hit or have a young pte,
+chunk after chunk), then asks it to rank promotion candidates against the
+frames it would evict (`victims`, `admit`), and which frames are cold enough
+to demote on their own (`cold_frames`). Under memory pressure (a COW needs a frame), `victims`
 alone decides. The DRAM budget is the machine's frame count: no policy can
 exceed it.
 
@@ -86,11 +87,13 @@ class Policy:
     def begin_tick(self, tick: int) -> None:
         self.tick = tick
 
-    # Fold one interval into a chunk: `state` (updated in place), the
-    # interval's `hits` per page, the pte `young` bits, `frames` (the frame
-    # mapping each page, 0 for none) and `promotable` (pages whose home is
-    # XIP and that may be promoted). Returns a float score per page: > 0
-    # marks a promotion candidate.
+    # Fold one interval into a set of pages: their words `state` (updated in
+    # place), the interval's `hits` per page, the pte `young` bits, `frames`
+    # (the frame mapping each page, 0 for none) and `promotable` (pages whose
+    # home is XIP and that may be promoted). Returns a float score per page:
+    # > 0 marks a promotion candidate. Elementwise: the manager passes only
+    # the pages hit or young in the interval, of every chunk at once (a page
+    # neither hit nor young must be left as it is; frame updates in page order).
     def scan_chunk(
         self,
         state: np.ndarray,

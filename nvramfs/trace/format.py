@@ -355,7 +355,11 @@ def read_part(path: str) -> Part:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        # One file, one thread: ParquetFile reads it as one chunk per column (the
+        # numpy columns below are then views) without the dataset machinery
+        # read_table sets up (most of a short replay's first read).
+        with pq.ParquetFile(path) as f:
+            table = f.read(use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise TraceError(f"{path}: not a readable Parquet part ({_one_line(exc)})") from None
     names = set(table.column_names)

@@ -339,3 +339,43 @@ def test_extent_map_random_edits_match_a_reference(fast_dir: Path, monkeypatch) 
         assert len(img._ext(f).chain) > 2
         img.setattr(f, size=4000 * PAGE)
     assert fsck(str(path)).exit_code == 0
+
+
+def test_write_pages_of_an_array_is_the_list_of_its_pages(fast_dir: Path) -> None:
+    """write_pages given one (n, 4096) array (mm's batches, sim=off's writes) does what
+    it does given the list of those pages: the same blocks returned, the same extent
+    map, the same bytes at every block, the same sizes and msyncs; duplicates (the
+    last write of an index wins), unsorted indices, holes and in-place rewrites."""
+    from nvramfs.image.mkfs import mkfs
+
+    rng = np.random.default_rng(4)
+    imgs = []
+    for name in ("list", "array"):
+        mkfs(fast_dir / name, size=8 << 20)
+        imgs.append(Image.open(fast_dir / name))
+    files = [img.create(1, b"f", 0o644, 0, 0) for img in imgs]
+    assert files[0] == files[1]
+    for img in imgs:
+        img.reserve(1000)
+    for step in range(40):
+        n = int(rng.integers(1, 40))
+        idx = rng.integers(0, 300, n)
+        if step % 3 == 0:
+            idx = np.sort(np.unique(idx))
+        rows = rng.integers(0, 256, (len(idx), PAGE), dtype=np.uint8)
+        size = int(rng.integers(1, 300 * PAGE)) if step % 2 else None
+        kw = {} if size is None else {"size": size, "still_dirty": np.array([150, 151])}
+        got = [
+            imgs[0].write_pages(files[0], idx, [r.tobytes() for r in rows], **kw),
+            imgs[1].write_pages(files[1], idx, rows, **kw),
+        ]
+        assert np.array_equal(got[0], got[1])
+    a, b = imgs
+    assert np.array_equal(a.bmap(files[0], 0, 300), b.bmap(files[1], 0, 300))
+    assert a.getattr(files[0]).size == b.getattr(files[1]).size
+    assert read(a, files[0]) == read(b, files[1])
+    assert a.persist.msyncs == b.persist.msyncs
+    with pytest.raises(ValueError):
+        b.write_pages(files[1], np.arange(2), np.zeros((2, 100), dtype=np.uint8))
+    for img in imgs:
+        img.close()

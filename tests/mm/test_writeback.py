@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from mm_helpers import PAGE, check_invariants, pattern
@@ -287,3 +289,116 @@ def test_balance_dirty_pages_is_ratelimited(make_mm) -> None:
         mm.write(2, (150 + i) * PAGE, b"x")
         got.append(mm.balance_dirty_pages(2))
     assert got == [BDP_OK] * 11 + [BDP_BACKGROUND]
+
+
+def _demote_clean_page_by_page(mapping, pages, reason) -> int:
+    """The old per-page demotion of clean pages (demote() of each, in order)."""
+    from nvramfs.mm.machine import PG_ANON, PG_LOCKED, PG_WRITEBACK
+    from nvramfs.mm.migrate import demote
+
+    m = mapping.machine
+    pages = np.asarray(pages, dtype=np.int64)
+    busy = PG_ANON | PG_DIRTY | PG_LOCKED | PG_WRITEBACK
+    ok = ((m.flags[pages] & busy) == 0) & (m.page_block[pages] > 0)
+    ok &= m.mapping[pages] == mapping.host
+    return sum(demote(mapping, p, reason) for p in pages[ok].tolist())
+
+
+def _policy_demoted_page_by_page(self, mapping, indices, all_gone=False) -> None:
+    """The old per-page on_demote of each demoted page's policy word."""
+    pgd = mapping.fs_vma.vm_mm.pgd
+    for index in indices.tolist():
+        if index in mapping.pages:
+            continue
+        chunk = pgd.get(index >> 9)
+        if chunk is not None:
+            chunk.state[index & 511] = self.policy.on_demote(int(chunk.state[index & 511]))
+
+
+@pytest.mark.parametrize("policy", ["2q", "mq", "clock"])
+def test_vectorised_reclaim_leaves_the_state_of_per_page_demotion(
+    make_mm, clock, monkeypatch, policy
+) -> None:
+    """Streaming and random stores, reads, fsyncs, flusher batches and ticks over a
+    file 8x the budget: reclaim's batched demotion (demote_clean_pages, the policy
+    words of a chunk at once, no re-filter of the victims it just isolated) ends in
+    the same struct pages, ptes, policy words, counters, events and file bytes as
+    demoting each page by itself."""
+    from nvramfs.mm.manager import MemoryManager
+    from nvramfs.mm.migrate import reclaimable_frames
+
+    runs = []
+    for vectorised in (True, False):
+        clock.now = 100.0
+        if not vectorised:
+            monkeypatch.setattr(mm_manager, "demote_clean_pages", _demote_clean_page_by_page)
+            monkeypatch.setattr(MemoryManager, "_policy_demoted", _policy_demoted_page_by_page)
+            shrink = MemoryManager._shrink_isolated
+
+            def checked(self, pages, reason, shrink=shrink):
+                assert len(reclaimable_frames(self.machine, pages)) == len(pages)
+                return shrink(self, pages, reason)
+
+            monkeypatch.setattr(MemoryManager, "_shrink_isolated", checked)
+        mm, backing, ev = make_mm(dram_pages=128, policy=policy, nr_blocks=2048)
+        backing.create(2, pattern(1024), holes=list(range(500, 540)))
+        rng = np.random.default_rng(8)
+        for step in range(400):
+            if step % 3:
+                off = (step * 32 % 1024) * PAGE
+                mm.write(2, off, rng.integers(1, 256, 32 * PAGE, dtype=np.uint8).tobytes())
+            else:
+                off = int(rng.integers(0, 1023 * PAGE))
+                mm.write(
+                    2, off, rng.integers(1, 256, int(rng.integers(1, 3 * PAGE)), np.uint8).tobytes()
+                )
+            if step % 7 == 0:
+                mm.read(2, int(rng.integers(0, 1000)) * PAGE, 8 * PAGE)
+            if step % 5 == 0:
+                mm.writeback_batch()
+            if step % 41 == 0:
+                mm.fsync(2)
+            if step % 13 == 0:
+                clock.now += 1.0
+                mm.tick()
+        check_invariants(mm)
+        st = mm.stats()
+        words = {no: c.state.copy() for no, c in mm._vmas[2].vm_mm.pgd.items()}
+        events = [{k: v for k, v in e.items() if k not in ("t", "seq")} for e in ev.events]
+        state = _state(mm)
+        free = list(mm.machine.free_list)
+        mm.close()
+        runs.append((state, st, words, events, free, backing.read_file(2, 1024)))
+        monkeypatch.undo()
+    (a, sa, wa, ea, fa, da), (b, sb, wb, eb, fb, db) = runs
+    assert sa == sb and sa["migrations"]["demote"]["dram_budget"] > 1000
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert ea == eb and fa == fb and da == db
+
+
+def test_emit_pages_with_one_count_for_every_page(tmp_path, monkeypatch) -> None:
+    """Counts given once (mm's batches whose pages all have the same) write the lines
+    the per-page lists write, in pieces of any size."""
+    from nvramfs.events import writer as writer_mod
+    from nvramfs.events.writer import EventWriter
+
+    monkeypatch.setattr(writer_mod, "_WRITE_LINES", 100)  # the flush in several writes
+    idx = list(range(10_000, 10_000 + 300))
+    pf = [7 * i for i in range(300)]
+    pt = [(1 << 20) + i for i in range(300)]
+    out = []
+    for counts in ((2, 1), ([2] * 300, [1] * 300)):
+        w = EventWriter(tmp_path / f"{type(counts[0]).__name__}.jsonl", clock=lambda: 5.0)
+        w.emit_pages(
+            schema.COW, 4, idx, pf, pt, "xip", "pagecache", "write", *counts, "pfn_mkwrite"
+        )
+        w.emit(schema.THROTTLE, ino=4, dirty=1, background=2, limit=3)
+        w.emit_pages(schema.WRITEBACK, 4, idx, pt, pf, "pagecache", "xip", "fsync", *counts)
+        w.close()
+        out.append((tmp_path / f"{type(counts[0]).__name__}.jsonl").read_text())
+    assert out[0] == out[1] and out[0].count("\n") == 601
+    lines = out[0].splitlines()
+    assert [json.loads(x)["seq"] for x in lines] == list(range(601))
+    assert json.loads(lines[0])["refcount"] == 2 and json.loads(lines[-1])["mapcount"] == 1
