@@ -28,10 +28,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from . import schema
-from .loader import frame_of_events, iter_frames
+from .fast import CHUNK_BYTES, SCAN_COLS, THIN_EV, Split, iter_splits, join, skeleton
+from .loader import LINE, frame_of_events
 from .numbers import hit_ratio
 from .reader import ReadReport
 
@@ -155,34 +157,75 @@ class Sessions:
 
     def annotate(self, df: pl.DataFrame) -> pl.DataFrame:
         """Add `session`, `t_log`, `image_uuid`, `file_gen`, `fkey` to one chunk's rows."""
-        if df.height == 0:
-            return _with_annotations(df)
-        prev = df["seq"].shift(1)
+        return self.annotate_split(df)[0]
+
+    def annotate_split(
+        self,
+        df: pl.DataFrame,
+        skel: pl.DataFrame | None = None,
+        special: pl.DataFrame | None = None,
+        *,
+        narrow: bool = False,
+    ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """`annotate` of a chunk given as a `fast.Split`: `skel` all its events in file
+        order, `df` the full rows among them, `special` its mounts, unmounts, counters,
+        marks and wears with every column (else they are taken from `df`). Also returns
+        how many thin rows each session has (columns `session`, `len`), or None.
+        `narrow` keeps only the columns a scan needs (`fast.SCAN_COLS`)."""
+        if skel is None:
+            skel = skeleton(df)
+        if skel.height == 0:
+            return _with_annotations(df), None
+        seq = skel["seq"]
+        prev = seq.shift(1)
         if self._last_seq is not None:
             prev = prev.scatter(0, self._last_seq)
-        first_new = not self.infos
-        new = (df["ev"] == schema.MOUNT) | (
-            prev.is_not_null() & df["seq"].is_not_null() & (df["seq"] <= prev)
-        ).fill_null(False)
-        if first_new:
+        new = skel["mount"] | (prev.is_not_null() & seq.is_not_null() & (seq <= prev)).fill_null(
+            False
+        )
+        if not self.infos:
             new = new.scatter(0, True)
         base = len(self.infos)
-        session = (new.cast(pl.Int64).cum_sum() + base).alias("session")
-        seqs = df["seq"].drop_nulls()
-        if len(seqs):
-            self._last_seq = int(seqs[-1])
-        df = df.with_columns(session.cast(pl.Int32))
-        # The few rows that shape sessions: mounts, unmounts, counters.
-        special = df.filter(
-            pl.col("ev").is_in(
-                [schema.MOUNT, schema.UNMOUNT, schema.COUNTERS, schema.MARK, schema.WEAR]
+        new_np = new.to_numpy()
+        session_np = (np.cumsum(new_np, dtype=np.int64) + base).astype(np.int32)
+        session = pl.Series("session", session_np)
+        # The previous event's seq, whatever chunk it was in (None when it had none).
+        self._last_seq = seq[-1]
+        # Sessions are runs of rows: where each starts and ends in this chunk.
+        starts = np.flatnonzero(new_np)
+        if not len(starts) or starts[0] != 0:
+            starts = np.concatenate(([0], starts))
+        ends = np.append(starts[1:], len(new_np))
+        t_np = skel["t"].to_numpy()
+        per = list(
+            zip(
+                session_np[starts].tolist(),
+                t_np[ends - 1].tolist(),
+                (ends - starts).tolist(),
+                strict=True,
             )
-        ).select("session", *_ROW_COLS)
-        per = (
-            df.group_by("session", maintain_order=True)
-            .agg(pl.col("t").last().alias("last_t"), pl.len().alias("n"))
-            .rows()
         )
+        thin = None
+        thin_np = skel["thin"].to_numpy()
+        if thin_np.any():
+            thin = pl.DataFrame(
+                {
+                    "session": session_np[starts],
+                    "len": np.add.reduceat(thin_np.astype(np.uint32), starts),
+                }
+            ).filter(pl.col("len") > 0)
+            df = df.with_columns(pl.Series("session", session_np[~thin_np]))
+        else:
+            df = df.with_columns(session)
+        # The few rows that shape sessions: mounts, unmounts, counters.
+        kinds = [schema.MOUNT, schema.UNMOUNT, schema.COUNTERS, schema.MARK, schema.WEAR]
+        if special is None:
+            special = df.filter(pl.col("ev").is_in(kinds)).select("session", *_ROW_COLS)
+        else:  # each special row's session: where its line is in the skeleton (sorted)
+            at = np.searchsorted(skel[LINE].to_numpy(), special[LINE].to_numpy())
+            special = special.select(pl.Series("session", session_np[at]), *_ROW_COLS)
+        if narrow:
+            df = df.select(c for c in df.columns if c in _NARROW)
         special_rows: dict[int, list[dict[str, Any]]] = {}
         for row in special.iter_rows(named=True):
             special_rows.setdefault(row.pop("session"), []).append(_row_dict(row))
@@ -249,7 +292,7 @@ class Sessions:
             .rows()
         ):
             self._gens[(s, ino)] = g
-        return df.with_columns(_fkey())
+        return df.with_columns(_fkey()), thin
 
 
 def _fkey() -> pl.Expr:
@@ -264,6 +307,11 @@ def _fkey() -> pl.Expr:
 
 
 _IDENT = ["image_uuid", "ino", "file_gen", "fkey"]
+_NARROW = frozenset((*SCAN_COLS, "session"))
+# Chunks aggregated at once by `Scan.of_log` (each step has a fixed cost), up to
+# so many full rows (memory).
+_BATCH = 4
+_BATCH_ROWS = 50_000
 
 
 def _with_annotations(df: pl.DataFrame) -> pl.DataFrame:
@@ -382,10 +430,24 @@ class Scan:
         self._chunk = 0
 
     @classmethod
-    def of_log(cls, path: str | os.PathLike[str], unit: float = 0.5) -> Scan:
+    def of_log(
+        cls, path: str | os.PathLike[str], unit: float = 0.5, chunk: int = CHUNK_BYTES
+    ) -> Scan:
+        """One pass over the log at `path`, by the fast path (`fast`), `chunk` bytes at a time."""
         scan = cls(unit)
-        for df in iter_frames(path, scan.report):
-            scan.add(df)
+        batch: list[Split] = []
+        rows = 0
+        for split in iter_splits(path, scan.report, chunk):
+            batch.append(split)
+            rows += split.full.height
+            if len(batch) == _BATCH or rows >= _BATCH_ROWS:
+                joined = join(batch)
+                scan.add(joined.full, joined.skel, joined.special)
+                batch.clear()
+                rows = 0
+        if batch:
+            joined = join(batch)
+            scan.add(joined.full, joined.skel, joined.special)
         scan.finish()
         return scan
 
@@ -400,11 +462,22 @@ class Scan:
         scan.finish()
         return scan
 
-    def add(self, df: pl.DataFrame) -> None:
-        if df.height == 0:
+    def add(
+        self,
+        df: pl.DataFrame,
+        skel: pl.DataFrame | None = None,
+        special: pl.DataFrame | None = None,
+    ) -> None:
+        """Aggregate one chunk's rows (a chunk's events, or a `fast.Split`'s parts)."""
+        if df.height == 0 and (skel is None or skel.height == 0):
             return
         self._chunk += 1
-        df = self.sessions.annotate(df)
+        df, thin = self.sessions.annotate_split(df, skel, special, narrow=True)
+        if thin is not None:
+            self._by_event.append(thin.select("session", pl.lit(THIN_EV).alias("ev"), "len"))
+        if df.height == 0:
+            self._compact()
+            return
         self._by_event.append(df.group_by("session", "ev").len())
         moves = df.filter(pl.col("ev").is_in(_MOVES)).with_columns(_direction_expr().alias("dir"))
         if moves.height:
@@ -537,6 +610,12 @@ def _name(names: dict[tuple[Any, ...], str], key: tuple[Any, ...]) -> str:
     return names.get(key, f"<ino {key[1]}>")
 
 
+def _ident_order(key: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
+    """A file identity as a sort key (nulls last): ties in a result come out the same way
+    every run."""
+    return tuple((x is None, x if x is not None else 0) for x in key)
+
+
 def _score(reads: int, writes: int, by: str) -> int:
     return reads if by == "reads" else writes if by == "writes" else reads + writes
 
@@ -579,7 +658,7 @@ def hottest_files(
             "demote": moved[(*key, "demote")],
             "cow": moved[(*key, "cow")],
         }
-        for key, f in files.items()
+        for key, f in sorted(files.items(), key=lambda kv: _ident_order(kv[0]))
     ]
     rows.sort(key=lambda r: (-_score(r["reads"], r["writes"], by), r["path"], r["ino"]))
     return rows[:n] if n > 0 else rows
@@ -607,7 +686,11 @@ def hottest_pages(
         .with_columns(
             pl.col("path").fill_null(pl.format("<ino {}>", pl.col("ino"))), score.alias("_s")
         )
-        .sort(["_s", "path", "pages"], descending=[True, False, False])
+        .sort(
+            ["_s", "path", "pages", *_IDENT],
+            descending=[True, False, False, False, False, False, False],
+            nulls_last=True,
+        )
     )
     if n > 0:
         agg = agg.head(n)
@@ -660,7 +743,7 @@ def profile_lines(
     if top > 0:
         rows.sort(key=lambda x: (-x[2], x[0], x[1]))
         rows = rows[:top]
-    rows.sort(key=lambda x: (x[0], x[1]))
+    rows.sort()  # by path, offset (and count: two files of one path, one after the other)
     notes = []
     if nameless:
         notes.append(

@@ -118,6 +118,7 @@ _JSON_FIELDS = ("faults", "accesses", "migrations", "writebacks")
 _SCHEMA = pl.Schema(FIELDS)
 
 CHUNK_BYTES = 8 << 20
+_EMPTY: list[pl.DataFrame] = []  # empty_frame(), made once per schema
 
 
 def register_fields(fields: dict[str, Any]) -> None:
@@ -128,10 +129,14 @@ def register_fields(fields: dict[str, Any]) -> None:
             raise ValueError(f"field {k} is already {FIELDS[k]}")
         FIELDS[k] = dt
     _SCHEMA = pl.Schema(FIELDS)
+    _EMPTY.clear()
 
 
 def empty_frame() -> pl.DataFrame:
-    return pl.DataFrame(schema=_SCHEMA)
+    """No rows, every column of the schema (made once: a frame of ~100 columns costs)."""
+    if not _EMPTY:
+        _EMPTY.append(pl.DataFrame(schema=_SCHEMA))
+    return _EMPTY[0]
 
 
 def _read_ndjson(data: bytes) -> pl.DataFrame:
@@ -198,26 +203,67 @@ def _accept(df: pl.DataFrame, report: ReadReport) -> pl.DataFrame:
 
 def _slow_frame(data: bytes, report: ReadReport, *, last: bool = False) -> pl.DataFrame:
     """Line by line (damaged data): the reader's rules, then polars for the accepted events."""
+    return _slow_rows(data.split(b"\n"), None, report, last=last)
+
+
+def _slow_rows(
+    lines: list[bytes], nos: list[int] | None, report: ReadReport, *, last: bool = False
+) -> pl.DataFrame:
+    """`_slow_frame` of lines (without newlines); with `nos`, each row gets its line's number
+    as `_line`."""
     good: list[bytes] = []
-    lines = data.split(b"\n")
+    good_nos: list[int] = []
     for i, raw in enumerate(lines):
         ev = parse_line(raw, report, last=last and i == len(lines) - 1)
         if ev is not None:
             good.append(json.dumps(ev, separators=(",", ":")).encode())
+            good_nos.append(nos[i] if nos is not None else i)
     if not good:
-        return empty_frame()
+        return empty_frame() if nos is None else _with_line(empty_frame(), [])
     try:
-        return _read_ndjson(b"\n".join(good))
+        df = _read_ndjson(b"\n".join(good))
+        if df.height == len(good):
+            return df if nos is None else _with_line(df, good_nos)
     except pl.exceptions.PolarsError:
         pass
     frames = []
-    for line in good:  # a field polars cannot type: that one event is malformed
-        try:
-            frames.append(_read_ndjson(line))
+    for line, no in zip(good, good_nos, strict=True):
+        try:  # a field polars cannot type: that one event is malformed
+            one = _read_ndjson(line)
         except pl.exceptions.PolarsError:
             report.events -= 1
             report.malformed += 1
-    return pl.concat(frames) if frames else empty_frame()
+            continue
+        frames.append(one if nos is None else _with_line(one, [no]))
+    if frames:
+        return pl.concat(frames)
+    return empty_frame() if nos is None else _with_line(empty_frame(), [])
+
+
+def _with_line(df: pl.DataFrame, nos: list[int]) -> pl.DataFrame:
+    return df.with_columns(pl.Series(LINE, nos, dtype=pl.UInt32))
+
+
+# The column that numbers the lines of a chunk (the scan's fast path merges rows by it).
+LINE = "_line"
+
+
+def parse_lines(lines: list[bytes], nos: list[int], report: ReadReport) -> pl.DataFrame:
+    """Whole lines (without their newlines), numbered `nos` -> the accepted events, each with
+    its line's number in `_line`, by the rules of `parse_chunk` (polars for clean lines, the
+    reader's rules line by line when any is damaged)."""
+    keep = [(raw, no) for raw, no in zip(lines, nos, strict=True) if raw.strip()]
+    raws = [raw for raw, _ in keep]
+    knos = [no for _, no in keep]
+    if not raws:
+        return _with_line(empty_frame(), [])
+    try:
+        df = _read_ndjson(b"\n".join(raws) + b"\n")
+    except pl.exceptions.PolarsError:
+        return _slow_rows(raws, knos, report)
+    if df.height != len(raws):  # not one row per line: the reader's rules decide
+        return _slow_rows(raws, knos, report)
+    return _accept(_with_line(df, knos), report)
 
 
 def parse_chunk(data: bytes, report: ReadReport, *, last: bool = False) -> pl.DataFrame:

@@ -49,6 +49,18 @@ class ReadReport:
             + self.torn_inside
         )
 
+    def add(self, other: ReadReport) -> None:
+        """Count `other`'s lines in too (the reports of chunks read apart)."""
+        self.lines += other.lines
+        self.events += other.events
+        self.not_json += other.not_json
+        self.not_event += other.not_event
+        self.malformed += other.malformed
+        self.torn_last += other.torn_last
+        self.torn_inside += other.torn_inside
+        for v, n in other.other_version.items():
+            self.other_version[v] = self.other_version.get(v, 0) + n
+
     def describe(self) -> str | None:
         """One line for a person, or None when nothing was skipped."""
         parts = []
