@@ -10,6 +10,7 @@ from mm_helpers import PAGE, check_invariants, pattern
 
 from nvramfs.events import schema
 from nvramfs.mm import manager as mm_manager
+from nvramfs.mm.flags import _PAGE_ACCESSED, _PAGE_PRESENT
 from nvramfs.mm.machine import PG_DIRTY
 from nvramfs.mm.manager import BDP_BACKGROUND, BDP_OK, BDP_THROTTLE, SWAP_CLUSTER_MAX
 
@@ -402,3 +403,78 @@ def test_emit_pages_with_one_count_for_every_page(tmp_path, monkeypatch) -> None
     lines = out[0].splitlines()
     assert [json.loads(x)["seq"] for x in lines] == list(range(601))
     assert json.loads(lines[0])["refcount"] == 2 and json.loads(lines[-1])["mapcount"] == 1
+
+
+@pytest.mark.parametrize("policy", ["2q", "clock"])
+def test_sparse_demotion_zaps_as_the_chunked_one(make_mm, clock, monkeypatch, policy) -> None:
+    """Random one-page stores over a file of 32 page-table chunks: reclaim's batches
+    span nearly a chunk a page, and demote_clean_pages zaps their ptes page by page
+    (`_zap_fs_ptes_sparse`). The same run with the chunk-at-a-time zap ends in the
+    same struct pages, every pte (hints too), rss, counters, events and bytes."""
+    from nvramfs.mm import migrate
+
+    runs, taken = [], []
+    for sparse in (True, False):
+        clock.now = 100.0
+        if sparse:
+            real = migrate._zap_fs_ptes_sparse
+
+            def counted(*a, real=real):
+                taken.append(len(a[2]))
+                return real(*a)
+
+            monkeypatch.setattr(migrate, "_zap_fs_ptes_sparse", counted)
+        else:
+
+            def chunked(m, vma, pages, idx, pfns):
+                return migrate._zap_fs_ptes(m, vma, pages, idx, pfns, idx >> 9)
+
+            monkeypatch.setattr(migrate, "_zap_fs_ptes_sparse", chunked)
+        mm, backing, ev = make_mm(dram_pages=96, policy=policy, nr_blocks=17000)
+        npages = 32 * 512
+        backing.create(2, pattern(npages), holes=list(range(700, 760)))
+        rng = np.random.default_rng(3)
+        recent: list[int] = []
+        for step in range(1500):
+            page = int(rng.integers(0, npages))
+            mm.write(2, page * PAGE + int(rng.integers(0, 64)), bytes([step % 251 + 1]) * 100)
+            recent = [*recent[-40:], page]
+            if step % 3 == 0:  # young ptes on frames reclaim will take
+                mm.read(2, recent[int(rng.integers(0, len(recent)))] * PAGE, PAGE)
+            if step % 9 == 0:
+                mm.read(2, int(rng.integers(0, npages)) * PAGE, PAGE)
+            if step % 50 == 0:
+                mm.writeback_batch()
+            if step % 97 == 0:
+                clock.now += 1.0
+                mm.tick()
+        # Then every clean frame at once, half of their ptes young (the policy's
+        # demote-all path; reclaim's victims are rarely young).
+        mm.fsync(2)
+        m, vma = mm.machine, mm._vmas[2]
+        cached = np.flatnonzero(m.mapping == 2)
+        young = 0
+        for k, page in enumerate(cached.tolist()):
+            index = int(m.index[page])
+            chunk = vma.vm_mm.pgd.get(index >> 9)
+            if k % 2 and chunk is not None and chunk.pte[index & 511] & _PAGE_PRESENT:
+                chunk.pte[index & 511] |= _PAGE_ACCESSED
+                young += 1
+        assert young > 8
+        assert migrate.demote_clean_pages(mm._spaces[2], cached, "policy") > 16
+        check_invariants(mm)
+        st = mm.stats()
+        ptes = {no: c.pte_np.copy() for no, c in vma.vm_mm.pgd.items()}
+        rss = vma.vm_mm.rss_file
+        events = [{k: v for k, v in e.items() if k not in ("t", "seq")} for e in ev.events]
+        state = _state(mm)
+        mm.close()
+        runs.append((state, st, ptes, rss, events, backing.read_file(2, npages)))
+        monkeypatch.undo()
+    (a, sa, pa, ra, ea, da), (b, sb, pb, rb, eb, db) = runs
+    assert taken and max(taken) >= 16, "the sparse zap never ran"
+    assert sa == sb and sa["migrations"]["demote"]["dram_budget"] > 500
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert pa.keys() == pb.keys() and all(np.array_equal(pa[k], pb[k]) for k in pa)
+    assert ra == rb and ea == eb and da == db
