@@ -16,6 +16,8 @@ time-based, `--repeats` rounds, the targets alternated within a round
     randwrite  psync, 4 KiB, one job, a file 4x the DRAM budget
     fsyncwrite psync, 4 KiB random writes with an fsync after every write,
                on the 4x file
+    mixed      psync, 4 KiB random reads and writes (70/30), four jobs at
+               once on the 4x file (IOPS: reads and writes together)
 
 Then the price of recording: the sim mount against a copy mounted with
 `-o trace=DIR`, 4 KiB randread zipf:1.2, alternated, medians; and the trace's
@@ -50,6 +52,13 @@ JOBS = {
     "seqwrite": ("write", "128k", "seqwrite 128 KiB 16x", "seq.dat", []),
     "randwrite": ("randwrite", "4k", "randwrite 4 KiB 4x", "rand.dat", []),
     "fsyncwrite": ("randwrite", "4k", "randwrite+fsync 4x", "rand.dat", ["--fsync=1"]),
+    "mixed": (
+        "randrw",
+        "4k",
+        "randrw 70/30 4 jobs 4x",
+        "rand.dat",
+        ["--numjobs=4", "--rwmixread=70", "--group_reporting=1"],
+    ),
 }
 
 
@@ -76,8 +85,8 @@ def fio_job(
         f"--rw={rw}",
         f"--bs={bs}",
         f"--size={size}",
-        *extra,
         "--numjobs=1",
+        *extra,  # after the defaults: fio takes an option's last value
         f"--runtime={runtime}",
         "--time_based=1",
         "--randrepeat=0",
@@ -87,8 +96,13 @@ def fio_job(
     if out.returncode != 0:
         sys.exit(f"bench_fio: fio failed on {directory}: {out.stderr.strip()[-500:]}")
     job = json.loads(out.stdout[out.stdout.index("{") :])["jobs"][0]
-    side = job["write"] if "write" in rw else job["read"]
-    return {"iops": side["iops"], "mbs": side["bw_bytes"] / 1e6}
+    sides = [job["read"], job["write"]] if rw == "randrw" else [
+        job["write"] if "write" in rw else job["read"]
+    ]  # fmt: skip
+    return {
+        "iops": sum(x["iops"] for x in sides),
+        "mbs": sum(x["bw_bytes"] for x in sides) / 1e6,
+    }
 
 
 def wb_stats(mnt: Path) -> dict:
@@ -274,7 +288,7 @@ def main() -> int:
 
     print()
     print(
-        f"fio psync, one job, dram={args.dram}, reads on a {args.size} file, "
+        f"fio psync, one job unless named, dram={args.dram}, reads on a {args.size} file, "
         f"{args.runtime:g} s per run, median of {args.repeats} alternated rounds"
     )
     print(
