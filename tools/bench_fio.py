@@ -20,8 +20,8 @@ time-based, `--repeats` rounds, the targets alternated within a round
                once on the 4x file (IOPS: reads and writes together)
 
 Then the price of recording: the sim mount against a copy mounted with
-`-o trace=DIR`, 4 KiB randread zipf:1.2, alternated, medians; and the trace's
-bytes on disk per page access (--no-trace skips it).
+`-o trace=DIR`, 4 KiB randread zipf:1.2, alternated ABBA over at least 9 rounds of
+at most 3 s, medians; and the trace's bytes on disk per page access (--no-trace skips it).
 
 The nvramfs mounts use the default cache=direct, so every request reaches the
 daemon (kernel tmpfs is shown for scale, not as a competitor). The ratio
@@ -183,7 +183,9 @@ def zipf_randread(directory: Path, size: str, runtime: float) -> dict:
 
 def trace_cost(work: Path, image: Path, args: argparse.Namespace, extra: str) -> dict:
     """The price of `-o trace=DIR`: the same mount with and without it, zipf randread,
-    alternated; and the trace's bytes on disk per page access."""
+    alternated (ABBA: which goes first changes every round), at least 9 rounds of at
+    most 3 s, since a 5% difference is within the noise of 3 rounds on a shared
+    machine; and the trace's bytes on disk per page access."""
     image_t = work / "bench-trace.nvram"
     subprocess.run(["cp", "--sparse=always", str(image), str(image_t)], check=True)
     trace = work / "bench.trace"
@@ -192,9 +194,10 @@ def trace_cost(work: Path, image: Path, args: argparse.Namespace, extra: str) ->
         mounted(image, work / "mnt-sim", f"dram={args.dram}{extra}") as sim,
         mounted(image_t, work / "mnt-trace", f"dram={args.dram},trace={trace}{extra}") as traced,
     ):
-        for _ in range(args.repeats):
-            for name, d in (("sim", sim), ("sim+trace", traced)):
-                runs[name].append(zipf_randread(d, args.size, args.runtime)["iops"])
+        pair = [("sim", sim), ("sim+trace", traced)]
+        for r in range(max(args.repeats, 9)):
+            for name, d in pair if r % 2 == 0 else pair[::-1]:
+                runs[name].append(zipf_randread(d, args.size, min(args.runtime, 3.0))["iops"])
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
