@@ -293,7 +293,11 @@ class NullEventWriter:
         mapcount: list[int] | int,
         via: str | None = None,
     ) -> None:
-        """EventWriter.emit_pages: here one `emit` per page."""
+        """EventWriter.emit_pages: here one `emit` per page (only the count when
+        `emit` is this class's own: replays and sweeps without a log)."""
+        if type(self).emit is NullEventWriter.emit:
+            self._seq += len(index)
+            return
         extra = {} if via is None else {"via": via}
         if type(refcount) is int:
             refcount = [refcount] * len(index)

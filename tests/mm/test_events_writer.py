@@ -66,6 +66,13 @@ def test_null_and_list_writers() -> None:
     lw = ListEventWriter()
     lw.emit(schema.FAULT, ino=1, index=2, kind="hole", write=False)
     assert lw.of(schema.FAULT)[0]["kind"] == "hole"
+    # A batch of page events counts one sequence number a page; the list writer
+    # (a subclass with its own emit) still gets one event a page.
+    args = (schema.COW, 7, [1, 2, 3], [9, 9, 9], [4, 5, 6], "xip", "pagecache", "write", 1, 0)
+    n.emit_pages(*args)
+    assert n.emit(schema.COW) == 5
+    lw.emit_pages(*args)
+    assert [e["index"] for e in lw.of(schema.COW)] == [1, 2, 3]
 
 
 def test_mm_log_is_valid_jsonl_with_schema_fields(tmp_path) -> None:
