@@ -96,9 +96,8 @@ def fio_job(
     if out.returncode != 0:
         sys.exit(f"bench_fio: fio failed on {directory}: {out.stderr.strip()[-500:]}")
     job = json.loads(out.stdout[out.stdout.index("{") :])["jobs"][0]
-    sides = [job["read"], job["write"]] if rw == "randrw" else [
-        job["write"] if "write" in rw else job["read"]
-    ]  # fmt: skip
+    names = ("read", "write") if rw == "randrw" else ("write" if "write" in rw else "read",)
+    sides = [job[name] for name in names]
     return {
         "iops": sum(x["iops"] for x in sides),
         "mbs": sum(x["bw_bytes"] for x in sides) / 1e6,

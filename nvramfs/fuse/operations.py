@@ -222,7 +222,7 @@ class Operations(pyfuse3.Operations):
         # Under cache=direct, files whose name matches one of these shell patterns
         # are opened through the kernel page cache, so that MAP_SHARED works on
         # them (`shared_mmap=`; SQLite's WAL index, NAME-shm, by default).
-        self.shared_mmap = tuple(shared_mmap) if self.direct_io else ()
+        self.shared_mmap = tuple(shared_mmap)
         self.control = control
         # Access times on read, as the VFS's mount flags say: relatime (update when
         # atime is not newer than mtime/ctime, or a day old), strictatime, noatime.
@@ -609,7 +609,7 @@ class Operations(pyfuse3.Operations):
         # the dirty pages go first so that it can (ordered data). On a shrink,
         # mm drops the pages past the new end before that: as the kernel's
         # truncate_inode_pages, dirty data cut off is never written back.
-        if size < entry.st_size:
+        if size <= entry.st_size:
             self.mm.truncate(ino, size, reason)
             self._unreserve_from(ino, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)
         if ino in self._meta_dirty:
@@ -618,8 +618,6 @@ class Operations(pyfuse3.Operations):
         if size > entry.st_size:
             # Grow: let the image refuse (EFBIG) before anything changes.
             self.img.setattr(ino, size=size)
-            self.mm.truncate(ino, size, reason)
-        elif size == entry.st_size:
             self.mm.truncate(ino, size, reason)
         entry.st_size = size
         if size == 0:

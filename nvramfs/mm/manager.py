@@ -1369,9 +1369,13 @@ class MemoryManager:
             nos = np.fromiter((c.no for c in chunks), dtype=np.int64, count=n)
             pages = (nos[ci] << PTE_SHIFT) + (idx & PTE_INDEX_MASK)
             for ino, gen in sorted(files):
-                mine = np.zeros(n, dtype=bool)
-                mine[files[(ino, gen)]] = True
-                sel = idx[mine[ci]] if len(files) > 1 else idx
+                if len(files) > 1:
+                    mine = np.zeros(n, dtype=bool)
+                    mine[files[(ino, gen)]] = True
+                    at = mine[ci]
+                    sel, file_pages = idx[at], pages[at]
+                else:
+                    sel, file_pages = idx, pages
                 if not len(sel):
                     continue
                 self.events.emit(
@@ -1380,7 +1384,7 @@ class MemoryManager:
                     gen=gen,
                     t0=round(t0, 6),
                     t1=round(t1, 6),
-                    pages=(pages[mine[ci]] if len(files) > 1 else pages).tolist(),
+                    pages=file_pages.tolist(),
                     reads=reads[sel].tolist(),
                     writes=writes[sel].tolist(),
                 )
