@@ -163,6 +163,39 @@ class DirtySummary:
         return (self.pages, self.files, self.pairs)
 
 
+class _Rows:
+    """Pages of one write_pages call as rows of one (N, 4096) uint8 array: page k is
+    src[rows[k]] (rows None: src[k]). Slicing and reordering touch row numbers only;
+    the data is copied once, by `Persist.store_rows`."""
+
+    __slots__ = ("src", "rows")
+
+    def __init__(self, src: np.ndarray, rows: np.ndarray | None) -> None:
+        self.src = src
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.src) if self.rows is None else len(self.rows)
+
+    def __getitem__(self, part: slice) -> _Rows:
+        if self.rows is None:
+            return _Rows(self.src[part], None)  # a view
+        return _Rows(self.src, self.rows[part])
+
+    def take(self, k: np.ndarray) -> _Rows:
+        """The pages at positions `k`, in that order."""
+        return _Rows(self.src, k.astype(np.int64) if self.rows is None else self.rows[k])
+
+    def sel(self, lo: int, hi: int) -> np.ndarray | slice:
+        """Pages [lo, hi) as `store_rows` takes them (a slice when they are adjacent rows)."""
+        if self.rows is None:
+            return slice(lo, hi)
+        r = self.rows[lo:hi]
+        if hi - lo > 1 and int(r[-1]) - int(r[0]) == hi - lo - 1 and bool((r[1:] > r[:-1]).all()):
+            return slice(int(r[0]), int(r[-1]) + 1)
+        return r
+
+
 def _check_name(name: bytes) -> None:
     if not isinstance(name, bytes | bytearray):
         raise TypeError("names are bytes")
@@ -1397,13 +1430,14 @@ class Image(Allocator, ExtentMaps, Directories):
         if rows is not None:
             if len(rows) != len(idx):
                 raise ValueError("indices and pages differ in length")
-            # Last write of a page index wins; rows in index order.
+            # Last write of a page index wins; rows in index order (only the
+            # row numbers are permuted: the data is copied once, by the store).
             if len(idx) < 2 or bool((idx[1:] > idx[:-1]).all()):
                 pidx, data, order = idx, rows, None
             else:
                 rev = idx[::-1]
                 pidx, first = np.unique(rev, return_index=True)
-                data = rows[len(idx) - 1 - first]
+                data = rows.take(len(idx) - 1 - first)
                 order = pidx
         else:
             latest = {int(i): k for k, i in enumerate(idx.tolist())}
@@ -1427,19 +1461,29 @@ class Image(Allocator, ExtentMaps, Directories):
         return result
 
     @staticmethod
-    def _page_rows(pages: object) -> np.ndarray | None:
-        """`pages` as an (n, 4096) uint8 array when it is one (or converts to one
-        through __array__, as mm's batches of frames do): then runs of adjacent
-        blocks are stored with one copy each. None for a sequence of buffers."""
+    def _page_rows(pages: object) -> _Rows | None:
+        """`pages` as rows of one (N, 4096) uint8 array when it is one, converts to
+        one (`__array__`), or names one (`page_rows()` -> (array, rows): page k is
+        array[rows[k]], as mm's batches of frames do, so scattered frames are
+        gathered by the store itself). Then each run of adjacent blocks is stored
+        with one copy. None for a sequence of buffers."""
         if isinstance(pages, list | tuple | bytes | bytearray | memoryview):
             return None
-        if not isinstance(pages, np.ndarray):
-            if not hasattr(pages, "__array__"):
-                return None
-            pages = np.asarray(pages)
-        if pages.ndim != 2 or pages.shape[1] != BS or pages.dtype != np.uint8:
+        named = getattr(pages, "page_rows", None)
+        if named is not None:
+            src, rows = named()
+            rows = np.asarray(rows, dtype=np.int64)
+        else:
+            if not isinstance(pages, np.ndarray):
+                if not hasattr(pages, "__array__"):
+                    return None
+                pages = np.asarray(pages)
+            src, rows = pages, None
+        if not isinstance(src, np.ndarray) or src.ndim != 2 or src.shape[1] != BS:
             raise ValueError("pages: an array of them must be (n, 4096) bytes")
-        return np.ascontiguousarray(pages)
+        if src.dtype != np.uint8:
+            raise ValueError("pages: an array of them must be (n, 4096) bytes")
+        return _Rows(src, rows)
 
     @staticmethod
     def _page_bytes(p: object) -> memoryview:
@@ -1517,17 +1561,18 @@ class Image(Allocator, ExtentMaps, Directories):
         rec = self._winode(ino)
         rec["blocks"] = int(rec["blocks"]) + len(hp)
 
-    def _store_pages(self, blocks: np.ndarray, data: list) -> None:
+    def _store_pages(self, blocks: np.ndarray, data: list | _Rows) -> None:
         """Store each page at its block (straight from the caller's buffer), flush each
         run of adjacent blocks, fence (one msync for all: Persist)."""
         store = self.persist.store
         k = 0
         bl = blocks.tolist()
-        if isinstance(data, np.ndarray):
-            # Rows of one array: each run of adjacent blocks is one store.
+        if isinstance(data, _Rows):
+            # Rows of one array: each run of adjacent blocks is one store_rows,
+            # which gathers the rows straight into the mapping.
             brk = np.flatnonzero(np.diff(blocks) != 1) + 1
             for lo, hi in zip([0, *brk.tolist()], [*brk.tolist(), len(bl)], strict=True):
-                store(bl[lo] * BS, data[lo:hi].reshape(-1))
+                self.persist.store_rows(bl[lo] * BS, data.src, data.sel(lo, hi))
                 self.persist.flush(bl[lo] * BS, (hi - lo) * BS)
             if len(bl):
                 self.persist.fence()

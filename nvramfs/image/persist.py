@@ -6,7 +6,9 @@ image is a shared file mapping: `store` writes the mapping, `flush` notes the
 range, and `fence` makes every range noted since the last fence durable with
 ONE msync over their hull (msync is synchronous, so its return is the
 ordering point). Flushing more than was asked is always safe: stores issued
-before a fence may reach the media anyway. `msyncs` counts the msync calls
+before a fence may reach the media anyway. `store_rows` stores rows of an
+array (a writeback batch's frames) gathered straight into the mapping: one
+copy, no staging buffer. `msyncs` counts the msync calls
 (`.nvramfs/stats` shows it as `image.msyncs`). Every store to an image goes
 through a `Persist`, so the crash model below is complete.
 
@@ -24,6 +26,8 @@ import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+import numpy as np
 
 PAGE = mmap.PAGESIZE
 
@@ -63,6 +67,39 @@ class Persist:
     def store(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         n = len(data)
         self._mm[offset : offset + n] = data
+
+    def store_rows(self, offset: int, src: np.ndarray, rows: np.ndarray | slice) -> None:
+        """Store rows `rows` of the 2-D uint8 array `src` back to back at `offset`.
+
+        The rows are gathered straight into the mapping (`np.take` into a numpy
+        view of it), so a batch of scattered frames is copied once, not gathered
+        into a staging array first. The view is dropped before returning: a
+        mapping with a live export cannot be closed. Same durability as `store`.
+        """
+        if src.ndim != 2 or src.dtype != np.uint8:
+            raise ValueError("store_rows: src must be a 2-D uint8 array")
+        width = src.shape[1]
+        if isinstance(rows, slice):
+            part = src[rows]
+            n = len(part)
+        else:
+            n = len(rows)
+            if n and (int(rows.min()) < 0 or int(rows.max()) >= len(src)):
+                raise IndexError("store_rows: row outside src")
+        if not n:
+            return
+        if offset < 0 or offset + n * width > len(self._mm):
+            raise ValueError(f"store_rows: {n} rows at {offset} outside the mapping")
+        dst = np.frombuffer(self._mm, np.uint8, count=n * width, offset=offset).reshape(n, width)
+        try:
+            if isinstance(rows, slice):
+                dst[...] = part
+            else:
+                # mode="clip" (rows are checked above): "raise" would buffer the
+                # output, a second copy.
+                np.take(src, rows, axis=0, out=dst, mode="clip")
+        finally:
+            del dst
 
     def flush(self, offset: int, length: int) -> None:
         """Ask for the stores in [offset, offset+length) to be durable at the next fence."""
@@ -113,6 +150,14 @@ class RecordingPersist(Persist):
     def store(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self.log.append(Op("store", offset, bytes(data)))
         super().store(offset, data)
+
+    def store_rows(self, offset: int, src: np.ndarray, rows: np.ndarray | slice) -> None:
+        super().store_rows(offset, src, rows)
+        n = len(src[rows]) if isinstance(rows, slice) else len(rows)
+        if n:  # the bytes that store landed in the mapping, as one store
+            self.log.append(
+                Op("store", offset, bytes(self._mm[offset : offset + n * src.shape[1]]))
+            )
 
     def flush(self, offset: int, length: int) -> None:
         self.log.append(Op("flush", offset, length=length))

@@ -253,10 +253,11 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
 
 class FrameRows:
     """The data of a batch of frames for `write_pages`: a sequence of page buffers
-    (each a read-only view of its frame, taken when asked) that also converts to
-    one (n, PAGE_SIZE) array with a single gather (`__array__`), which the image
-    stores a run of adjacent blocks at a time. A backing that ignores the data
-    (a trace replay's) copies nothing."""
+    (each a read-only view of its frame, taken when asked) that also names its
+    rows of the frame array (`page_rows()`: the image gathers them straight into
+    its mapping, one copy per page) and converts to one (n, PAGE_SIZE) array
+    (`__array__`, a gather) for a backing that wants one. A backing that
+    ignores the data (a trace replay's) copies nothing."""
 
     def __init__(self, m: Machine, frames: np.ndarray) -> None:
         self.m = m
@@ -272,6 +273,10 @@ class FrameRows:
     def __iter__(self) -> Any:
         view = self.m.data_view
         return (view[p * 4096 : (p + 1) * 4096] for p in self.frames.tolist())
+
+    def page_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(array, rows): page k of the batch is array[rows[k]] (no copy made)."""
+        return self.m.data, self.frames
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self.m.data[self.frames]
