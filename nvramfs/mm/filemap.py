@@ -351,19 +351,41 @@ def groups_of(keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
 
 def _mkclean_fs_ptes(vma: VMA, pages: np.ndarray, indices: np.ndarray) -> None:
     """page_mkclean of many pages that only the filesystem's vma maps: their present
-    ptes lose RW and dirty, a page-table chunk at a time."""
+    ptes lose RW and dirty, a page-table chunk at a time. Indices in ascending order
+    (writeback's batches) split into chunks without sorting, and a chunk's run of
+    consecutive indices is cleaned through a slice of its ptes."""
     pgd = vma.vm_mm.pgd
-    if not len(indices):
+    n = len(indices)
+    if not n:
         return
-    for no, sel in groups_of(indices >> PTE_SHIFT):
-        chunk = pgd.get(no)
+    keys = indices >> PTE_SHIFT
+    if n > 1 and not bool((indices[1:] > indices[:-1]).all()):
+        for no, sel in groups_of(keys):
+            _mkclean_chunk(pgd.get(no), indices[sel] & PTE_INDEX_MASK, pages[sel])
+        return
+    cut = (np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist()
+    for a, b in zip([0, *cut], [*cut, n], strict=True):
+        chunk = pgd.get(int(keys[a]))
         if chunk is None:
             continue
-        slots = indices[sel] & PTE_INDEX_MASK
-        p = chunk.pte_np[slots]
-        hit = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages[sel])
-        if hit.any():
-            chunk.pte_np[slots[hit]] = p[hit] & ~(_PAGE_RW | _PAGE_DIRTY)
+        s0 = int(indices[a]) & PTE_INDEX_MASK
+        if (int(indices[b - 1]) & PTE_INDEX_MASK) - s0 == b - a - 1:  # consecutive
+            p = chunk.pte_np[s0 : s0 + b - a]  # a view: cleaned in place
+            hit = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages[a:b])
+            if hit.any():
+                p[hit] &= ~(_PAGE_RW | _PAGE_DIRTY)
+        else:
+            _mkclean_chunk(chunk, indices[a:b] & PTE_INDEX_MASK, pages[a:b])
+
+
+def _mkclean_chunk(chunk: Any, slots: np.ndarray, pages: np.ndarray) -> None:
+    """Clear RW and dirty on the present ptes at `slots` of `chunk` that map `pages`."""
+    if chunk is None:
+        return
+    p = chunk.pte_np[slots]
+    hit = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages)
+    if hit.any():
+        chunk.pte_np[slots[hit]] = p[hit] & ~(_PAGE_RW | _PAGE_DIRTY)
 
 
 # mapping_bmap: the NVRAM pfn of file page `index` (0 for a hole), from the
