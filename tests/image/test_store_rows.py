@@ -18,6 +18,7 @@ import pytest
 
 import nvramfs.image.image as image_mod
 from nvramfs.image import Image
+from nvramfs.image.errors import CorruptImage
 from nvramfs.image.fsck import fsck
 from nvramfs.image.mkfs import mkfs
 from nvramfs.image.persist import Persist, RecordingPersist
@@ -163,3 +164,33 @@ def test_write_pages_from_page_rows_gives_identical_images(
     assert sum(op.kind == "store" for op in logs["named"]) < sum(
         op.kind == "store" for op in logs["list"]
     )
+
+
+def test_an_in_place_batch_is_its_data_and_one_fence(fast_dir: Path) -> None:
+    """A rewrite of mapped pages that advances no size writes no journal: its log
+    is the data's stores and flushes and one fence, and a damaged image still
+    refuses it."""
+    path = fast_dir / "i.img"
+    mkfs(path, size=4 << 20)
+    rec = RecordingPersist()
+    img = Image.open(path, persist=rec)
+    f = img.create(1, b"f", 0o644, 0, 0)
+    img.reserve(32)
+    data = _rows(64, seed=4)
+    blocks = img.write_pages(f, np.arange(32), _Frames(data, np.arange(32)), size=32 * BS)
+    gen = img.generation
+    rec.log.clear()
+    frames = np.array([40, 3, 17, 9, 63, 0])
+    again = img.write_pages(f, np.array([0, 1, 2, 20, 21, 31]), _Frames(data, frames), size=32 * BS)
+    assert np.array_equal(again, blocks[[0, 1, 2, 20, 21, 31]])
+    assert [op.kind for op in rec.log] == ["store", "flush"] * 3 + ["fence"]
+    stored = b"".join(op.data for op in rec.log if op.kind == "store")
+    assert stored == data[frames].tobytes()
+    assert img.generation == gen  # no transaction committed
+    img.corrupt = "test: damage seen"
+    with pytest.raises(CorruptImage):
+        img.write_pages(f, np.array([5]), _Frames(data, np.array([1])))
+    assert len(rec.log) == 7
+    img.corrupt = None
+    img.close()
+    assert fsck(str(path)).exit_code == 0
