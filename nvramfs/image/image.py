@@ -1483,9 +1483,12 @@ class Image(Allocator, ExtentMaps, Directories):
                     return None
                 pages = np.asarray(pages)
             src, rows = pages, None
-        if not isinstance(src, np.ndarray) or src.ndim != 2 or src.shape[1] != BS:
-            raise ValueError("pages: an array of them must be (n, 4096) bytes")
-        if src.dtype != np.uint8:
+        if (
+            not isinstance(src, np.ndarray)
+            or src.ndim != 2
+            or src.shape[1] != BS
+            or src.dtype != np.uint8
+        ):
             raise ValueError("pages: an array of them must be (n, 4096) bytes")
         return _Rows(src, rows)
 
