@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -126,3 +127,20 @@ def test_a_batch_of_scattered_frames_reaches_the_image_byte_for_byte(tmp_path: P
     got = b"".join(bytes(img.block_view(int(b))) if b else bytes(PAGE) for b in blocks)
     assert got[:size] == bytes(want[:size])
     img.close()
+
+
+def test_bench_writeback_times_batches_of_exactly_the_dirtied_pages(tmp_path: Path, capsys) -> None:
+    """tools/bench_writeback.py: every timed batch is the 1024 pages its round
+    dirtied (it exits otherwise), and it prints the three rows it documents."""
+    import importlib.util
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "bench_writeback.py"
+    spec = importlib.util.spec_from_file_location("bench_writeback", tool)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    shm = Path("/dev/shm")
+    where = shm if shm.is_dir() and os.access(shm, os.W_OK) else tmp_path
+    assert mod.main(["--dram", "16M", "--rounds", "3", "--dir", str(where)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert {"batch", "gather", "memcpy"} <= rows and "batch/gather" in out
