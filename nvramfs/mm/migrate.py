@@ -45,7 +45,7 @@ from .vma import PTE_INDEX_MASK, PTE_SHIFT
 
 if TYPE_CHECKING:
     from .machine import Machine
-    from .vma import VMA
+    from .vma import VMA, Chunk
 
 
 # page_freezable: could folio_ref_freeze(page, expected_refs) succeed, i.e.
@@ -147,19 +147,26 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
     m = mapping.machine
     pages = np.asarray(pages, dtype=np.int64)
     busy = PG_ANON | PG_DIRTY | PG_LOCKED | PG_WRITEBACK
-    ok = ((m.flags[pages] & busy) == 0) & (m.page_block[pages] > 0)
+    blocks = m.page_block[pages]
+    ok = ((m.flags[pages] & busy) == 0) & (blocks > 0)
     ok &= m.mapping[pages] == mapping.host
-    if not ok.all():
-        pages = pages[ok]
+    if np.count_nonzero(ok) != len(ok):
+        pages, blocks = pages[ok], blocks[ok]
     if not len(pages):
         return 0
     vma = mapping.fs_vma
     if vma is None or len(mapping.i_mmap) != 1 or mapping.i_mmap[0] is not vma:
         return sum(demote(mapping, p, reason) for p in pages.tolist())
     idx = m.index[pages]
-    pfns = m.nvram_base_pfn + m.page_block[pages]
+    pfns = blocks + m.nvram_base_pfn
     nos = idx >> PTE_SHIFT
-    if len(pages) > 8 and len(np.unique(nos)) * 4 > len(pages):
+    no0 = int(nos[0])
+    if no0 == int(nos[-1]) and not np.count_nonzero(nos != no0):
+        # The usual batch: one page-table chunk (no grouping, no sort).
+        chunk = vma.vm_mm.pgd.get(no0)
+        dirty = None if chunk is None else _zap_chunk(m, vma, chunk, pages, idx, pfns)
+        keep = None if dirty is None else ~dirty
+    elif len(pages) > 8 and len(np.unique(nos)) * 4 > len(pages):
         keep = _zap_fs_ptes_sparse(m, vma, pages, idx, pfns)
     else:
         keep = _zap_fs_ptes(m, vma, pages, idx, pfns, nos)
@@ -196,26 +203,50 @@ def _zap_fs_ptes(
         chunk = pgd.get(no)
         if chunk is None:
             continue
-        slots = idx[sel] & PTE_INDEX_MASK
-        p = chunk.pte_np[slots]
-        present = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages[sel])
-        dirty = present & ((p & _PAGE_DIRTY) != 0)
-        if dirty.any():
+        dirty = _zap_chunk(m, vma, chunk, pages[sel], idx[sel], pfns[sel])
+        if dirty is not None:
             if keep is None:
                 keep = np.ones(len(pages), dtype=bool)
             keep[sel[dirty]] = False
-            sel, slots, p, present = sel[~dirty], slots[~dirty], p[~dirty], present[~dirty]
-        young = present & ((p & _PAGE_ACCESSED) != 0)
-        mapped = pages[sel[present]]
-        if len(mapped):
-            BUG_ON(bool((m._mapcount[mapped] < 0).any()), "demote: present pte of an unmapped page")
-            m._mapcount[mapped] -= 1
-            m._refcount[mapped] -= 1
-            vma.vm_mm.rss_file -= len(mapped)
-        if young.any():
-            m.flags[pages[sel[young]]] |= PG_REFERENCED
-        chunk.pte_np[slots] = (pfns[sel] << PTE_PFN_SHIFT) | _PAGE_BMAP
     return keep
+
+
+# zap_pte of the pages of one page-table chunk (`idx`: their page indices in
+# it): a present pte of the page drops its mapcount and reference (its young
+# bit goes to PG_referenced), and every pte but a dirty one becomes the bmap
+# hint of the page's NVRAM pfn. Returns the mask of the pages whose pte is
+# dirty (left as they are), None when there is none.
+def _zap_chunk(
+    m: Machine, vma: VMA, chunk: Chunk, pages: np.ndarray, idx: np.ndarray, pfns: np.ndarray
+) -> np.ndarray | None:
+    slots = idx & PTE_INDEX_MASK
+    p = chunk.pte_np[slots]
+    present = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages)
+    dirty = present & ((p & _PAGE_DIRTY) != 0)
+    if np.count_nonzero(dirty):
+        clean = ~dirty
+        pages, slots, p, present, pfns = (
+            pages[clean],
+            slots[clean],
+            p[clean],
+            present[clean],
+            pfns[clean],
+        )
+    else:
+        dirty = None
+    nmapped = np.count_nonzero(present)
+    if nmapped:
+        mapped = pages if nmapped == len(pages) else pages[present]
+        mc = m._mapcount[mapped]
+        BUG_ON(bool(np.count_nonzero(mc < 0)), "demote: present pte of an unmapped page")
+        m._mapcount[mapped] = mc - 1
+        m._refcount[mapped] -= 1
+        vma.vm_mm.rss_file -= int(nmapped)
+        young = present & ((p & _PAGE_ACCESSED) != 0)
+        if np.count_nonzero(young):
+            m.flags[pages[young]] |= PG_REFERENCED
+    chunk.pte_np[slots] = (pfns << PTE_PFN_SHIFT) | _PAGE_BMAP
+    return dirty
 
 
 # The same zap, page by page on scalars, for a batch spread over many chunks
@@ -259,7 +290,8 @@ def _zap_fs_ptes_sparse(
 # order (the free list ends as page-by-page put_page calls would leave it).
 def _delete_from_page_cache_many(mapping: AddressSpace, pages: np.ndarray, idx: np.ndarray) -> None:
     m = mapping.machine
-    if bool((m._mapcount[pages] >= 0).any() or (m.flags[pages] & PG_DIRTY).any()):
+    f = m.flags[pages]
+    if np.count_nonzero(m._mapcount[pages] >= 0) or np.count_nonzero(f & PG_DIRTY):
         for page in pages.tolist():  # the BUG, with its page
             delete_from_page_cache(mapping, page)
         return
@@ -267,21 +299,29 @@ def _delete_from_page_cache_many(mapping: AddressSpace, pages: np.ndarray, idx: 
     idx_l = idx.tolist()
     pages_l = pages.tolist()
     BUG_ON(
-        [cache.get(index) for index in idx_l] != pages_l,
+        list(map(cache.get, idx_l)) != pages_l,
         "delete_from_page_cache: not in this mapping",
         f"ino {mapping.host}",
     )
     for index in idx_l:
         del cache[index]
     m.mapping[pages] = 0
-    m.flags[pages] &= ~np.uint32(PG_LRU)
+    f &= ~np.uint32(PG_LRU)
     rc = m._refcount[pages] - 1
-    BUG_ON(bool((rc < 0).any()), "put_page: _refcount underflow", f"ino {mapping.host}")
+    if np.count_nonzero(rc < 0):
+        m.flags[pages] = f
+        BUG_ON(True, "put_page: _refcount underflow", f"ino {mapping.host}")
     m._refcount[pages] = rc
-    freed = pages[rc == 0]
+    if np.count_nonzero(rc):  # some are held elsewhere: only the rest are freed
+        m.flags[pages] = f
+        freed = pages[rc == 0]
+        f = m.flags[freed]
+    else:
+        freed = pages
     if len(freed):
-        bad = m.flags[freed] & (PG_RESERVED | PG_LOCKED | PG_WRITEBACK | PG_LRU)
-        BUG_ON(bool(bad.any()), "bad page state at free", f"ino {mapping.host}")
+        if np.count_nonzero(f & (PG_RESERVED | PG_LOCKED | PG_WRITEBACK | PG_LRU)):
+            m.flags[pages] = m.flags[pages] & ~np.uint32(PG_LRU)
+            BUG_ON(True, "bad page state at free", f"ino {mapping.host}")
         m.flags[freed] = 0
         m.page_block[freed] = 0
-        m.free_list.extend(freed.tolist())
+        m.free_list.extend(pages_l if freed is pages else freed.tolist())
