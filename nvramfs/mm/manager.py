@@ -754,14 +754,16 @@ class MemoryManager:
         chunk, s0 = mm.get_locked_pte(first << PAGE_SHIFT)
         p = chunk.pte_np[s0 : s0 + npg]
         present = (p & _PAGE_PRESENT) != 0
-        if present.any() and bool(
-            (present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0))).any()
+        npresent = int(np.count_nonzero(present))
+        if npresent and np.count_nonzero(
+            present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0))
         ):
             return False
-        if not p.all():  # a pte with neither a pfn nor a bmap hint
+        if np.count_nonzero(p) != npg:  # a pte with neither a pfn nor a bmap hint
             self._prefill_bmap(vma, first, npg)
         src = p >> PTE_PFN_SHIFT  # NVRAM pfn of each page, 0 for a hole
         hole = src == 0
+        nh = int(np.count_nonzero(hole))
         m = self.machine
         frames = m.alloc_pages(npg)
         if frames is None:
@@ -804,14 +806,13 @@ class MemoryManager:
         m.mapping[frames] = ino
         m.index[frames] = idx
         m.flags[frames] = PG_UPTODATE | PG_LRU | PG_DIRTY
-        m.page_block[frames] = np.where(hole, 0, src - base)
+        m.page_block[frames] = np.where(hole, 0, src - base) if nh else src - base
         m.dirtied_at[frames] = self.clock()
-        cache.update(zip(idx.tolist(), frames_l, strict=True))
+        cache.update(zip(range(first, first + npg), frames_l, strict=True))
         p[:] = (frames << PTE_PFN_SHIFT) | (_PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW)
         mm.rss_file += npg
         st = self.stats_
-        st.xip_mapped -= int(np.count_nonzero(present))
-        nh = int(np.count_nonzero(hole))
+        st.xip_mapped -= npresent
         st.hole += nh
         st.cow += npg - nh
         st.writes += npg
@@ -1124,18 +1125,31 @@ class MemoryManager:
         pages = reclaimable_frames(m, pages)  # held by someone else: no frame to free
         return self._shrink_isolated(pages, reason)
 
-    def _shrink_isolated(self, pages: np.ndarray, reason: str) -> int:
+    def _shrink_isolated(
+        self, pages: np.ndarray, reason: str, dirty: np.ndarray | None = None
+    ) -> int:
         """shrink_page_list of frames already isolated: cached, not busy, held by
         nobody but the page cache and their ptes (as _isolate and the filter above
-        leave them)."""
+        leave them). `dirty`: the dirty ones among them, when the caller knows."""
         m = self.machine
         if not len(pages):
             return 0
-        isdirty = (m.flags[pages] & PG_DIRTY) != 0
-        if isdirty.any():
-            self._writeback(pages[isdirty], schema.REASON_DEMOTE)
+        if dirty is None:
+            isdirty = (m.flags[pages] & PG_DIRTY) != 0
+            if np.count_nonzero(isdirty):
+                self._writeback(pages[isdirty], schema.REASON_DEMOTE)
+        elif len(dirty):
+            self._writeback(dirty, schema.REASON_DEMOTE)
         owners = m.mapping[pages]
         idx = m.index[pages]
+        ino = int(owners[0])
+        if ino == int(owners[-1]) and not np.count_nonzero(owners != ino):
+            # The usual batch: the pages of one file.
+            mapping = self._spaces[ino]
+            n = demote_clean_pages(mapping, pages, reason)
+            if n:
+                self._policy_demoted(mapping, idx, all_gone=n == len(pages))
+            return n
         done = 0
         for ino, sel in _by_owner(owners):
             mapping = self._spaces[ino]
@@ -1167,11 +1181,16 @@ class MemoryManager:
         if not len(indices):
             return
         nos = indices >> PTE_SHIFT
-        for no, sel in groups_of(nos):
+        no0 = int(nos[0])
+        if no0 == int(nos[-1]) and not np.count_nonzero(nos != no0):
+            groups = [(no0, None)]  # the usual batch: one page-table chunk
+        else:
+            groups = groups_of(nos)
+        for no, sel in groups:
             chunk = pgd.get(no)
             if chunk is None:
                 continue
-            slots = indices[sel] & PTE_INDEX_MASK
+            slots = (indices if sel is None else indices[sel]) & PTE_INDEX_MASK
             words = chunk.state[slots]
             if vectorised:
                 chunk.state[slots] = on_demote(words)
@@ -1194,12 +1213,17 @@ class MemoryManager:
         if not len(victims):
             return False
         isdirty = (m.flags[victims] & PG_DIRTY) != 0
-        clean = victims[~isdirty][:batch]
-        if len(clean) < batch:
-            victims = np.concatenate([clean, victims[isdirty][: batch - len(clean)]])
+        nd = np.count_nonzero(isdirty)
+        if not nd:
+            victims, dirty = victims[:batch], victims[:0]
         else:
-            victims = clean
-        self._shrink_isolated(victims, schema.REASON_DRAM_BUDGET)
+            clean = victims[~isdirty][:batch]
+            if len(clean) < batch:
+                dirty = victims[isdirty][: batch - len(clean)]
+                victims = np.concatenate([clean, dirty])
+            else:
+                victims, dirty = clean, victims[:0]
+        self._shrink_isolated(victims, schema.REASON_DRAM_BUDGET, dirty)
         return len(free) > before
 
     def _isolate(self, n: int) -> np.ndarray:
@@ -1221,8 +1245,8 @@ class MemoryManager:
             w = frames[pos : pos + 4 * n]
             ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
             ok &= (m.flags[w] & busy) == 0
-            ok &= m._refcount[w] == 1 + (m._mapcount[w] + 1)  # reclaimable_frames
-            good = np.flatnonzero(ok)
+            ok &= m._refcount[w] - m._mapcount[w] == 2  # reclaimable_frames: 1 + mapcount
+            good = ok.nonzero()[0]
             if not len(good):
                 self._inactive_pos = pos + len(w)
                 continue

@@ -336,9 +336,9 @@ def test_vectorised_reclaim_leaves_the_state_of_per_page_demotion(
             monkeypatch.setattr(MemoryManager, "_policy_demoted", _policy_demoted_page_by_page)
             shrink = MemoryManager._shrink_isolated
 
-            def checked(self, pages, reason, shrink=shrink):
+            def checked(self, pages, reason, dirty=None, shrink=shrink):
                 assert len(reclaimable_frames(self.machine, pages)) == len(pages)
-                return shrink(self, pages, reason)
+                return shrink(self, pages, reason)  # its own dirty mask
 
             monkeypatch.setattr(MemoryManager, "_shrink_isolated", checked)
         mm, backing, ev = make_mm(dram_pages=128, policy=policy, nr_blocks=2048)
