@@ -174,7 +174,7 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
         pages, idx, pfns = pages[keep], idx[keep], pfns[keep]
     if not len(pages):
         return 0
-    _delete_from_page_cache_many(mapping, pages, idx)
+    all_freed = _delete_from_page_cache_many(mapping, pages, idx)
     Stats.bump(m.stats.demote, reason, len(pages))
     emit_page_events(
         m,
@@ -187,6 +187,8 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
         schema.XIP,
         reason,
         pages,
+        # Every frame freed: no reference, no pte (what the struct pages say).
+        counts=(0, 0) if all_freed else None,
     )
     return len(pages)
 
@@ -288,13 +290,14 @@ def _zap_fs_ptes_sparse(
 # delete_from_page_cache of many unmapped, clean pages of one mapping: the
 # cache's reference dropped, and the frames it was the last of freed, in
 # order (the free list ends as page-by-page put_page calls would leave it).
-def _delete_from_page_cache_many(mapping: AddressSpace, pages: np.ndarray, idx: np.ndarray) -> None:
+# True when every frame was freed (refcount 0, mapcount -1 each).
+def _delete_from_page_cache_many(mapping: AddressSpace, pages: np.ndarray, idx: np.ndarray) -> bool:
     m = mapping.machine
     f = m.flags[pages]
     if np.count_nonzero(m._mapcount[pages] >= 0) or np.count_nonzero(f & PG_DIRTY):
         for page in pages.tolist():  # the BUG, with its page
             delete_from_page_cache(mapping, page)
-        return
+        return False
     cache = mapping.pages
     idx_l = idx.tolist()
     pages_l = pages.tolist()
@@ -325,3 +328,4 @@ def _delete_from_page_cache_many(mapping: AddressSpace, pages: np.ndarray, idx: 
         m.flags[freed] = 0
         m.page_block[freed] = 0
         m.free_list.extend(pages_l if freed is pages else freed.tolist())
+    return freed is pages
