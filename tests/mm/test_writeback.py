@@ -478,3 +478,96 @@ def test_sparse_demotion_zaps_as_the_chunked_one(make_mm, clock, monkeypatch, po
         assert np.array_equal(a[k], b[k]), k
     assert pa.keys() == pb.keys() and all(np.array_equal(pa[k], pb[k]) for k in pa)
     assert ra == rb and ea == eb and da == db
+
+
+@pytest.mark.parametrize("policy", ["2q", "clock"])
+def test_reclaim_of_mixed_batches_leaves_the_state_of_per_page_demotion(
+    make_mm, clock, monkeypatch, policy
+) -> None:
+    """Reclaim's special cases (a batch of one file and one page-table chunk; the
+    dirty victims handed to shrink_page_list; the migrate events' counts given
+    when every frame was freed) against the general path, on random inputs that
+    also reach the others: two files written in turn (batches of both files),
+    streaming stores across chunk boundaries, scattered small stores, dirty victims
+    (no flusher for long stretches), young ptes, and a process vma on one file for
+    a while (its pages demoted one by one). The run demoting each page by itself,
+    recomputing every mask, ends in the same struct pages, ptes, policy words,
+    free list, counters, events and file bytes."""
+    from nvramfs.mm.flags import VM_READ, VM_SHARED
+    from nvramfs.mm.manager import MemoryManager
+
+    runs = []
+    for vectorised in (True, False):
+        clock.now = 100.0
+        if not vectorised:
+            monkeypatch.setattr(mm_manager, "demote_clean_pages", _demote_clean_page_by_page)
+            monkeypatch.setattr(MemoryManager, "_policy_demoted", _policy_demoted_page_by_page)
+            shrink = MemoryManager._shrink_isolated
+
+            def recomputed(self, pages, reason, dirty=None, shrink=shrink):
+                return shrink(self, pages, reason)  # its own dirty mask, grouped
+
+            monkeypatch.setattr(MemoryManager, "_shrink_isolated", recomputed)
+        mm, backing, ev = make_mm(dram_pages=96, policy=policy, nr_blocks=4096)
+        backing.create(2, pattern(1500), holes=list(range(600, 650)))
+        backing.create(3, pattern(900, seed=2))
+        rng = np.random.default_rng(21)
+        vma = None
+        for step in range(500):
+            ino = 2 if step % 2 else 3
+            npages = 1500 if ino == 2 else 900
+            if rng.random() < 0.6:
+                n = int(rng.integers(2, 40))
+                off = int(rng.integers(0, npages - n)) * PAGE + int(rng.integers(0, 2)) * 100
+                buf = rng.integers(1, 256, n * PAGE, dtype=np.uint8).tobytes()
+            else:
+                off = int(rng.integers(0, npages - 1)) * PAGE + int(rng.integers(0, PAGE))
+                buf = bytes([step % 250 + 1]) * int(rng.integers(1, 300))
+            mm.write(ino, off, buf)
+            if step % 4 == 0:
+                mm.read(ino, int(rng.integers(0, npages - 8)) * PAGE, 8 * PAGE)
+            if step % 25 == 0 and step % 50:
+                mm.writeback_batch()
+            if step % 10 == 5:
+                # The frames of one chunk of the file, some of their ptes young, out
+                # at once (the policy's path; reclaim's victims are rarely young).
+                m = mm.machine
+                frames = np.flatnonzero(m.mapping == ino)
+                if len(frames):
+                    nos = m.index[frames] >> 9
+                    one = frames[nos == nos[int(rng.integers(0, len(nos)))]]
+                    for page in one[::2].tolist():
+                        mm.read(ino, int(m.index[page]) * PAGE, 10)
+                    mm.shrink_page_list(one, "policy")
+            if step == 150:
+                vma = mm.mmap(3, 0, 900, VM_READ | VM_SHARED)
+            if vma is not None and step < 300 and step % 3 == 0:
+                mm.access(vma, vma.vm_start + int(rng.integers(0, 900)) * PAGE, False)
+            if step == 300:
+                mm.munmap(vma)
+                vma = None
+            if step % 37 == 0:
+                clock.now += 1.0
+                mm.tick()
+        check_invariants(mm)
+        st = mm.stats()
+        words = {
+            (ino, no): c.state.copy()
+            for ino, v in mm._vmas.items()
+            for no, c in v.vm_mm.pgd.items()
+        }
+        events = [{k: v for k, v in e.items() if k not in ("t", "seq")} for e in ev.events]
+        state = _state(mm)
+        free = list(mm.machine.free_list)
+        mm.close()
+        runs.append(
+            (state, st, words, events, free, backing.read_file(2, 1500), backing.read_file(3, 900))
+        )
+        monkeypatch.undo()
+    (a, sa, wa, ea, fa, *da), (b, sb, wb, eb, fb, *db) = runs
+    assert sa == sb and sa["migrations"]["demote"]["dram_budget"] > 1000
+    assert sum(1 for e in ea if e["ev"] == "writeback" and e["reason"] == "demote") > 20
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert ea == eb and fa == fb and da == db
