@@ -1242,11 +1242,16 @@ class MemoryManager:
                 fresh = True
             frames, seqs = self._inactive
             pos = self._inactive_pos
-            w = frames[pos : pos + 4 * n]
-            ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
-            ok &= (m.flags[w] & busy) == 0
-            ok &= m._refcount[w] - m._mapcount[w] == 2  # reclaimable_frames: 1 + mapcount
-            good = ok.nonzero()[0]
+            # The first n still valid among the next 4n; looked for in the next 2n
+            # first (the usual case: only the last pass's victims are gone).
+            for span in (2 * n, 4 * n):
+                w = frames[pos : pos + span]
+                ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
+                ok &= (m.flags[w] & busy) == 0
+                ok &= m._refcount[w] - m._mapcount[w] == 2  # reclaimable: 1 + mapcount
+                good = ok.nonzero()[0]
+                if len(good) >= n or len(w) < span:
+                    break
             if not len(good):
                 self._inactive_pos = pos + len(w)
                 continue

@@ -571,3 +571,87 @@ def test_reclaim_of_mixed_batches_leaves_the_state_of_per_page_demotion(
         assert np.array_equal(a[k], b[k]), k
     assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
     assert ea == eb and fa == fb and da == db
+
+
+def _isolate_4n(self, n):
+    """The reclaim candidates as the whole window of 4n entries gives them (the
+    reference for _isolate, which looks in the first 2n first)."""
+    m = self.machine
+    busy = mm_manager.PG_ANON | mm_manager.PG_LOCKED | mm_manager.PG_WRITEBACK
+    fresh = False
+    while True:
+        if self._inactive is None or self._inactive_pos >= len(self._inactive[0]):
+            if fresh:
+                return np.zeros(0, dtype=np.int64)
+            frames = self.policy.victims(self._cache_frames())
+            self._inactive = (frames, self._lru_seq[frames])
+            self._inactive_pos = 0
+            fresh = True
+        frames, seqs = self._inactive
+        pos = self._inactive_pos
+        w = frames[pos : pos + 4 * n]
+        ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
+        ok &= (m.flags[w] & busy) == 0
+        ok &= m._refcount[w] == 1 + (m._mapcount[w] + 1)
+        good = np.flatnonzero(ok)
+        if not len(good):
+            self._inactive_pos = pos + len(w)
+            continue
+        self._inactive_pos = pos + int(good[0])
+        return w[good[:n]]
+
+
+@pytest.mark.parametrize("policy", ["2q", "clock", "none"])
+def test_isolate_takes_the_victims_of_the_whole_window(make_mm, clock, monkeypatch, policy) -> None:
+    """At every reclaim pass of a mixed run (streaming and scattered stores, reads,
+    fsyncs, flusher batches, ticks), _isolate returns the candidates, and leaves the
+    position in the ranked list, that a look at the whole window of 4n entries gives."""
+    from nvramfs.mm.manager import MemoryManager
+
+    real = MemoryManager._isolate
+    calls = {"n": 0, "short": 0}
+
+    def both(self, n):
+        saved = (self._inactive, self._inactive_pos)
+        want = _isolate_4n(self, n)
+        want_state = (self._inactive, self._inactive_pos)
+        self._inactive, self._inactive_pos = saved
+        got = real(self, n)
+        assert np.array_equal(got, want)
+        assert self._inactive_pos == want_state[1]
+        assert all(np.array_equal(x, y) for x, y in zip(self._inactive, want_state[0], strict=True))
+        calls["n"] += 1
+        calls["short"] += len(got) < n
+        return got
+
+    monkeypatch.setattr(MemoryManager, "_isolate", both)
+    clock.now = 100.0
+    mm, backing, _ = make_mm(dram_pages=640, policy=policy, nr_blocks=8192)
+    backing.create(2, pattern(3000), holes=list(range(300, 340)))
+    rng = np.random.default_rng(4)
+    for step in range(400):
+        if step % 3:
+            mm.write(2, (step * 24 % 2976) * PAGE, bytes([step % 250 + 1]) * (24 * PAGE))
+        else:
+            off = int(rng.integers(0, 2999 * PAGE))
+            mm.write(2, off, bytes([7]) * int(rng.integers(1, 3 * PAGE)))
+        if step % 5 == 0:
+            mm.read(2, int(rng.integers(0, 2990)) * PAGE, 8 * PAGE)
+        if step % 11 == 0:
+            mm.writeback_batch()
+        if step % 53 == 0:
+            mm.fsync(2)
+        if step % 29 == 0:
+            clock.now += 1.0
+            mm.tick()
+        if step % 29 == 7:
+            # Frames freed mid-interval and taken again (the file extended by a
+            # scattered write): stale entries in the ranked list, at times more
+            # than half of the first 2n.
+            mm.truncate(2, int(rng.integers(500, 2900)) * PAGE)
+            mm.write(2, 2999 * PAGE, bytes([5]) * PAGE)  # the size back, a hole between
+            for _ in range(40):
+                mm.write(2, int(rng.integers(0, 2999)) * PAGE, bytes([5]) * (4 * PAGE))
+    check_invariants(mm)
+    mm.close()
+    assert calls["n"] > 100
