@@ -472,7 +472,7 @@ class MemoryManager:
         while pos <= last:
             chunk, s = mm.get_locked_pte(pos << PAGE_SHIFT)
             e = min(PTRS_PER_PTE, s + last - pos + 1)
-            if np.any(chunk.pte_np[s:e] == 0):
+            if np.count_nonzero(chunk.pte_np[s:e]) != e - s:
                 need.append((chunk, s, e, pos))
             pos += e - s
         if not need:
@@ -1205,26 +1205,57 @@ class MemoryManager:
         (demand.reclaim_one: lru stays exact). True when at least one frame was freed."""
         if self._demand:
             return reclaim_one(self)
-        m = self.machine
-        free = m.free_list
+        free = self.machine.free_list
         before = len(free)
-        batch = min(SWAP_CLUSTER_MAX, max(1, m.dram_pages // 4))
-        victims = self._isolate(4 * batch)
+        victims, dirty = self._reclaim_victims()
         if not len(victims):
             return False
-        isdirty = (m.flags[victims] & PG_DIRTY) != 0
-        nd = np.count_nonzero(isdirty)
-        if not nd:
-            victims, dirty = victims[:batch], victims[:0]
-        else:
-            clean = victims[~isdirty][:batch]
-            if len(clean) < batch:
-                dirty = victims[isdirty][: batch - len(clean)]
-                victims = np.concatenate([clean, dirty])
-            else:
-                victims, dirty = clean, victims[:0]
         self._shrink_isolated(victims, schema.REASON_DRAM_BUDGET, dirty)
         return len(free) > before
+
+    def _reclaim_victims(self) -> tuple[np.ndarray, np.ndarray]:
+        """One reclaim pass's victims and the dirty ones among them (at their end): up
+        to `batch` of the first 4*batch candidates _isolate finds, clean ones first."""
+        m = self.machine
+        batch = min(SWAP_CLUSTER_MAX, max(1, m.dram_pages // 4))
+        victims = self._isolate_clean(batch)
+        if victims is not None:
+            return victims, victims[:0]
+        victims = self._isolate(4 * batch)
+        isdirty = (m.flags[victims] & PG_DIRTY) != 0
+        if not np.count_nonzero(isdirty):
+            return victims[:batch], victims[:0]
+        clean = victims[~isdirty][:batch]
+        if len(clean) < batch:
+            dirty = victims[isdirty][: batch - len(clean)]
+            return np.concatenate([clean, dirty]), dirty
+        return clean, victims[:0]
+
+    def _isolate_clean(self, batch: int) -> np.ndarray | None:
+        """The usual pass, cheaply: when the next 2*batch ranked entries hold `batch`
+        valid candidates and those are all clean, they are the victims the general
+        path (_isolate of 4*batch, clean ones first) would choose, and _isolate would
+        leave the list at the first of them. None: take the general path."""
+        if self._inactive is None:
+            return None
+        m = self.machine
+        frames, seqs = self._inactive
+        pos = self._inactive_pos
+        w = frames[pos : pos + 2 * batch]
+        if len(w) < batch:
+            return None
+        f = m.flags[w]
+        ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
+        ok &= (f & (PG_ANON | PG_LOCKED | PG_WRITEBACK)) == 0
+        ok &= m._refcount[w] - m._mapcount[w] == 2  # reclaimable: 1 + mapcount
+        good = ok.nonzero()[0]
+        if len(good) < batch:
+            return None
+        good = good[:batch]
+        if np.count_nonzero(f[good] & PG_DIRTY):
+            return None
+        self._inactive_pos = pos + int(good[0])
+        return w[good]
 
     def _isolate(self, n: int) -> np.ndarray:
         """The next `n` reclaim candidates still valid (cached, not busy, not reused)

@@ -601,30 +601,49 @@ def _isolate_4n(self, n):
         return w[good[:n]]
 
 
+def _reclaim_victims_ref(self):
+    """Reclaim's victims as the general path chooses them: the first 4*batch valid
+    candidates of the whole window, clean ones first, then dirty ones."""
+    m = self.machine
+    batch = min(SWAP_CLUSTER_MAX, max(1, m.dram_pages // 4))
+    victims = _isolate_4n(self, 4 * batch)
+    isdirty = (m.flags[victims] & PG_DIRTY) != 0
+    clean = victims[~isdirty][:batch]
+    dirty = victims[isdirty][: batch - len(clean)] if len(clean) < batch else victims[:0]
+    return np.concatenate([clean, dirty]), dirty
+
+
 @pytest.mark.parametrize("policy", ["2q", "clock", "none"])
-def test_isolate_takes_the_victims_of_the_whole_window(make_mm, clock, monkeypatch, policy) -> None:
+def test_reclaim_takes_the_victims_of_the_whole_window(make_mm, clock, monkeypatch, policy) -> None:
     """At every reclaim pass of a mixed run (streaming and scattered stores, reads,
-    fsyncs, flusher batches, ticks), _isolate returns the candidates, and leaves the
-    position in the ranked list, that a look at the whole window of 4n entries gives."""
+    fsyncs, flusher batches, ticks, truncates that leave stale entries in the ranked
+    list), the victims (_isolate_clean's quick look, or _isolate's 2n then 4n
+    windows) and the position left in the ranked list are those of a look at the
+    whole window of 4*batch entries, clean ones first."""
     from nvramfs.mm.manager import MemoryManager
 
-    real = MemoryManager._isolate
-    calls = {"n": 0, "short": 0}
+    real = MemoryManager._reclaim_victims
+    calls = {"n": 0, "general": 0}
+    isolate = MemoryManager._isolate
 
-    def both(self, n):
+    def counted(self, n):
+        calls["general"] += 1
+        return isolate(self, n)
+
+    def both(self):
         saved = (self._inactive, self._inactive_pos)
-        want = _isolate_4n(self, n)
+        want = _reclaim_victims_ref(self)
         want_state = (self._inactive, self._inactive_pos)
         self._inactive, self._inactive_pos = saved
-        got = real(self, n)
-        assert np.array_equal(got, want)
+        got = real(self)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
         assert self._inactive_pos == want_state[1]
         assert all(np.array_equal(x, y) for x, y in zip(self._inactive, want_state[0], strict=True))
         calls["n"] += 1
-        calls["short"] += len(got) < n
         return got
 
-    monkeypatch.setattr(MemoryManager, "_isolate", both)
+    monkeypatch.setattr(MemoryManager, "_isolate", counted)
+    monkeypatch.setattr(MemoryManager, "_reclaim_victims", both)
     clock.now = 100.0
     mm, backing, _ = make_mm(dram_pages=640, policy=policy, nr_blocks=8192)
     backing.create(2, pattern(3000), holes=list(range(300, 340)))
@@ -654,4 +673,4 @@ def test_isolate_takes_the_victims_of_the_whole_window(make_mm, clock, monkeypat
                 mm.write(2, int(rng.integers(0, 2999)) * PAGE, bytes([5]) * (4 * PAGE))
     check_invariants(mm)
     mm.close()
-    assert calls["n"] > 100
+    assert calls["n"] > 100 and 0 < calls["general"] < calls["n"]
