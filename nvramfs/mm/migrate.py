@@ -147,6 +147,8 @@ def demote(mapping: AddressSpace, page: int, reason: str) -> bool:
 def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> int:
     m = mapping.machine
     pages = np.asarray(pages, dtype=np.int64)
+    if demote_clean_chunk(mapping, pages, reason):
+        return len(pages)
     busy = PG_ANON | PG_DIRTY | PG_LOCKED | PG_WRITEBACK
     blocks = m.page_block[pages]
     ok = ((m.flags[pages] & busy) == 0) & (blocks > 0)
@@ -192,6 +194,82 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
         counts=(0, 0) if all_freed else None,
     )
     return len(pages)
+
+
+# demote_clean_chunk: demote_clean_pages of the batch direct reclaim usually
+# isolates, whose outcome is known before anything changes: distinct pages of
+# one file that only the filesystem's vma maps, all in one page-table chunk,
+# each clean, unlocked, not under writeback, with an NVRAM block, mapped by a
+# present clean pte of its own and held by nothing but that pte and the page
+# cache (refcount 2, one mapping). Every one is then zapped, leaves the page
+# cache and is freed, so each struct page is written once with its final state
+# (no reference, no pte, no flags: a young pte's PG_referenced goes with the
+# rest; no mapping, no block), the ptes become bmap hints and the frames go
+# onto the free list in batch order, with the same counters and events as
+# demote_clean_pages. False, with nothing changed, when the batch is not in
+# that state.
+_CLEAN_PTE_MASK = ~((1 << PTE_PFN_SHIFT) - 1) | _PAGE_PRESENT | _PAGE_DIRTY
+_BUSY_AT_FREE = PG_ANON | PG_DIRTY | PG_LOCKED | PG_WRITEBACK | PG_RESERVED
+
+
+def demote_clean_chunk(mapping: AddressSpace, pages: np.ndarray, reason: str) -> bool:
+    m = mapping.machine
+    vma = mapping.fs_vma
+    if not len(pages) or vma is None or len(mapping.i_mmap) != 1 or mapping.i_mmap[0] is not vma:
+        return False
+    idx = m.index[pages]
+    no = int(idx[0]) >> PTE_SHIFT
+    if np.count_nonzero((idx >> PTE_SHIFT) != no):
+        return False
+    chunk = vma.vm_mm.pgd.get(no)
+    host = mapping.host
+    if chunk is None or np.count_nonzero(m.mapping[pages] != host):
+        return False
+    blocks = m.page_block[pages]
+    if (
+        np.count_nonzero(blocks <= 0)
+        or np.count_nonzero(m.flags[pages] & _BUSY_AT_FREE)
+        or np.count_nonzero(m._mapcount[pages])  # 0: mapped by one pte
+        or np.count_nonzero(m._refcount[pages] != 2)
+    ):
+        return False
+    slots = idx & PTE_INDEX_MASK
+    p = chunk.pte_np[slots]
+    # Present, clean, and mapping the page itself (p - (page << PTE_PFN_SHIFT)
+    # is then just the pte's flag bits).
+    if np.count_nonzero(((p - (pages << PTE_PFN_SHIFT)) & _CLEAN_PTE_MASK) != _PAGE_PRESENT):
+        return False
+    cache = mapping.pages
+    idx_l = idx.tolist()
+    pages_l = pages.tolist()
+    taken = list(map(cache.pop, idx_l, repeat(None)))
+    if taken != pages_l:
+        cache.update((i, q) for i, q in zip(idx_l, taken, strict=True) if q is not None)
+        BUG_ON(True, "delete_from_page_cache: not in this mapping", f"ino {host}")
+    m._mapcount[pages] = -1
+    m._refcount[pages] = 0
+    m.flags[pages] = 0
+    m.mapping[pages] = 0
+    m.page_block[pages] = 0
+    pfns = blocks + m.nvram_base_pfn
+    chunk.pte_np[slots] = (pfns << PTE_PFN_SHIFT) | _PAGE_BMAP
+    vma.vm_mm.rss_file -= len(pages_l)
+    m.free_list.extend(pages_l)
+    Stats.bump(m.stats.demote, reason, len(pages_l))
+    emit_page_events(
+        m,
+        schema.MIGRATE,
+        int(host),
+        idx,
+        pages,
+        pfns,
+        schema.PAGECACHE,
+        schema.XIP,
+        reason,
+        pages,
+        counts=(0, 0),  # every frame freed, no pte left
+    )
+    return True
 
 
 # The zap_pte of demote_clean_pages, a page-table chunk at a time (the usual

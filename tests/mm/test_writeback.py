@@ -367,6 +367,7 @@ def test_vectorised_reclaim_leaves_the_state_of_per_page_demotion(
         words = {no: c.state.copy() for no, c in mm._vmas[2].vm_mm.pgd.items()}
         events = [{k: v for k, v in e.items() if k not in ("t", "seq")} for e in ev.events]
         state = _state(mm)
+        state["rss"] = np.array([mm._vmas[2].vm_mm.rss_file])
         free = list(mm.machine.free_list)
         mm.close()
         runs.append((state, st, words, events, free, backing.read_file(2, 1024)))
@@ -558,6 +559,7 @@ def test_reclaim_of_mixed_batches_leaves_the_state_of_per_page_demotion(
         }
         events = [{k: v for k, v in e.items() if k not in ("t", "seq")} for e in ev.events]
         state = _state(mm)
+        state["rss"] = np.array([v.vm_mm.rss_file for _, v in sorted(mm._vmas.items())])
         free = list(mm.machine.free_list)
         mm.close()
         runs.append(
