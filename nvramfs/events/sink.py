@@ -178,10 +178,26 @@ class Sink:
             pass
 
 
+def _plain_value(v: Any) -> bool:
+    """A JSON value made of Python's own types only (the access event's lists of
+    thousands of pages are checked at C speed)."""
+    t = type(v)
+    if t in _SCALAR:
+        return True
+    if t is list or t is tuple:
+        kinds = set(map(type, v))
+        if kinds <= _SCALAR:
+            return True
+        return all(_plain_value(x) for x in v)
+    if t is dict:
+        return all(type(k) is str for k in v) and all(_plain_value(x) for x in v.values())
+    return False
+
+
 def _plain(rec: Any) -> bool:
     """Can `rec` travel as it is (marshal keeps its values exactly)?"""
     if type(rec) is dict:
-        return all(type(v) in _SCALAR for v in rec.values())
+        return _plain_value(rec)
     _ev, _seq, t, cols = rec
     ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via = cols
     return (

@@ -67,6 +67,9 @@ def workload(path: Path, offload: bool) -> bytes:
             else:
                 mm.read(2, page * PAGE, min(int(rng.integers(1, 8 * PAGE)), (96 - page) * PAGE))
         w.emit(schema.THROTTLE, ino=np.int64(2), dirty=np.int32(step), background=1, limit=2)
+        w.emit(
+            schema.ERROR, what="x", nested={"a": [1, np.int64(2)], "b": (3.5, None)}, n=[[1], [2]]
+        )
         w.emit_pages(
             schema.MIGRATE, 2, np.arange(3), np.arange(3) + 7, np.arange(3) + 9,
             schema.PAGECACHE, schema.XIP, schema.REASON_CTL, np.ones(3, np.int64), 0,
@@ -88,6 +91,8 @@ def test_sink_writes_the_same_bytes_as_the_writer(tmp_path: Path) -> None:
     assert {"cow", "writeback", "migrate", "fault", "access", "throttle", "counters"} <= kinds
     throttles = [e for e in got if e["ev"] == "throttle"]
     assert [e["dirty"] for e in throttles] == list(range(12))  # numbers, not bytes
+    errors = [e for e in got if e["ev"] == "error"]
+    assert errors[0]["nested"] == {"a": [1, 2], "b": [3.5, None]} and errors[0]["n"] == [[1], [2]]
 
 
 def test_flush_returns_with_every_line_written(tmp_path: Path) -> None:
