@@ -1335,7 +1335,7 @@ class MemoryManager:
         self._run_policy(*self._scan_interval(self._end_interval(now)))
         policy.end_tick()
         self.events.emit(schema.COUNTERS, **self._counters())
-        self.events.flush()
+        self.events.flush(wait=False)
 
     def _scan_interval(self, interval: Interval) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The policy's pass over the interval (page_referenced of every touched pte).
