@@ -24,7 +24,12 @@ Then the price of recording: the sim mount against a copy mounted with
 at most 3 s, medians; and the trace's bytes on disk per page access (--no-trace skips it).
 
 The nvramfs mounts use the default cache=direct, so every request reaches the
-daemon (kernel tmpfs is shown for scale, not as a competitor). The ratio
+daemon (kernel tmpfs is shown for scale, not as a competitor). A second table
+gives the daemon's CPU per request (utime+stime of the daemon process, all its
+threads, over the requests fio completed; medians), for sim and sim=off, and
+their difference, what the simulation costs a request; and the CPU of the sim
+mount's event-log sink process (docs/EVENTS.md) per request. Unlike IOPS, CPU
+time does not change when other processes share the machine. The ratio
 column is the price of the simulation: sim / sim=off, in IOPS. For the write
 jobs the sim mount's `msync/page` is printed: msync calls of the image
 (`writeback.msyncs` in .nvramfs/stats) per page written back
@@ -101,7 +106,36 @@ def fio_job(
     return {
         "iops": sum(x["iops"] for x in sides),
         "mbs": sum(x["bw_bytes"] for x in sides) / 1e6,
+        "ios": sum(x["total_ios"] for x in sides),
     }
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """utime+stime of process `pid` (all its threads) and of its child processes (the
+    mount's event-log sink), in seconds: what a request costs the daemon, whatever
+    else the shared machine runs meanwhile."""
+
+    def of(stat: str) -> tuple[int, float]:
+        f = stat.rsplit(")", 1)[1].split()
+        return int(f[1]), (int(f[11]) + int(f[12])) / _TICK  # ppid, utime + stime
+
+    try:
+        own = of(Path(f"/proc/{pid}/stat").read_text())[1]
+    except OSError:
+        return 0.0, 0.0
+    kids = 0.0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid, t = of((d / "stat").read_text())
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                kids += t
+    return own, kids
 
 
 def wb_stats(mnt: Path) -> dict:
@@ -116,15 +150,24 @@ def run_targets(
     (other processes, the sim's own policy passes) hits all targets alike."""
     res: dict[str, dict] = {name: {} for name in targets}
     res["msync"] = {}
+    pids = {
+        name: int(json.loads((d / ".nvramfs" / "stats").read_bytes())["pid"])
+        for name, d in targets.items()
+        if name != "tmpfs"
+    }
     for job in args.jobs:
         rw, bs, label, filename, extra = JOBS[job]
         runs: dict[str, list[dict]] = {name: [] for name in targets}
         before = wb_stats(targets["sim"])
         for _ in range(args.repeats):
             for name, directory in targets.items():
-                runs[name].append(
-                    fio_job(directory, rw, bs, filename, sizes[filename], args.runtime, extra)
-                )
+                c0 = cpu_seconds(pids[name]) if name in pids else (0.0, 0.0)
+                r = fio_job(directory, rw, bs, filename, sizes[filename], args.runtime, extra)
+                if name in pids:
+                    c1 = cpu_seconds(pids[name])
+                    r["cpu_us"] = (c1[0] - c0[0]) * 1e6 / max(r["ios"], 1)
+                    r["sink_us"] = (c1[1] - c0[1]) * 1e6 / max(r["ios"], 1)
+                runs[name].append(r)
         after = wb_stats(targets["sim"])
         pages = after.get("pages", 0) - before.get("pages", 0)
         msyncs = after.get("msyncs", 0) - before.get("msyncs", 0)
@@ -135,6 +178,9 @@ def run_targets(
                 "mbs": statistics.median(r["mbs"] for r in runs[name]),
                 "runs": [round(r["iops"]) for r in runs[name]],
             }
+            if name in pids:
+                for key in ("cpu_us", "sink_us"):
+                    res[name][label][key] = statistics.median(r[key] for r in runs[name])
             print(
                 f"  {name:<8} {label:<16} {res[name][label]['iops']:>12,.0f} IOPS "
                 f"{res[name][label]['mbs']:>9,.1f} MB/s   runs {res[name][label]['runs']}",
@@ -306,6 +352,19 @@ def main() -> int:
         msyncs, pages = results["msync"][label]
         per = f"{msyncs / pages:.4f}" if pages else "-"
         print(f"{label:<22}" + "".join(f"{c:>22}" for c in cells) + f"{ratio:>12.2f}x{per:>12}")
+    print()
+    print(
+        "CPU per request: utime+stime of the daemon (all its threads) over the requests "
+        "fio made; sink: the sim mount's event-log process"
+    )
+    print(f"{'job':<22}{'sim':>12}{'sim=off':>12}{'sim-sim=off':>13}{'sink':>10}")
+    for job in args.jobs:
+        label = JOBS[job][2]
+        a, b = results["sim"][label], results["sim=off"][label]
+        print(
+            f"{label:<22}{a['cpu_us']:>9,.0f} us{b['cpu_us']:>9,.0f} us"
+            f"{a['cpu_us'] - b['cpu_us']:>10,.0f} us{a['sink_us']:>7,.0f} us"
+        )
     c = stats.get("counters", {})
     print(
         f"sim mount after the runs: promotions {c.get('migrations', {}).get('promote', {})}, "

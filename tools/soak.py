@@ -17,7 +17,9 @@ Against it, for `--seconds`:
 
 Every `--interval` seconds one line: the daemon's RssAnon and RssFile
 (/proc/PID/status: XIP reads map the image file, which RSS would count, so
-anonymous memory is the leak signal), its open descriptors, the event log's
+anonymous memory is the leak signal), its open descriptors, the RssAnon of
+its event-log sink (docs/EVENTS.md; bounded by its RssAnon at mount +
+ALLOWANCE_MIB, and gone after the unmount), the event log's
 size and growth, and counters from `.nvramfs/stats` (faults, writebacks,
 migrations, frames used, dirty, errors).
 
@@ -70,7 +72,8 @@ def nvramfs(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """RssAnon, RssFile (bytes) and open descriptors of the daemon."""
+    """RssAnon, RssFile (bytes) and open descriptors of the daemon, and the RssAnon of
+    its event-log sink (`sink`: its child process; 0 when it has none)."""
     out = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -78,6 +81,29 @@ def proc_status(pid: int) -> dict[str, int]:
             if key in ("RssAnon", "RssFile", "RssShmem"):
                 out[key] = int(val.split()[0]) * 1024
     out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    out["sink"] = 0
+    for child in children(pid):
+        try:
+            with open(f"/proc/{child}/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        out["sink"] += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return out
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the daemon's: its event-log sink)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
     return out
 
 
@@ -172,6 +198,7 @@ def main() -> int:
         print(f"soak: mount failed: {out.stderr.strip()}", file=sys.stderr)
         return 1
     pid = int(m.group(1))
+    sinks = children(pid)
     failures: list[str] = []
     fio = None
     churn = Churn(mnt)
@@ -181,7 +208,8 @@ def main() -> int:
         bound = dram + constant
         print(
             f"soak: pid {pid}, DRAM budget {dram / MIB:.0f} MiB, {args.seconds:.0f} s; "
-            f"RssAnon at mount {base['RssAnon'] / MIB:.1f} MiB, fds {base['fds']}"
+            f"RssAnon at mount {base['RssAnon'] / MIB:.1f} MiB, fds {base['fds']}; "
+            f"event-log sink {sinks or 'none'}, RssAnon {base['sink'] / MIB:.1f} MiB"
         )
         jobfile = work / "soak.fio"
         jobfile.write_text(fio_jobfile(mnt, dram))
@@ -196,7 +224,7 @@ def main() -> int:
         t0 = time.monotonic()
         log0 = log.stat().st_size if log.exists() else 0
         print(
-            f"{'t':>6} {'RssAnon':>8} {'RssFile':>8} {'fds':>4} {'log MiB':>8} {'KiB/s':>7} "
+            f"{'t':>6} {'RssAnon':>8} {'RssFile':>8} {'fds':>4} {'sink':>6} {'log MiB':>8} {'KiB/s':>7} "
             f"{'faults':>9} {'wback':>8} {'migr':>7} {'frames':>6} {'dirty':>6} {'churn':>6} err"
         )
         last_log, last_t = log0, t0
@@ -214,7 +242,7 @@ def main() -> int:
             samples.append((now - t0, st))
             print(
                 f"{now - t0:6.0f} {st['RssAnon'] / MIB:8.1f} {st['RssFile'] / MIB:8.1f} "
-                f"{st['fds']:4d} {size / MIB:8.1f} {(size - last_log) / 1024 / (now - last_t):7.0f} "
+                f"{st['fds']:4d} {st['sink'] / MIB:6.1f} {size / MIB:8.1f} {(size - last_log) / 1024 / (now - last_t):7.0f} "
                 f"{total(c.get('faults', {})):9d} {total(c.get('writebacks', {})):8d} "
                 f"{total(c.get('migrations', {})):7d} {c.get('frames_used', 0):6d} "
                 f"{c.get('dirty', 0):6d} {churn.ops:6d} {stats.get('errors', 0)}",
@@ -267,6 +295,15 @@ def main() -> int:
         )
         if not ok:
             failures.append("RssAnon exceeded the DRAM budget plus the constant")
+        sink_peak = max(s[1]["sink"] for s in samples)
+        sink_bound = base["sink"] + ALLOWANCE_MIB * MIB
+        print(
+            f"event-log sink RssAnon: max {sink_peak / MIB:.1f} MiB <= at mount "
+            f"{base['sink'] / MIB:.1f} + allowance {ALLOWANCE_MIB} MiB: "
+            f"{'ok' if sink_peak <= sink_bound else 'VIOLATED'}"
+        )
+        if sink_peak > sink_bound:
+            failures.append("the event-log sink's RssAnon exceeded its constant")
         elapsed = samples[-1][0]
         growth = (log.stat().st_size - log0) / max(elapsed, 1e-9)
         print(
@@ -293,6 +330,12 @@ def main() -> int:
         if os.path.exists(f"/proc/{pid}"):
             failures.append("the daemon outlived its unmount")
             os.kill(pid, signal.SIGKILL)
+        for sink in sinks:
+            while os.path.exists(f"/proc/{sink}") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if os.path.exists(f"/proc/{sink}"):
+                failures.append(f"the event-log sink (pid {sink}) outlived the unmount")
+                os.kill(sink, signal.SIGKILL)
         mnt.rmdir()
     fs = nvramfs("fsck", image)
     print(f"fsck: {fs.stdout.strip() or fs.stderr.strip()}")

@@ -9,19 +9,45 @@ buffered event is `flush_seconds` old or `flush_events` are buffered. Only whole
 Lines at every moment and `tail -f LOG | jq` works while the filesystem runs
 (a crash in the middle of a write can at most cut the last line, which every
 reader skips).
+
+With `offload=True` (the mount's writer) the encoding runs in another
+process, as the kernel's trace ring buffer is formatted by its reader and not
+by the code that records: `flush` hands the buffered records, still Python
+values, to `events/sink.py`, which writes exactly the lines `flush` would
+have written. The daemon's thread pays for `marshal` of the records, not for
+formatting three lines per page it moves (docs/EVENTS.md, "Who writes the
+log").
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import schema
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+log = logging.getLogger(__name__)
+
+
+def _plain(obj: Any) -> Any:
+    """A field value JSON has no type for: a numpy scalar as its Python value,
+    anything else as its text (the line is written either way)."""
+    item = getattr(obj, "item", None)
+    if item is not None:
+        try:
+            value = item()
+        except (TypeError, ValueError):
+            value = None
+        if isinstance(value, int | float | str | bool):
+            return value
+    return str(obj)
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=_plain).encode
 
 # The page events (migrate, writeback, cow) are most of a busy log: they are
 # formatted from one template each, byte for byte what the encoder would write,
@@ -79,6 +105,11 @@ def _page_lines(ev: str, seq: int, t: float, cols: tuple) -> list[str]:
     when every page has the same) are formatted once; each line is then one
     f-string of its own numbers (the mm logs three lines per page it moves)."""
     ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via = cols
+    if type(index) is not list or type(refcount) not in _INT_OR_LIST:  # numpy values given
+        index, pfn_from, pfn_to, refcount, mapcount = (
+            _as_list(c) for c in (index, pfn_from, pfn_to, refcount, mapcount)
+        )
+        cols = (ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via)
     n = len(index)
     one = type(refcount) is int and type(mapcount) is int  # the same counts for every page
     if not one:
@@ -115,6 +146,15 @@ def _page_lines(ev: str, seq: int, t: float, cols: tuple) -> list[str]:
     ]
 
 
+_INT_OR_LIST = (int, list)
+
+
+def _as_list(col: Any) -> Any:
+    """An emit_pages column as the writer formats it: a list of ints, or one int."""
+    tolist = getattr(col, "tolist", None)
+    return tolist() if tolist is not None else col if type(col) is int else list(col)
+
+
 def _page_dict_line(ev: str, seq: int, t: float, cols: tuple, k: int) -> str:
     """One line of a batch through the JSON encoder (a field the template cannot take)."""
     ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via = cols
@@ -135,6 +175,26 @@ def _page_dict_line(ev: str, seq: int, t: float, cols: tuple, k: int) -> str:
 _WRITE_LINES = 4096
 
 
+def format_buffer(buf: list[Any]) -> Iterator[bytes]:
+    """The log text of a writer's buffer (event dicts and emit_pages batches), whole
+    lines, at most _WRITE_LINES a chunk: what `flush` appends, here or in the sink."""
+    encode = _encode
+    lines: list[str] = []
+    for rec in buf:
+        if type(rec) is tuple:
+            lines += _page_lines(*rec)
+        elif type(rec) is str:  # a line the daemon made (events/sink.py)
+            lines.append(rec)
+        else:
+            rec["t"] = round(rec["t"], 6)
+            lines.append(encode(rec) + "\n")
+        if len(lines) >= _WRITE_LINES:
+            yield "".join(lines).encode()
+            lines = []
+    if lines:
+        yield "".join(lines).encode()
+
+
 class EventWriter:
     """Appends events to `path` (docs/EVENTS.md); `trace_faults` asks mm for per-fault events."""
 
@@ -146,6 +206,7 @@ class EventWriter:
         clock: Callable[[], float] = time.monotonic,
         flush_seconds: float = 1.0,
         flush_events: int = 65536,
+        offload: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         self.flush_seconds = flush_seconds
@@ -160,6 +221,20 @@ class EventWriter:
         self._fd: int | None = os.open(
             self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
         )
+        # The formatting process (events/sink.py); None: this thread formats.
+        self._sink: Any = None
+        if offload:
+            from .sink import Sink, SinkError
+
+            try:
+                self._sink = Sink(self.path)
+            except SinkError as exc:
+                log.warning("event log: %s; formatting in the daemon", exc)
+
+    @property
+    def sink_pid(self) -> int | None:
+        """The pid of the process that formats the log (None: this one does)."""
+        return None if self._sink is None else self._sink.pid
 
     @property
     def t0(self) -> float:
@@ -180,7 +255,7 @@ class EventWriter:
         buf.append(rec)
         self._pending += 1
         if t - self._t_first >= self.flush_seconds or self._pending >= self.flush_events:
-            self.flush()
+            self.flush(wait=False)
         return seq
 
     def emit_pages(
@@ -215,31 +290,46 @@ class EventWriter:
         buf.append((ev, seq, t, cols))
         self._pending += n
         if t - self._t_first >= self.flush_seconds or self._pending >= self.flush_events:
-            self.flush()
+            self.flush(wait=False)
 
     @property
     def pending(self) -> int:
         return self._pending
 
-    def flush(self) -> None:
-        """Append every buffered event as whole lines, in one write."""
-        if not self._buf or self._fd is None:
+    def flush(self, wait: bool = True) -> None:
+        """Append every buffered event as whole lines. With the sink, `wait=False` only
+        hands them over (the tick's flush); `wait=True` returns once the sink has
+        written them and everything handed over before (what `.nvramfs/stats` and
+        close need: the log as of now)."""
+        if self._fd is None:
             return
-        buf, self._buf = self._buf, []
-        self._pending = 0
-        encode = _encode
-        lines: list[str] = []
-        for rec in buf:
-            if type(rec) is tuple:
-                lines += _page_lines(*rec)
-            else:
-                rec["t"] = round(rec["t"], 6)
-                lines.append(encode(rec) + "\n")
-            if len(lines) >= _WRITE_LINES:
-                self._write("".join(lines).encode())
-                lines = []
-        if lines:
-            self._write("".join(lines).encode())
+        buf = self._buf
+        if buf:
+            self._buf = []
+            self._pending = 0
+        sink = self._sink
+        if sink is not None:
+            from .sink import SinkError
+
+            try:
+                if buf:
+                    sink.send(buf)
+                if wait:
+                    sink.wait()
+                return
+            except SinkError as exc:
+                log.warning("event log: %s; formatting in the daemon from now on", exc)
+                self._sink = None
+                sink.kill()
+                for unwritten in exc.unwritten:
+                    self._write_buffer(unwritten)
+                return
+        if buf:
+            self._write_buffer(buf)
+
+    def _write_buffer(self, buf: list[Any]) -> None:
+        for chunk in format_buffer(buf):
+            self._write(chunk)
 
     def _write(self, data: bytes) -> None:
         """Append whole lines (all of `data`, however many writes it takes)."""
@@ -255,6 +345,9 @@ class EventWriter:
         try:
             self.flush()
         finally:
+            sink, self._sink = self._sink, None
+            if sink is not None:
+                sink.close()
             os.close(self._fd)
             self._fd = None
 
@@ -321,7 +414,7 @@ class NullEventWriter:
     def pending(self) -> int:
         return 0
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         pass
 
     def close(self) -> None:

@@ -402,7 +402,7 @@ def serve(
     events = None
     mm = None
     try:
-        events = EventWriter(logpath, trace_faults=opts.trace_faults)
+        events = EventWriter(logpath, trace_faults=opts.trace_faults, offload=True)
         mm = make_mm(img, opts, events)
     except Exception as exc:
         if events is not None:
@@ -540,7 +540,7 @@ async def _ticker(ops: Any, mm: Any, events: Any) -> None:
         except Exception as exc:
             ops.translate("tick", exc)
         try:
-            events.flush()
+            events.flush(wait=False)  # handed to the sink; written while we serve
         except Exception:
             log.exception("cannot flush the event log")
 

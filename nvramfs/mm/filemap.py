@@ -308,13 +308,9 @@ def emit_page_events(
     )
     emit_pages = getattr(m.events, "emit_pages", None)
     if counts is None:
-        rc = m._refcount[counted]
-        mp = m._mapcount[counted]
-        if emit_pages is not None and len(rc) and rc.min() == rc.max() and mp.min() == mp.max():
-            ref, mc = int(rc[0]), int(mp[0]) + 1  # the same for every page: one int each
-        else:
-            ref = rc.tolist()
-            mc = (mp + 1).tolist()
+        # Lists, per page: the writer formats one value when they are all the same.
+        ref = m._refcount[counted].tolist()
+        mc = (m._mapcount[counted] + 1).tolist()
     else:  # the counts every page had at the moment the event stands for
         ref, mc = counts
     if emit_pages is not None:

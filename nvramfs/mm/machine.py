@@ -221,9 +221,11 @@ class Machine:
                     return None
                 continue
             k = min(n - got, len(free))
-            take = np.array(free[-k:][::-1], dtype=np.int64)
+            take = np.array(free[: -k - 1 : -1], dtype=np.int64)
             del free[-k:]
-            if bool(np.any(self._refcount[take] != 0) or np.any(self._mapcount[take] != -1)):
+            if np.count_nonzero(self._refcount[take]) or np.count_nonzero(
+                self._mapcount[take] != -1
+            ):
                 bad = int(take[(self._refcount[take] != 0) | (self._mapcount[take] != -1)][0])
                 raise MMBug("free frame in use", self.dump_page(bad))
             self._refcount[take] = 1

@@ -472,7 +472,7 @@ class MemoryManager:
         while pos <= last:
             chunk, s = mm.get_locked_pte(pos << PAGE_SHIFT)
             e = min(PTRS_PER_PTE, s + last - pos + 1)
-            if np.any(chunk.pte_np[s:e] == 0):
+            if np.count_nonzero(chunk.pte_np[s:e]) != e - s:
                 need.append((chunk, s, e, pos))
             pos += e - s
         if not need:
@@ -754,14 +754,16 @@ class MemoryManager:
         chunk, s0 = mm.get_locked_pte(first << PAGE_SHIFT)
         p = chunk.pte_np[s0 : s0 + npg]
         present = (p & _PAGE_PRESENT) != 0
-        if present.any() and bool(
-            (present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0))).any()
+        npresent = int(np.count_nonzero(present))
+        if npresent and np.count_nonzero(
+            present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0))
         ):
             return False
-        if not p.all():  # a pte with neither a pfn nor a bmap hint
+        if np.count_nonzero(p) != npg:  # a pte with neither a pfn nor a bmap hint
             self._prefill_bmap(vma, first, npg)
         src = p >> PTE_PFN_SHIFT  # NVRAM pfn of each page, 0 for a hole
         hole = src == 0
+        nh = int(np.count_nonzero(hole))
         m = self.machine
         frames = m.alloc_pages(npg)
         if frames is None:
@@ -804,14 +806,13 @@ class MemoryManager:
         m.mapping[frames] = ino
         m.index[frames] = idx
         m.flags[frames] = PG_UPTODATE | PG_LRU | PG_DIRTY
-        m.page_block[frames] = np.where(hole, 0, src - base)
+        m.page_block[frames] = np.where(hole, 0, src - base) if nh else src - base
         m.dirtied_at[frames] = self.clock()
-        cache.update(zip(idx.tolist(), frames_l, strict=True))
+        cache.update(zip(range(first, first + npg), frames_l, strict=True))
         p[:] = (frames << PTE_PFN_SHIFT) | (_PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_RW)
         mm.rss_file += npg
         st = self.stats_
-        st.xip_mapped -= int(np.count_nonzero(present))
-        nh = int(np.count_nonzero(hole))
+        st.xip_mapped -= npresent
         st.hole += nh
         st.cow += npg - nh
         st.writes += npg
@@ -1124,18 +1125,31 @@ class MemoryManager:
         pages = reclaimable_frames(m, pages)  # held by someone else: no frame to free
         return self._shrink_isolated(pages, reason)
 
-    def _shrink_isolated(self, pages: np.ndarray, reason: str) -> int:
+    def _shrink_isolated(
+        self, pages: np.ndarray, reason: str, dirty: np.ndarray | None = None
+    ) -> int:
         """shrink_page_list of frames already isolated: cached, not busy, held by
         nobody but the page cache and their ptes (as _isolate and the filter above
-        leave them)."""
+        leave them). `dirty`: the dirty ones among them, when the caller knows."""
         m = self.machine
         if not len(pages):
             return 0
-        isdirty = (m.flags[pages] & PG_DIRTY) != 0
-        if isdirty.any():
-            self._writeback(pages[isdirty], schema.REASON_DEMOTE)
+        if dirty is None:
+            isdirty = (m.flags[pages] & PG_DIRTY) != 0
+            if np.count_nonzero(isdirty):
+                self._writeback(pages[isdirty], schema.REASON_DEMOTE)
+        elif len(dirty):
+            self._writeback(dirty, schema.REASON_DEMOTE)
         owners = m.mapping[pages]
         idx = m.index[pages]
+        ino = int(owners[0])
+        if ino == int(owners[-1]) and not np.count_nonzero(owners != ino):
+            # The usual batch: the pages of one file.
+            mapping = self._spaces[ino]
+            n = demote_clean_pages(mapping, pages, reason)
+            if n:
+                self._policy_demoted(mapping, idx, all_gone=n == len(pages))
+            return n
         done = 0
         for ino, sel in _by_owner(owners):
             mapping = self._spaces[ino]
@@ -1167,11 +1181,16 @@ class MemoryManager:
         if not len(indices):
             return
         nos = indices >> PTE_SHIFT
-        for no, sel in groups_of(nos):
+        no0 = int(nos[0])
+        if no0 == int(nos[-1]) and not np.count_nonzero(nos != no0):
+            groups = [(no0, None)]  # the usual batch: one page-table chunk
+        else:
+            groups = groups_of(nos)
+        for no, sel in groups:
             chunk = pgd.get(no)
             if chunk is None:
                 continue
-            slots = indices[sel] & PTE_INDEX_MASK
+            slots = (indices if sel is None else indices[sel]) & PTE_INDEX_MASK
             words = chunk.state[slots]
             if vectorised:
                 chunk.state[slots] = on_demote(words)
@@ -1186,21 +1205,57 @@ class MemoryManager:
         (demand.reclaim_one: lru stays exact). True when at least one frame was freed."""
         if self._demand:
             return reclaim_one(self)
-        m = self.machine
-        free = m.free_list
+        free = self.machine.free_list
         before = len(free)
-        batch = min(SWAP_CLUSTER_MAX, max(1, m.dram_pages // 4))
-        victims = self._isolate(4 * batch)
+        victims, dirty = self._reclaim_victims()
         if not len(victims):
             return False
+        self._shrink_isolated(victims, schema.REASON_DRAM_BUDGET, dirty)
+        return len(free) > before
+
+    def _reclaim_victims(self) -> tuple[np.ndarray, np.ndarray]:
+        """One reclaim pass's victims and the dirty ones among them (at their end): up
+        to `batch` of the first 4*batch candidates _isolate finds, clean ones first."""
+        m = self.machine
+        batch = min(SWAP_CLUSTER_MAX, max(1, m.dram_pages // 4))
+        victims = self._isolate_clean(batch)
+        if victims is not None:
+            return victims, victims[:0]
+        victims = self._isolate(4 * batch)
         isdirty = (m.flags[victims] & PG_DIRTY) != 0
+        if not np.count_nonzero(isdirty):
+            return victims[:batch], victims[:0]
         clean = victims[~isdirty][:batch]
         if len(clean) < batch:
-            victims = np.concatenate([clean, victims[isdirty][: batch - len(clean)]])
-        else:
-            victims = clean
-        self._shrink_isolated(victims, schema.REASON_DRAM_BUDGET)
-        return len(free) > before
+            dirty = victims[isdirty][: batch - len(clean)]
+            return np.concatenate([clean, dirty]), dirty
+        return clean, victims[:0]
+
+    def _isolate_clean(self, batch: int) -> np.ndarray | None:
+        """The usual pass, cheaply: when the next 2*batch ranked entries hold `batch`
+        valid candidates and those are all clean, they are the victims the general
+        path (_isolate of 4*batch, clean ones first) would choose, and _isolate would
+        leave the list at the first of them. None: take the general path."""
+        if self._inactive is None:
+            return None
+        m = self.machine
+        frames, seqs = self._inactive
+        pos = self._inactive_pos
+        w = frames[pos : pos + 2 * batch]
+        if len(w) < batch:
+            return None
+        f = m.flags[w]
+        ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
+        ok &= (f & (PG_ANON | PG_LOCKED | PG_WRITEBACK)) == 0
+        ok &= m._refcount[w] - m._mapcount[w] == 2  # reclaimable: 1 + mapcount
+        good = ok.nonzero()[0]
+        if len(good) < batch:
+            return None
+        good = good[:batch]
+        if np.count_nonzero(f[good] & PG_DIRTY):
+            return None
+        self._inactive_pos = pos + int(good[0])
+        return w[good]
 
     def _isolate(self, n: int) -> np.ndarray:
         """The next `n` reclaim candidates still valid (cached, not busy, not reused)
@@ -1218,11 +1273,16 @@ class MemoryManager:
                 fresh = True
             frames, seqs = self._inactive
             pos = self._inactive_pos
-            w = frames[pos : pos + 4 * n]
-            ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
-            ok &= (m.flags[w] & busy) == 0
-            ok &= m._refcount[w] == 1 + (m._mapcount[w] + 1)  # reclaimable_frames
-            good = np.flatnonzero(ok)
+            # The first n still valid among the next 4n; looked for in the next 2n
+            # first (the usual case: only the last pass's victims are gone).
+            for span in (2 * n, 4 * n):
+                w = frames[pos : pos + span]
+                ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
+                ok &= (m.flags[w] & busy) == 0
+                ok &= m._refcount[w] - m._mapcount[w] == 2  # reclaimable: 1 + mapcount
+                good = ok.nonzero()[0]
+                if len(good) >= n or len(w) < span:
+                    break
             if not len(good):
                 self._inactive_pos = pos + len(w)
                 continue
@@ -1275,7 +1335,7 @@ class MemoryManager:
         self._run_policy(*self._scan_interval(self._end_interval(now)))
         policy.end_tick()
         self.events.emit(schema.COUNTERS, **self._counters())
-        self.events.flush()
+        self.events.flush(wait=False)
 
     def _scan_interval(self, interval: Interval) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The policy's pass over the interval (page_referenced of every touched pte).

@@ -13,6 +13,7 @@ block as a bmap hint, so the next fault maps the NVRAM pfn directly.
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,7 +46,7 @@ from .vma import PTE_INDEX_MASK, PTE_SHIFT
 
 if TYPE_CHECKING:
     from .machine import Machine
-    from .vma import VMA
+    from .vma import VMA, Chunk
 
 
 # page_freezable: could folio_ref_freeze(page, expected_refs) succeed, i.e.
@@ -146,20 +147,29 @@ def demote(mapping: AddressSpace, page: int, reason: str) -> bool:
 def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> int:
     m = mapping.machine
     pages = np.asarray(pages, dtype=np.int64)
+    if demote_clean_chunk(mapping, pages, reason):
+        return len(pages)
     busy = PG_ANON | PG_DIRTY | PG_LOCKED | PG_WRITEBACK
-    ok = ((m.flags[pages] & busy) == 0) & (m.page_block[pages] > 0)
+    blocks = m.page_block[pages]
+    ok = ((m.flags[pages] & busy) == 0) & (blocks > 0)
     ok &= m.mapping[pages] == mapping.host
-    if not ok.all():
-        pages = pages[ok]
+    if np.count_nonzero(ok) != len(ok):
+        pages, blocks = pages[ok], blocks[ok]
     if not len(pages):
         return 0
     vma = mapping.fs_vma
     if vma is None or len(mapping.i_mmap) != 1 or mapping.i_mmap[0] is not vma:
         return sum(demote(mapping, p, reason) for p in pages.tolist())
     idx = m.index[pages]
-    pfns = m.nvram_base_pfn + m.page_block[pages]
+    pfns = blocks + m.nvram_base_pfn
     nos = idx >> PTE_SHIFT
-    if len(pages) > 8 and len(np.unique(nos)) * 4 > len(pages):
+    no0 = int(nos[0])
+    if no0 == int(nos[-1]) and not np.count_nonzero(nos != no0):
+        # The usual batch: one page-table chunk (no grouping, no sort).
+        chunk = vma.vm_mm.pgd.get(no0)
+        dirty = None if chunk is None else _zap_chunk(m, vma, chunk, pages, idx, pfns)
+        keep = None if dirty is None else ~dirty
+    elif len(pages) > 8 and len(np.unique(nos)) * 4 > len(pages):
         keep = _zap_fs_ptes_sparse(m, vma, pages, idx, pfns)
     else:
         keep = _zap_fs_ptes(m, vma, pages, idx, pfns, nos)
@@ -167,7 +177,7 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
         pages, idx, pfns = pages[keep], idx[keep], pfns[keep]
     if not len(pages):
         return 0
-    _delete_from_page_cache_many(mapping, pages, idx)
+    all_freed = _delete_from_page_cache_many(mapping, pages, idx)
     Stats.bump(m.stats.demote, reason, len(pages))
     emit_page_events(
         m,
@@ -180,8 +190,86 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
         schema.XIP,
         reason,
         pages,
+        # Every frame freed: no reference, no pte (what the struct pages say).
+        counts=(0, 0) if all_freed else None,
     )
     return len(pages)
+
+
+# demote_clean_chunk: demote_clean_pages of the batch direct reclaim usually
+# isolates, whose outcome is known before anything changes: distinct pages of
+# one file that only the filesystem's vma maps, all in one page-table chunk,
+# each clean, unlocked, not under writeback, with an NVRAM block, mapped by a
+# present clean pte of its own and held by nothing but that pte and the page
+# cache (refcount 2, one mapping). Every one is then zapped, leaves the page
+# cache and is freed, so each struct page is written once with its final state
+# (no reference, no pte, no flags: a young pte's PG_referenced goes with the
+# rest; no mapping, no block), the ptes become bmap hints and the frames go
+# onto the free list in batch order, with the same counters and events as
+# demote_clean_pages. False, with nothing changed, when the batch is not in
+# that state.
+_CLEAN_PTE_MASK = ~((1 << PTE_PFN_SHIFT) - 1) | _PAGE_PRESENT | _PAGE_DIRTY
+_BUSY_AT_FREE = PG_ANON | PG_DIRTY | PG_LOCKED | PG_WRITEBACK | PG_RESERVED
+
+
+def demote_clean_chunk(mapping: AddressSpace, pages: np.ndarray, reason: str) -> bool:
+    m = mapping.machine
+    vma = mapping.fs_vma
+    if not len(pages) or vma is None or len(mapping.i_mmap) != 1 or mapping.i_mmap[0] is not vma:
+        return False
+    idx = m.index[pages]
+    no = int(idx[0]) >> PTE_SHIFT
+    if np.count_nonzero((idx >> PTE_SHIFT) != no):
+        return False
+    chunk = vma.vm_mm.pgd.get(no)
+    host = mapping.host
+    if chunk is None or np.count_nonzero(m.mapping[pages] != host):
+        return False
+    blocks = m.page_block[pages]
+    if (
+        np.count_nonzero(blocks <= 0)
+        or np.count_nonzero(m.flags[pages] & _BUSY_AT_FREE)
+        or np.count_nonzero(m._mapcount[pages])  # 0: mapped by one pte
+        or np.count_nonzero(m._refcount[pages] != 2)
+    ):
+        return False
+    slots = idx & PTE_INDEX_MASK
+    p = chunk.pte_np[slots]
+    # Present, clean, and mapping the page itself (p - (page << PTE_PFN_SHIFT)
+    # is then just the pte's flag bits).
+    if np.count_nonzero(((p - (pages << PTE_PFN_SHIFT)) & _CLEAN_PTE_MASK) != _PAGE_PRESENT):
+        return False
+    cache = mapping.pages
+    idx_l = idx.tolist()
+    pages_l = pages.tolist()
+    taken = list(map(cache.pop, idx_l, repeat(None)))
+    if taken != pages_l:
+        cache.update((i, q) for i, q in zip(idx_l, taken, strict=True) if q is not None)
+        BUG_ON(True, "delete_from_page_cache: not in this mapping", f"ino {host}")
+    m._mapcount[pages] = -1
+    m._refcount[pages] = 0
+    m.flags[pages] = 0
+    m.mapping[pages] = 0
+    m.page_block[pages] = 0
+    pfns = blocks + m.nvram_base_pfn
+    chunk.pte_np[slots] = (pfns << PTE_PFN_SHIFT) | _PAGE_BMAP
+    vma.vm_mm.rss_file -= len(pages_l)
+    m.free_list.extend(pages_l)
+    Stats.bump(m.stats.demote, reason, len(pages_l))
+    emit_page_events(
+        m,
+        schema.MIGRATE,
+        int(host),
+        idx,
+        pages,
+        pfns,
+        schema.PAGECACHE,
+        schema.XIP,
+        reason,
+        pages,
+        counts=(0, 0),  # every frame freed, no pte left
+    )
+    return True
 
 
 # The zap_pte of demote_clean_pages, a page-table chunk at a time (the usual
@@ -196,26 +284,50 @@ def _zap_fs_ptes(
         chunk = pgd.get(no)
         if chunk is None:
             continue
-        slots = idx[sel] & PTE_INDEX_MASK
-        p = chunk.pte_np[slots]
-        present = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages[sel])
-        dirty = present & ((p & _PAGE_DIRTY) != 0)
-        if dirty.any():
+        dirty = _zap_chunk(m, vma, chunk, pages[sel], idx[sel], pfns[sel])
+        if dirty is not None:
             if keep is None:
                 keep = np.ones(len(pages), dtype=bool)
             keep[sel[dirty]] = False
-            sel, slots, p, present = sel[~dirty], slots[~dirty], p[~dirty], present[~dirty]
-        young = present & ((p & _PAGE_ACCESSED) != 0)
-        mapped = pages[sel[present]]
-        if len(mapped):
-            BUG_ON(bool((m._mapcount[mapped] < 0).any()), "demote: present pte of an unmapped page")
-            m._mapcount[mapped] -= 1
-            m._refcount[mapped] -= 1
-            vma.vm_mm.rss_file -= len(mapped)
-        if young.any():
-            m.flags[pages[sel[young]]] |= PG_REFERENCED
-        chunk.pte_np[slots] = (pfns[sel] << PTE_PFN_SHIFT) | _PAGE_BMAP
     return keep
+
+
+# zap_pte of the pages of one page-table chunk (`idx`: their page indices in
+# it): a present pte of the page drops its mapcount and reference (its young
+# bit goes to PG_referenced), and every pte but a dirty one becomes the bmap
+# hint of the page's NVRAM pfn. Returns the mask of the pages whose pte is
+# dirty (left as they are), None when there is none.
+def _zap_chunk(
+    m: Machine, vma: VMA, chunk: Chunk, pages: np.ndarray, idx: np.ndarray, pfns: np.ndarray
+) -> np.ndarray | None:
+    slots = idx & PTE_INDEX_MASK
+    p = chunk.pte_np[slots]
+    present = ((p & _PAGE_PRESENT) != 0) & ((p >> PTE_PFN_SHIFT) == pages)
+    dirty = present & ((p & _PAGE_DIRTY) != 0)
+    if np.count_nonzero(dirty):
+        clean = ~dirty
+        pages, slots, p, present, pfns = (
+            pages[clean],
+            slots[clean],
+            p[clean],
+            present[clean],
+            pfns[clean],
+        )
+    else:
+        dirty = None
+    nmapped = np.count_nonzero(present)
+    if nmapped:
+        mapped = pages if nmapped == len(pages) else pages[present]
+        mc = m._mapcount[mapped]
+        BUG_ON(bool(np.count_nonzero(mc < 0)), "demote: present pte of an unmapped page")
+        m._mapcount[mapped] = mc - 1
+        m._refcount[mapped] -= 1
+        vma.vm_mm.rss_file -= int(nmapped)
+        young = present & ((p & _PAGE_ACCESSED) != 0)
+        if np.count_nonzero(young):
+            m.flags[pages[young]] |= PG_REFERENCED
+    chunk.pte_np[slots] = (pfns << PTE_PFN_SHIFT) | _PAGE_BMAP
+    return dirty
 
 
 # The same zap, page by page on scalars, for a batch spread over many chunks
@@ -254,34 +366,46 @@ def _zap_fs_ptes_sparse(
     return keep
 
 
+_NOT_LRU = np.uint32(~PG_LRU & 0xFFFFFFFF)
+
+
 # delete_from_page_cache of many unmapped, clean pages of one mapping: the
 # cache's reference dropped, and the frames it was the last of freed, in
 # order (the free list ends as page-by-page put_page calls would leave it).
-def _delete_from_page_cache_many(mapping: AddressSpace, pages: np.ndarray, idx: np.ndarray) -> None:
+# True when every frame was freed (refcount 0, mapcount -1 each).
+def _delete_from_page_cache_many(mapping: AddressSpace, pages: np.ndarray, idx: np.ndarray) -> bool:
     m = mapping.machine
-    if bool((m._mapcount[pages] >= 0).any() or (m.flags[pages] & PG_DIRTY).any()):
+    f = m.flags[pages]
+    if np.count_nonzero(m._mapcount[pages] >= 0) or np.count_nonzero(f & PG_DIRTY):
         for page in pages.tolist():  # the BUG, with its page
             delete_from_page_cache(mapping, page)
-        return
+        return False
     cache = mapping.pages
     idx_l = idx.tolist()
     pages_l = pages.tolist()
-    BUG_ON(
-        [cache.get(index) for index in idx_l] != pages_l,
-        "delete_from_page_cache: not in this mapping",
-        f"ino {mapping.host}",
-    )
-    for index in idx_l:
-        del cache[index]
+    # Out of the cache in one pass (a lookup each), checked after.
+    taken = list(map(cache.pop, idx_l, repeat(None)))
+    if taken != pages_l:
+        cache.update((i, p) for i, p in zip(idx_l, taken, strict=True) if p is not None)
+        BUG_ON(True, "delete_from_page_cache: not in this mapping", f"ino {mapping.host}")
     m.mapping[pages] = 0
-    m.flags[pages] &= ~np.uint32(PG_LRU)
+    f &= _NOT_LRU
     rc = m._refcount[pages] - 1
-    BUG_ON(bool((rc < 0).any()), "put_page: _refcount underflow", f"ino {mapping.host}")
+    if np.count_nonzero(rc < 0):
+        m.flags[pages] = f
+        BUG_ON(True, "put_page: _refcount underflow", f"ino {mapping.host}")
     m._refcount[pages] = rc
-    freed = pages[rc == 0]
+    if np.count_nonzero(rc):  # some are held elsewhere: only the rest are freed
+        m.flags[pages] = f
+        freed = pages[rc == 0]
+        f = m.flags[freed]
+    else:
+        freed = pages
     if len(freed):
-        bad = m.flags[freed] & (PG_RESERVED | PG_LOCKED | PG_WRITEBACK | PG_LRU)
-        BUG_ON(bool(bad.any()), "bad page state at free", f"ino {mapping.host}")
+        if np.count_nonzero(f & (PG_RESERVED | PG_LOCKED | PG_WRITEBACK | PG_LRU)):
+            m.flags[pages] = m.flags[pages] & _NOT_LRU
+            BUG_ON(True, "bad page state at free", f"ino {mapping.host}")
         m.flags[freed] = 0
         m.page_block[freed] = 0
-        m.free_list.extend(freed.tolist())
+        m.free_list.extend(pages_l if freed is pages else freed.tolist())
+    return freed is pages

@@ -82,7 +82,7 @@ class Policy:
     # The page's word after its frame was demoted: score gone, F_DEMOTED set,
     # epoch = now (the cooldown counts from the demotion).
     def on_demote(self, word: int) -> int:
-        return ((self.tick & 0xFF) << EPOCH_SHIFT) | (word & 0xFF) | F_DEMOTED
+        return (word & 0xFF) | (((self.tick & 0xFF) << EPOCH_SHIFT) | F_DEMOTED)
 
     def begin_tick(self, tick: int) -> None:
         self.tick = tick

@@ -25,7 +25,7 @@ class ListEvents:
     def emit(self, ev: str, **fields):
         self.events.append((ev, fields))
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         pass
 
     def close(self) -> None:

@@ -336,9 +336,9 @@ def test_vectorised_reclaim_leaves_the_state_of_per_page_demotion(
             monkeypatch.setattr(MemoryManager, "_policy_demoted", _policy_demoted_page_by_page)
             shrink = MemoryManager._shrink_isolated
 
-            def checked(self, pages, reason, shrink=shrink):
+            def checked(self, pages, reason, dirty=None, shrink=shrink):
                 assert len(reclaimable_frames(self.machine, pages)) == len(pages)
-                return shrink(self, pages, reason)
+                return shrink(self, pages, reason)  # its own dirty mask
 
             monkeypatch.setattr(MemoryManager, "_shrink_isolated", checked)
         mm, backing, ev = make_mm(dram_pages=128, policy=policy, nr_blocks=2048)
@@ -367,6 +367,7 @@ def test_vectorised_reclaim_leaves_the_state_of_per_page_demotion(
         words = {no: c.state.copy() for no, c in mm._vmas[2].vm_mm.pgd.items()}
         events = [{k: v for k, v in e.items() if k not in ("t", "seq")} for e in ev.events]
         state = _state(mm)
+        state["rss"] = np.array([mm._vmas[2].vm_mm.rss_file])
         free = list(mm.machine.free_list)
         mm.close()
         runs.append((state, st, words, events, free, backing.read_file(2, 1024)))
@@ -478,3 +479,200 @@ def test_sparse_demotion_zaps_as_the_chunked_one(make_mm, clock, monkeypatch, po
         assert np.array_equal(a[k], b[k]), k
     assert pa.keys() == pb.keys() and all(np.array_equal(pa[k], pb[k]) for k in pa)
     assert ra == rb and ea == eb and da == db
+
+
+@pytest.mark.parametrize("policy", ["2q", "clock"])
+def test_reclaim_of_mixed_batches_leaves_the_state_of_per_page_demotion(
+    make_mm, clock, monkeypatch, policy
+) -> None:
+    """Reclaim's special cases (a batch of one file and one page-table chunk; the
+    dirty victims handed to shrink_page_list; the migrate events' counts given
+    when every frame was freed) against the general path, on random inputs that
+    also reach the others: two files written in turn (batches of both files),
+    streaming stores across chunk boundaries, scattered small stores, dirty victims
+    (no flusher for long stretches), young ptes, and a process vma on one file for
+    a while (its pages demoted one by one). The run demoting each page by itself,
+    recomputing every mask, ends in the same struct pages, ptes, policy words,
+    free list, counters, events and file bytes."""
+    from nvramfs.mm.flags import VM_READ, VM_SHARED
+    from nvramfs.mm.manager import MemoryManager
+
+    runs = []
+    for vectorised in (True, False):
+        clock.now = 100.0
+        if not vectorised:
+            monkeypatch.setattr(mm_manager, "demote_clean_pages", _demote_clean_page_by_page)
+            monkeypatch.setattr(MemoryManager, "_policy_demoted", _policy_demoted_page_by_page)
+            shrink = MemoryManager._shrink_isolated
+
+            def recomputed(self, pages, reason, dirty=None, shrink=shrink):
+                return shrink(self, pages, reason)  # its own dirty mask, grouped
+
+            monkeypatch.setattr(MemoryManager, "_shrink_isolated", recomputed)
+        mm, backing, ev = make_mm(dram_pages=96, policy=policy, nr_blocks=4096)
+        backing.create(2, pattern(1500), holes=list(range(600, 650)))
+        backing.create(3, pattern(900, seed=2))
+        rng = np.random.default_rng(21)
+        vma = None
+        for step in range(500):
+            ino = 2 if step % 2 else 3
+            npages = 1500 if ino == 2 else 900
+            if rng.random() < 0.6:
+                n = int(rng.integers(2, 40))
+                off = int(rng.integers(0, npages - n)) * PAGE + int(rng.integers(0, 2)) * 100
+                buf = rng.integers(1, 256, n * PAGE, dtype=np.uint8).tobytes()
+            else:
+                off = int(rng.integers(0, npages - 1)) * PAGE + int(rng.integers(0, PAGE))
+                buf = bytes([step % 250 + 1]) * int(rng.integers(1, 300))
+            mm.write(ino, off, buf)
+            if step % 4 == 0:
+                mm.read(ino, int(rng.integers(0, npages - 8)) * PAGE, 8 * PAGE)
+            if step % 25 == 0 and step % 50:
+                mm.writeback_batch()
+            if step % 10 == 5:
+                # The frames of one chunk of the file, some of their ptes young, out
+                # at once (the policy's path; reclaim's victims are rarely young).
+                m = mm.machine
+                frames = np.flatnonzero(m.mapping == ino)
+                if len(frames):
+                    nos = m.index[frames] >> 9
+                    one = frames[nos == nos[int(rng.integers(0, len(nos)))]]
+                    for page in one[::2].tolist():
+                        mm.read(ino, int(m.index[page]) * PAGE, 10)
+                    mm.shrink_page_list(one, "policy")
+            if step == 150:
+                vma = mm.mmap(3, 0, 900, VM_READ | VM_SHARED)
+            if vma is not None and step < 300 and step % 3 == 0:
+                mm.access(vma, vma.vm_start + int(rng.integers(0, 900)) * PAGE, False)
+            if step == 300:
+                mm.munmap(vma)
+                vma = None
+            if step % 37 == 0:
+                clock.now += 1.0
+                mm.tick()
+        check_invariants(mm)
+        st = mm.stats()
+        words = {
+            (ino, no): c.state.copy()
+            for ino, v in mm._vmas.items()
+            for no, c in v.vm_mm.pgd.items()
+        }
+        events = [{k: v for k, v in e.items() if k not in ("t", "seq")} for e in ev.events]
+        state = _state(mm)
+        state["rss"] = np.array([v.vm_mm.rss_file for _, v in sorted(mm._vmas.items())])
+        free = list(mm.machine.free_list)
+        mm.close()
+        runs.append(
+            (state, st, words, events, free, backing.read_file(2, 1500), backing.read_file(3, 900))
+        )
+        monkeypatch.undo()
+    (a, sa, wa, ea, fa, *da), (b, sb, wb, eb, fb, *db) = runs
+    assert sa == sb and sa["migrations"]["demote"]["dram_budget"] > 1000
+    assert sum(1 for e in ea if e["ev"] == "writeback" and e["reason"] == "demote") > 20
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert ea == eb and fa == fb and da == db
+
+
+def _isolate_4n(self, n):
+    """The reclaim candidates as the whole window of 4n entries gives them (the
+    reference for _isolate, which looks in the first 2n first)."""
+    m = self.machine
+    busy = mm_manager.PG_ANON | mm_manager.PG_LOCKED | mm_manager.PG_WRITEBACK
+    fresh = False
+    while True:
+        if self._inactive is None or self._inactive_pos >= len(self._inactive[0]):
+            if fresh:
+                return np.zeros(0, dtype=np.int64)
+            frames = self.policy.victims(self._cache_frames())
+            self._inactive = (frames, self._lru_seq[frames])
+            self._inactive_pos = 0
+            fresh = True
+        frames, seqs = self._inactive
+        pos = self._inactive_pos
+        w = frames[pos : pos + 4 * n]
+        ok = (self._lru_seq[w] == seqs[pos : pos + len(w)]) & (m.mapping[w] != 0)
+        ok &= (m.flags[w] & busy) == 0
+        ok &= m._refcount[w] == 1 + (m._mapcount[w] + 1)
+        good = np.flatnonzero(ok)
+        if not len(good):
+            self._inactive_pos = pos + len(w)
+            continue
+        self._inactive_pos = pos + int(good[0])
+        return w[good[:n]]
+
+
+def _reclaim_victims_ref(self):
+    """Reclaim's victims as the general path chooses them: the first 4*batch valid
+    candidates of the whole window, clean ones first, then dirty ones."""
+    m = self.machine
+    batch = min(SWAP_CLUSTER_MAX, max(1, m.dram_pages // 4))
+    victims = _isolate_4n(self, 4 * batch)
+    isdirty = (m.flags[victims] & PG_DIRTY) != 0
+    clean = victims[~isdirty][:batch]
+    dirty = victims[isdirty][: batch - len(clean)] if len(clean) < batch else victims[:0]
+    return np.concatenate([clean, dirty]), dirty
+
+
+@pytest.mark.parametrize("policy", ["2q", "clock", "none"])
+def test_reclaim_takes_the_victims_of_the_whole_window(make_mm, clock, monkeypatch, policy) -> None:
+    """At every reclaim pass of a mixed run (streaming and scattered stores, reads,
+    fsyncs, flusher batches, ticks, truncates that leave stale entries in the ranked
+    list), the victims (_isolate_clean's quick look, or _isolate's 2n then 4n
+    windows) and the position left in the ranked list are those of a look at the
+    whole window of 4*batch entries, clean ones first."""
+    from nvramfs.mm.manager import MemoryManager
+
+    real = MemoryManager._reclaim_victims
+    calls = {"n": 0, "general": 0}
+    isolate = MemoryManager._isolate
+
+    def counted(self, n):
+        calls["general"] += 1
+        return isolate(self, n)
+
+    def both(self):
+        saved = (self._inactive, self._inactive_pos)
+        want = _reclaim_victims_ref(self)
+        want_state = (self._inactive, self._inactive_pos)
+        self._inactive, self._inactive_pos = saved
+        got = real(self)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        assert self._inactive_pos == want_state[1]
+        assert all(np.array_equal(x, y) for x, y in zip(self._inactive, want_state[0], strict=True))
+        calls["n"] += 1
+        return got
+
+    monkeypatch.setattr(MemoryManager, "_isolate", counted)
+    monkeypatch.setattr(MemoryManager, "_reclaim_victims", both)
+    clock.now = 100.0
+    mm, backing, _ = make_mm(dram_pages=640, policy=policy, nr_blocks=8192)
+    backing.create(2, pattern(3000), holes=list(range(300, 340)))
+    rng = np.random.default_rng(4)
+    for step in range(400):
+        if step % 3:
+            mm.write(2, (step * 24 % 2976) * PAGE, bytes([step % 250 + 1]) * (24 * PAGE))
+        else:
+            off = int(rng.integers(0, 2999 * PAGE))
+            mm.write(2, off, bytes([7]) * int(rng.integers(1, 3 * PAGE)))
+        if step % 5 == 0:
+            mm.read(2, int(rng.integers(0, 2990)) * PAGE, 8 * PAGE)
+        if step % 11 == 0:
+            mm.writeback_batch()
+        if step % 53 == 0:
+            mm.fsync(2)
+        if step % 29 == 0:
+            clock.now += 1.0
+            mm.tick()
+        if step % 29 == 7:
+            # Frames freed mid-interval and taken again (the file extended by a
+            # scattered write): stale entries in the ranked list, at times more
+            # than half of the first 2n.
+            mm.truncate(2, int(rng.integers(500, 2900)) * PAGE)
+            mm.write(2, 2999 * PAGE, bytes([5]) * PAGE)  # the size back, a hole between
+            for _ in range(40):
+                mm.write(2, int(rng.integers(0, 2999)) * PAGE, bytes([5]) * (4 * PAGE))
+    check_invariants(mm)
+    mm.close()
+    assert calls["n"] > 100 and 0 < calls["general"] < calls["n"]
