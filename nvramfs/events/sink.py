@@ -11,7 +11,7 @@ to the sink process's stdin; the sink process (`main`) formats it with the
 writer's own `format_buffer` and appends the lines to the log. Both append
 with O_APPEND, whole lines only.
 
-The wire: a 9-byte header (flags: u8, length: u64 little-endian) and a
+The wire: an 8-byte header (the payload's length, little-endian) and a
 `marshal`led list of records: a page batch as `emit_pages` took it, an event
 dict whose values are plain scalars, or a line the daemon encoded itself (a
 dict with lists or other values in it; a batch not made of Python ints).
@@ -44,7 +44,7 @@ import threading
 from typing import Any
 
 _SCALAR = frozenset((int, float, str, bool, type(None)))
-_HEAD = struct.Struct("<BQ")  # flags (none defined yet), payload length
+_HEAD = struct.Struct("<Q")  # the payload's length
 ACK_TIMEOUT = 60.0  # seconds a flush waits for the sink before giving it up
 START_TIMEOUT = 30.0
 
@@ -92,7 +92,7 @@ class Sink:
         self._thread.start()
         # The sink says it is ready (its log open) with one byte.
         self._inflight.append([])
-        self._acks(START_TIMEOUT, "start")
+        self._take_acks(START_TIMEOUT, "start")
 
     def _feed(self) -> None:
         """The sender thread: write each queued message whole (the GIL is free while
@@ -109,11 +109,6 @@ class Sink:
                 self._failed = f"the sink (pid {self.pid}) stopped taking events: {exc.strerror}"
                 return
 
-    @property
-    def unwritten(self) -> int:
-        """Messages handed over that the sink has not said it wrote."""
-        return len(self._inflight)
-
     def send(self, buf: list[Any]) -> None:
         """Queue the records of `buf` for the sink (and take the acknowledgements that
         came meanwhile)."""
@@ -121,34 +116,28 @@ class Sink:
         if self._failed is not None:
             self._fail(self._failed)
         payload = marshal.dumps([r if _plain(r) else _line(r) for r in buf])
-        self._queue.put(_HEAD.pack(0, len(payload)) + payload)
-        self._acks(0.0, "")
+        self._queue.put(_HEAD.pack(len(payload)) + payload)
+        self._take_acks()
 
     def wait(self, timeout: float = ACK_TIMEOUT) -> None:
         """Until the sink has written every message handed over."""
         while self._inflight:
-            self._acks(timeout, "flush")
+            self._take_acks(timeout, "flush")
 
-    def _acks(self, timeout: float, what: str) -> None:
-        """Drop the buffers the sink says it wrote; wait up to `timeout` for the first
-        one when `what` names a wait."""
-        while self._inflight:
-            ready, _, _ = select.select([self._out], [], [], timeout)
-            if not ready:
-                if what:
-                    self._fail(
-                        f"the sink (pid {self.pid}) did not answer a {what} in {timeout:g} s"
-                    )
-                return
-            data = os.read(self._out, len(self._inflight))
-            if not data:
-                self._fail(self._failed or f"the sink (pid {self.pid}) exited")
-            for _ in range(len(data)):
-                self._inflight.popleft()
-            if not what:
-                timeout = 0.0
-            else:
-                return
+    def _take_acks(self, timeout: float = 0.0, what: str = "") -> None:
+        """Drop the buffers the sink says it wrote. A named wait (`what`) blocks up to
+        `timeout` for at least one acknowledgement; otherwise only those already
+        there are taken."""
+        ready, _, _ = select.select([self._out], [], [], timeout if what else 0.0)
+        if not ready:
+            if what:
+                self._fail(f"the sink (pid {self.pid}) did not answer a {what} in {timeout:g} s")
+            return
+        data = os.read(self._out, len(self._inflight))
+        if not data:
+            self._fail(self._failed or f"the sink (pid {self.pid}) exited")
+        for _ in range(len(data)):
+            self._inflight.popleft()
 
     def _fail(self, msg: str) -> None:
         unwritten = [b for b in self._inflight if b]
@@ -252,7 +241,7 @@ def main() -> None:
         head = _read_exactly(0, _HEAD.size)
         if head is None:
             break
-        flags, n = _HEAD.unpack(head)
+        (n,) = _HEAD.unpack(head)
         payload = _read_exactly(0, n)
         if payload is None:
             break

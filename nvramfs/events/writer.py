@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import schema
+from .sink import Sink, SinkError
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +225,6 @@ class EventWriter:
         # The formatting process (events/sink.py); None: this thread formats.
         self._sink: Any = None
         if offload:
-            from .sink import Sink, SinkError
-
             try:
                 self._sink = Sink(self.path)
             except SinkError as exc:
@@ -309,8 +308,6 @@ class EventWriter:
             self._pending = 0
         sink = self._sink
         if sink is not None:
-            from .sink import SinkError
-
             try:
                 if buf:
                     sink.send(buf)
