@@ -239,13 +239,7 @@ def demote_clean_chunk(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
     # is then just the pte's flag bits).
     if np.count_nonzero(((p - (pages << PTE_PFN_SHIFT)) & _CLEAN_PTE_MASK) != _PAGE_PRESENT):
         return False
-    cache = mapping.pages
-    idx_l = idx.tolist()
-    pages_l = pages.tolist()
-    taken = list(map(cache.pop, idx_l, repeat(None)))
-    if taken != pages_l:
-        cache.update((i, q) for i, q in zip(idx_l, taken, strict=True) if q is not None)
-        BUG_ON(True, "delete_from_page_cache: not in this mapping", f"ino {host}")
+    pages_l = _pop_from_cache(mapping, idx, pages)
     m._mapcount[pages] = -1
     m._refcount[pages] = 0
     m.flags[pages] = 0
@@ -369,6 +363,20 @@ def _zap_fs_ptes_sparse(
 _NOT_LRU = np.uint32(~PG_LRU & 0xFFFFFFFF)
 
 
+# The page-cache entries of `idx` out of `mapping` in one pass (a lookup each),
+# checked after: each must have held its page of `pages` (else the cache is
+# put back and it is a BUG). Returns `pages` as a list.
+def _pop_from_cache(mapping: AddressSpace, idx: np.ndarray, pages: np.ndarray) -> list[int]:
+    cache = mapping.pages
+    idx_l = idx.tolist()
+    pages_l = pages.tolist()
+    taken = list(map(cache.pop, idx_l, repeat(None)))
+    if taken != pages_l:
+        cache.update((i, p) for i, p in zip(idx_l, taken, strict=True) if p is not None)
+        BUG_ON(True, "delete_from_page_cache: not in this mapping", f"ino {mapping.host}")
+    return pages_l
+
+
 # delete_from_page_cache of many unmapped, clean pages of one mapping: the
 # cache's reference dropped, and the frames it was the last of freed, in
 # order (the free list ends as page-by-page put_page calls would leave it).
@@ -380,14 +388,7 @@ def _delete_from_page_cache_many(mapping: AddressSpace, pages: np.ndarray, idx: 
         for page in pages.tolist():  # the BUG, with its page
             delete_from_page_cache(mapping, page)
         return False
-    cache = mapping.pages
-    idx_l = idx.tolist()
-    pages_l = pages.tolist()
-    # Out of the cache in one pass (a lookup each), checked after.
-    taken = list(map(cache.pop, idx_l, repeat(None)))
-    if taken != pages_l:
-        cache.update((i, p) for i, p in zip(idx_l, taken, strict=True) if p is not None)
-        BUG_ON(True, "delete_from_page_cache: not in this mapping", f"ino {mapping.host}")
+    pages_l = _pop_from_cache(mapping, idx, pages)
     m.mapping[pages] = 0
     f &= _NOT_LRU
     rc = m._refcount[pages] - 1

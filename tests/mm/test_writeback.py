@@ -316,6 +316,25 @@ def _policy_demoted_page_by_page(self, mapping, indices, all_gone=False) -> None
             chunk.state[index & 511] = self.policy.on_demote(int(chunk.state[index & 511]))
 
 
+def _reclaim_page_by_page(monkeypatch, check_isolated: bool = False) -> None:
+    """The reference reclaim: each victim demoted by itself, the policy told page by
+    page, and shrink_page_list recomputing the victims' dirty mask (`check_isolated`:
+    also asserting that every victim reclaim isolated is reclaimable)."""
+    from nvramfs.mm.manager import MemoryManager
+    from nvramfs.mm.migrate import reclaimable_frames
+
+    monkeypatch.setattr(mm_manager, "demote_clean_pages", _demote_clean_page_by_page)
+    monkeypatch.setattr(MemoryManager, "_policy_demoted", _policy_demoted_page_by_page)
+    shrink = MemoryManager._shrink_isolated
+
+    def recomputed(self, pages, reason, dirty=None):
+        if check_isolated:
+            assert len(reclaimable_frames(self.machine, pages)) == len(pages)
+        return shrink(self, pages, reason)  # its own dirty mask, grouped
+
+    monkeypatch.setattr(MemoryManager, "_shrink_isolated", recomputed)
+
+
 @pytest.mark.parametrize("policy", ["2q", "mq", "clock"])
 def test_vectorised_reclaim_leaves_the_state_of_per_page_demotion(
     make_mm, clock, monkeypatch, policy
@@ -325,22 +344,12 @@ def test_vectorised_reclaim_leaves_the_state_of_per_page_demotion(
     words of a chunk at once, no re-filter of the victims it just isolated) ends in
     the same struct pages, ptes, policy words, counters, events and file bytes as
     demoting each page by itself."""
-    from nvramfs.mm.manager import MemoryManager
-    from nvramfs.mm.migrate import reclaimable_frames
 
     runs = []
     for vectorised in (True, False):
         clock.now = 100.0
         if not vectorised:
-            monkeypatch.setattr(mm_manager, "demote_clean_pages", _demote_clean_page_by_page)
-            monkeypatch.setattr(MemoryManager, "_policy_demoted", _policy_demoted_page_by_page)
-            shrink = MemoryManager._shrink_isolated
-
-            def checked(self, pages, reason, dirty=None, shrink=shrink):
-                assert len(reclaimable_frames(self.machine, pages)) == len(pages)
-                return shrink(self, pages, reason)  # its own dirty mask
-
-            monkeypatch.setattr(MemoryManager, "_shrink_isolated", checked)
+            _reclaim_page_by_page(monkeypatch, check_isolated=True)
         mm, backing, ev = make_mm(dram_pages=128, policy=policy, nr_blocks=2048)
         backing.create(2, pattern(1024), holes=list(range(500, 540)))
         rng = np.random.default_rng(8)
@@ -495,20 +504,12 @@ def test_reclaim_of_mixed_batches_leaves_the_state_of_per_page_demotion(
     recomputing every mask, ends in the same struct pages, ptes, policy words,
     free list, counters, events and file bytes."""
     from nvramfs.mm.flags import VM_READ, VM_SHARED
-    from nvramfs.mm.manager import MemoryManager
 
     runs = []
     for vectorised in (True, False):
         clock.now = 100.0
         if not vectorised:
-            monkeypatch.setattr(mm_manager, "demote_clean_pages", _demote_clean_page_by_page)
-            monkeypatch.setattr(MemoryManager, "_policy_demoted", _policy_demoted_page_by_page)
-            shrink = MemoryManager._shrink_isolated
-
-            def recomputed(self, pages, reason, dirty=None, shrink=shrink):
-                return shrink(self, pages, reason)  # its own dirty mask, grouped
-
-            monkeypatch.setattr(MemoryManager, "_shrink_isolated", recomputed)
+            _reclaim_page_by_page(monkeypatch)
         mm, backing, ev = make_mm(dram_pages=96, policy=policy, nr_blocks=4096)
         backing.create(2, pattern(1500), holes=list(range(600, 650)))
         backing.create(3, pattern(900, seed=2))
