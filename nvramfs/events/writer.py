@@ -34,7 +34,7 @@ from .sink import Sink, SinkError
 log = logging.getLogger(__name__)
 
 
-def _plain(obj: Any) -> Any:
+def _json_default(obj: Any) -> Any:
     """A field value JSON has no type for: a numpy scalar as its Python value,
     anything else as its text (the line is written either way)."""
     item = getattr(obj, "item", None)
@@ -48,7 +48,7 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":"), default=_plain).encode
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
 
 # The page events (migrate, writeback, cow) are most of a busy log: they are
 # formatted from one template each, byte for byte what the encoder would write,
