@@ -177,9 +177,9 @@ class MemoryManager:
         # wait at the second (global_dirty_limits).
         self.dirty_background_thresh = max(1, int(dram_pages * dirty_background_ratio))
         self.dirty_thresh = max(self.dirty_background_thresh + 1, int(dram_pages * dirty_ratio))
-        # balance_dirty_pages_ratelimited: the dirty frames are counted (a pass over
-        # every struct page) once this many pages were written since the last count,
-        # a small part of the gap between the thresholds.
+        # balance_dirty_pages_ratelimited: the dirty count is looked at once this
+        # many pages were written since the last look, a small part of the gap
+        # between the thresholds.
         self.ratelimit_pages = max(
             1, min(SWAP_CLUSTER_MAX, (self.dirty_thresh - self.dirty_background_thresh) // 8)
         )
@@ -805,7 +805,8 @@ class MemoryManager:
         m._mapcount[frames] = 0
         m.mapping[frames] = ino
         m.index[frames] = idx
-        m.flags[frames] = PG_UPTODATE | PG_LRU | PG_DIRTY
+        m.flags[frames] = PG_UPTODATE | PG_LRU | PG_DIRTY  # fresh frames: flags were 0
+        m.nr_file_dirty += npg
         m.page_block[frames] = np.where(hole, 0, src - base) if nh else src - base
         m.dirtied_at[frames] = self.clock()
         cache.update(zip(range(first, first + npg), frames_l, strict=True))
@@ -1020,9 +1021,9 @@ class MemoryManager:
         return done
 
     def nr_dirty(self) -> int:
-        """Dirty page-cache frames (NR_FILE_DIRTY)."""
-        f = self.machine.flags
-        return int(np.count_nonzero((f & (PG_DIRTY | PG_ANON)) == PG_DIRTY))
+        """Dirty page-cache frames (NR_FILE_DIRTY: the machine's running count, not a
+        pass over the struct pages; tests tie it to the full count)."""
+        return self.machine.nr_file_dirty
 
     def dirty_indices(self, ino: int) -> np.ndarray:
         """The page indices of `ino` dirty in DRAM, sorted: what a size pushed to the
