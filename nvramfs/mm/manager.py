@@ -753,17 +753,16 @@ class MemoryManager:
         base = self._base
         chunk, s0 = mm.get_locked_pte(first << PAGE_SHIFT)
         p = chunk.pte_np[s0 : s0 + npg]
-        present = (p & _PAGE_PRESENT) != 0
-        npresent = int(np.count_nonzero(present))
-        if npresent and np.count_nonzero(
-            present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0))
-        ):
-            return False
+        npresent = int(np.count_nonzero(p & _PAGE_PRESENT))
+        if npresent:
+            present = (p & _PAGE_PRESENT) != 0
+            if np.count_nonzero(present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0))):
+                return False
         if np.count_nonzero(p) != npg:  # a pte with neither a pfn nor a bmap hint
             self._prefill_bmap(vma, first, npg)
         src = p >> PTE_PFN_SHIFT  # NVRAM pfn of each page, 0 for a hole
-        hole = src == 0
-        nh = int(np.count_nonzero(hole))
+        nh = npg - int(np.count_nonzero(src))
+        hole = src == 0 if nh else None
         m = self.machine
         frames = m.alloc_pages(npg)
         if frames is None:
@@ -778,7 +777,7 @@ class MemoryManager:
         # Partial pages first hold what the fault gives them (zeroes, or the block).
         for k in {0, npg - 1} if (off0 or tail) else ():
             if (k == 0 and off0) or (k == npg - 1 and tail):
-                if hole[k]:
+                if not src[k]:  # a hole
                     data[frames_l[k]] = 0
                 else:
                     data[frames_l[k]] = np.frombuffer(
