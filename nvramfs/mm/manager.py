@@ -88,10 +88,16 @@ from .machine import (
     Machine,
 )
 from .memory import handle_mm_fault, unmap_mapping_pages
-from .migrate import demote, demote_clean_pages, promote, reclaimable_frames
+from .migrate import (
+    demote,
+    demote_clean_chunk,
+    demote_clean_pages,
+    promote,
+    reclaimable_frames,
+)
 from .policy import Policy, make_policy
 from .stats import Stats, fault_kind
-from .vma import PTE_INDEX_MASK, PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
+from .vma import PTE_INDEX_MASK, PTE_SHIFT, PTRS_PER_PTE, VMA, Chunk, MMStruct
 
 # The filesystem's vma of a file covers every page a file can have.
 MAX_FILE_PAGES = 1 << 51
@@ -1140,6 +1146,14 @@ class MemoryManager:
                 self._writeback(pages[isdirty], schema.REASON_DEMOTE)
         elif len(dirty):
             self._writeback(dirty, schema.REASON_DEMOTE)
+        # The usual batch: clean pages of one file in one page-table chunk, all
+        # demoted together (demote_clean_chunk, which checks that they are).
+        mapping = self._spaces.get(int(m.mapping[pages[0]]))
+        if mapping is not None:
+            done = demote_clean_chunk(mapping, pages, reason)
+            if done is not None:
+                self._policy_demoted_slots(*done)
+                return len(pages)
         owners = m.mapping[pages]
         idx = m.index[pages]
         ino = int(owners[0])
@@ -1168,11 +1182,6 @@ class MemoryManager:
         if vma is None:
             return
         pgd = vma.vm_mm.pgd
-        on_demote = self.policy.on_demote
-        # The base policy's on_demote is bit operations on the word: it takes the
-        # whole array of words at once (a policy that overrides it gets one call
-        # per page, as _demote makes).
-        vectorised = type(self.policy).on_demote is Policy.on_demote
         cache = mapping.pages
         if cache and not all_gone:
             gone = np.array([i not in cache for i in indices.tolist()], dtype=bool)
@@ -1190,12 +1199,21 @@ class MemoryManager:
             chunk = pgd.get(no)
             if chunk is None:
                 continue
-            slots = (indices if sel is None else indices[sel]) & PTE_INDEX_MASK
-            words = chunk.state[slots]
-            if vectorised:
-                chunk.state[slots] = on_demote(words)
-            else:
-                chunk.state[slots] = [on_demote(w) for w in words.tolist()]
+            self._policy_demoted_slots(
+                chunk, (indices if sel is None else indices[sel]) & PTE_INDEX_MASK
+            )
+
+    def _policy_demoted_slots(self, chunk: Chunk, slots: np.ndarray) -> None:
+        """The policy's words of the pages at `slots` of `chunk`, which left the page
+        cache: on_demote of each (the base policy's bit operations take the whole
+        array of words at once; a policy that overrides on_demote gets one call per
+        page, as _demote makes)."""
+        on_demote = self.policy.on_demote
+        words = chunk.state[slots]
+        if type(self.policy).on_demote is Policy.on_demote:
+            chunk.state[slots] = on_demote(words)
+        else:
+            chunk.state[slots] = [on_demote(w) for w in words.tolist()]
 
     def _reclaim(self) -> bool:
         """Direct reclaim (shrink_inactive_list): isolate up to SWAP_CLUSTER_MAX of the
