@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mm_helpers import PAGE, check_invariants, pattern
 
-from nvramfs.mm.flags import VM_MAYREAD, VM_MAYWRITE, VM_READ, VM_WRITE
+from nvramfs.mm.flags import VM_MAYREAD, VM_MAYWRITE, VM_READ, VM_SHARED, VM_WRITE
 from nvramfs.mm.machine import PG_ANON, PG_DIRTY
 
 PRIVATE_RW = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE
@@ -25,10 +25,17 @@ def _tied(mm) -> int:
     return n
 
 
-def test_running_count_follows_random_writes_reclaim_and_writeback(make_mm) -> None:
-    """Stores batched and page by page, direct reclaim, the flusher, fsync, truncate,
-    evict: after each, the running count is the full count."""
-    mm, backing, _ = make_mm(dram_pages=48, policy="2q")
+@pytest.mark.parametrize(
+    ("policy", "kernel"),
+    [("2q", "modern"), ("clock", "modern"), ("lru", "modern"), ("2q", "2.6.26")],
+)
+def test_running_count_follows_random_writes_reclaim_and_writeback(
+    make_mm, policy: str, kernel: str
+) -> None:
+    """Stores batched and page by page, direct reclaim (the tick policies' batches and
+    lru's one frame at a time), the flusher, fsync, truncate, evict, under today's
+    rules and 2008's: after each, the running count is the full count."""
+    mm, backing, _ = make_mm(dram_pages=48, policy=policy, kernel=kernel)
     rng = np.random.default_rng(7)
     for ino in (2, 3):
         backing.create(ino, pattern(96, seed=ino), holes=[5, 40])
@@ -104,4 +111,21 @@ def test_dram_budget_shrink_and_grow_keep_the_count(make_mm) -> None:
     mm.set_dram_budget(32)
     mm.write(3, 0, b"c" * (10 * PAGE))
     _tied(mm)
+    check_invariants(mm)
+
+
+def test_stores_under_2008_rules_keep_the_count(make_mm) -> None:
+    """2.6.26-rc1 copies a raw pfn into an anonymous page even in a shared mapping:
+    those pages are not dirty page-cache pages, and the count stays 0."""
+    mm, backing, _ = make_mm(dram_pages=16, kernel="2.6.26-rc1")
+    backing.create(2, pattern(8))
+    mm.write(2, 0, b"r" * (3 * PAGE + 5))
+    assert int(np.count_nonzero(mm.machine.flags & PG_ANON)) == 4
+    assert _tied(mm) == 0
+    vma = mm.mmap(2, 0, 8, VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_SHARED)
+    mm.access(vma, vma.vm_start + 5 * PAGE, True)
+    assert _tied(mm) == 0
+    mm.munmap(vma)
+    mm.sync_all()
+    assert _tied(mm) == 0
     check_invariants(mm)
