@@ -1150,7 +1150,7 @@ class MemoryManager:
         # demoted together (demote_clean_chunk, which checks that they are).
         mapping = self._spaces.get(int(m.mapping[pages[0]]))
         if mapping is not None:
-            done = demote_clean_chunk(mapping, pages, reason)
+            done = demote_clean_chunk(mapping, np.asarray(pages, dtype=np.int64), reason)
             if done is not None:
                 self._policy_demoted_slots(*done)
                 return len(pages)
