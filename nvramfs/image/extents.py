@@ -38,12 +38,22 @@ class _Ext:
         self.counts = counts if counts is not None else [len(lblk)]
 
     def lookup(self, pages: np.ndarray) -> np.ndarray:
+        """The block of each page (0: a hole)."""
         if not len(self.lblk):
             return np.zeros(len(pages), np.int64)
+        if len(pages) == 1:  # fsync's usual batch: one search, no masks
+            return np.array([self.lookup_one(int(pages[0]))], np.int64)
         i = np.searchsorted(self.lblk, pages, side="right") - 1
         ic = np.maximum(i, 0)
         inside = (i >= 0) & (pages < self.lblk[ic] + self.len[ic])
         return np.where(inside, self.pblk[ic] + pages - self.lblk[ic], 0)
+
+    def lookup_one(self, page: int) -> int:
+        """The block of one page (0: a hole)."""
+        i = int(np.searchsorted(self.lblk, page, side="right")) - 1
+        if i >= 0 and page < int(self.lblk[i]) + int(self.len[i]):
+            return int(self.pblk[i]) + page - int(self.lblk[i])
+        return 0
 
 
 class ExtentMaps:

@@ -601,11 +601,8 @@ class Image(Allocator, ExtentMaps, Directories):
     def bmap(self, ino: int, first: int, count: int) -> np.ndarray:
         """NVRAM block of each page [first, first+count) of `ino`; 0 = hole."""
         e = self._ext(ino)
-        if count == 1 and len(e.lblk):
-            i = int(np.searchsorted(e.lblk, first, side="right")) - 1
-            if i >= 0 and first < e.lblk[i] + e.len[i]:
-                return np.array([e.pblk[i] + first - e.lblk[i]], np.int64)
-            return np.zeros(1, np.int64)
+        if count == 1:
+            return np.array([e.lookup_one(first) if len(e.lblk) else 0], np.int64)
         return e.lookup(np.arange(first, first + count, dtype=np.int64))
 
     def block_view(self, block: int, count: int = 1) -> memoryview:
@@ -1587,7 +1584,7 @@ class Image(Allocator, ExtentMaps, Directories):
             # which gathers the rows straight into the mapping.
             if not len(blocks):
                 return
-            brk = (np.flatnonzero(np.diff(blocks) != 1) + 1).tolist()
+            brk = (np.flatnonzero(np.diff(blocks) != 1) + 1).tolist() if len(blocks) > 1 else []
             starts, ends = [0, *brk], [*brk, len(blocks)]
             for lo, hi, b in zip(starts, ends, blocks[starts].tolist(), strict=True):
                 self.persist.store_rows(b * BS, data.src, data.sel(lo, hi))
