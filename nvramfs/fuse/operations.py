@@ -477,9 +477,7 @@ class Operations(pyfuse3.Operations):
             ino = parent_inode
         else:
             ino = self.img.lookup(parent_inode, name)
-        entry = self._attr(ino)
-        if ino in self._reserved:
-            self._count_delalloc(ino, entry)
+        entry = self._with_blocks(ino, self._attr(ino))
         self._remember(parent_inode, name if name not in (b".", b"..") else b"", ino)
         return entry
 
@@ -509,8 +507,15 @@ class Operations(pyfuse3.Operations):
             if dead is not None:
                 return dead
             entry = self._load(inode)
-        if inode in self._reserved:
-            self._count_delalloc(inode, entry)
+        return self._with_blocks(inode, entry)
+
+    def _with_blocks(self, ino: int, entry: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+        """`entry` with st_blocks current, for every reply that carries attributes
+        (lookup, getattr, readdirplus, setattr, link): the kernel caches what any of
+        them says, and `tar -S`, `cp --sparse` take a file whose st_blocks is 0 for
+        all hole."""
+        if ino in self._reserved:
+            self._count_delalloc(ino, entry)
         return entry
 
     def _count_delalloc(self, ino: int, entry: pyfuse3.EntryAttributes) -> None:
@@ -578,7 +583,7 @@ class Operations(pyfuse3.Operations):
             # The image holds the times now, the size follows its data.
             cur.st_atime_ns, cur.st_mtime_ns, cur.st_ctime_ns = a.atime_ns, a.mtime_ns, a.ctime_ns
             self._meta_dirty.add(inode)
-        return self._load(inode)
+        return self._with_blocks(inode, self._load(inode))
 
     def _set_size(
         self,
@@ -676,7 +681,7 @@ class Operations(pyfuse3.Operations):
 
     async def _new_entry(self, parent: int, name: bytes, ino: int) -> pyfuse3.EntryAttributes:
         self._refresh(parent)
-        entry = self._load(ino)
+        entry = self._with_blocks(ino, self._load(ino))
         self._remember(parent, name, ino)
         return entry
 
@@ -1145,7 +1150,7 @@ class Operations(pyfuse3.Operations):
         for cookie, name, ino in self.img.readdir(fh, after=start_id - 2):
             if hide_ctl and name == CTL_NAME:
                 continue
-            entry = self._attr(ino)
+            entry = self._with_blocks(ino, self._attr(ino))
             if not pyfuse3.readdir_reply(token, name, entry, cookie + 2):
                 break
             self._remember(fh, name, ino)
