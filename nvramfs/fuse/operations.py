@@ -969,6 +969,16 @@ class Operations(pyfuse3.Operations):
             n = len(buf)
             if n == 0:
                 return 0
+            limit = self.img.max_size
+            if off + n > limit:
+                # As the VFS's generic_write_check_limits: EFBIG at or past the
+                # largest size, a short write up to it. FUSE leaves the kernel's
+                # limit at MAX_LFS_FILESIZE, so the check is the filesystem's: a
+                # page accepted past it could never be written back.
+                if off >= limit:
+                    raise FUSEError(errno.EFBIG)
+                buf = buf[: limit - off]
+                n = len(buf)
             entry = of.attr
             if entry.st_mode & 0o6000 and of.uid:
                 self._kill_suid(of, entry)
@@ -1042,12 +1052,11 @@ class Operations(pyfuse3.Operations):
         mine = self._reserved.get(ino)
         if not mine:
             return
-        gone = sorted(i for i in mine if i >= first_page)
+        gone = [i for i in mine if i >= first_page]
         if not gone:
             return
         mine.difference_update(gone)
-        blocks = self.img.bmap(ino, gone[0], gone[-1] - gone[0] + 1)
-        unused = sum(1 for i in gone if not blocks[i - gone[0]])
+        unused = int((self.img.bmap_pages(ino, gone) == 0).sum())
         if unused:
             self.img.unreserve(unused)
         if not mine:
@@ -1057,9 +1066,9 @@ class Operations(pyfuse3.Operations):
         """Forget reservations writeback already consumed (their pages have blocks now)."""
         mine = self._reserved.get(ino)
         if mine:
-            lo, hi = min(mine), max(mine)
-            blocks = self.img.bmap(ino, lo, hi - lo + 1)
-            mine.difference_update([i for i in list(mine) if blocks[i - lo]])
+            pages = list(mine)
+            blocks = self.img.bmap_pages(ino, pages)
+            mine.difference_update([p for p, b in zip(pages, blocks, strict=True) if b])
 
     def _unreserve_all(self, ino: int) -> None:
         """The inode is gone (after _prune_reserved): every reservation left is unused."""

@@ -4,18 +4,29 @@ with kernel tmpfs where that makes sense."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from mounthelp import nvramfs
 
 pytestmark = pytest.mark.fuse
 
 # The small budget makes writeback and reclaim part of every test.
 MODES = ["dram=4M", "cache=kernel,dram=4M"]
 MODE_IDS = ["direct", "kernel"]
+
+# The largest file size (docs/FORMAT.md: 2^32 pages of 4 KiB, the size below that).
+LIMIT = (1 << 44) - 1
+
+
+def fsck_clean(img: Path) -> None:
+    out = nvramfs("fsck", img)
+    assert out.returncode == 0, out.stdout + out.stderr
+
 
 def no_daemon_errors(m) -> None:
     assert "Traceback" not in m.daemon_log(), m.daemon_log()[-3000:]
@@ -55,3 +66,42 @@ def test_tar_sparse_archive_of_files_just_written(mounter, tmpfs_dir, options):
     for name, data in files.items():
         assert (out / "tree" / name).read_bytes() == data, name
     no_daemon_errors(m)
+
+
+@pytest.mark.parametrize("options", MODES, ids=MODE_IDS)
+def test_writes_near_and_past_the_largest_file_size(mounter, options):
+    """A sparse file with pages terabytes apart stats and reads as on ext4; a write
+    at the largest size is EFBIG and one across it short, as the VFS's
+    generic_write_check_limits: never a page accepted that writeback cannot store."""
+    img = mounter.image()
+    m = mounter(img, options)
+    p = m.p("big")
+    fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, b"a", 0)
+        os.pwrite(fd, b"b", 15 << 40)
+        st = os.fstat(fd)
+        assert (st.st_size, st.st_blocks) == ((15 << 40) + 1, 16)
+        assert os.stat(p).st_blocks == 16
+        with pytest.raises(OSError) as ei:
+            os.pwrite(fd, b"x", LIMIT)
+        assert ei.value.errno == errno.EFBIG
+        assert os.pwrite(fd, b"y" * 8192, LIMIT - 100) == 100
+        assert os.fstat(fd).st_size == LIMIT
+        assert os.pread(fd, 200, LIMIT - 100) == b"y" * 100
+    finally:
+        os.close(fd)
+    # Writeback of the other files goes on.
+    q = m.p("after")
+    with open(q, "wb") as f:
+        f.write(b"q" * 100_000)
+        os.fsync(f.fileno())
+    no_daemon_errors(m)
+    m.umount()
+    fsck_clean(img)
+    m = mounter(img, options)
+    with open(m.p("big"), "rb") as f:
+        assert os.fstat(f.fileno()).st_size == LIMIT
+        assert os.pread(f.fileno(), 1, 15 << 40) == b"b"
+        assert os.pread(f.fileno(), 100, LIMIT - 100) == b"y" * 100
+    assert m.p("after").read_bytes() == b"q" * 100_000
