@@ -1337,6 +1337,10 @@ class Image(Allocator, ExtentMaps, Directories):
         return out
 
     def _store_xattrs(self, ino: int, xs: dict[bytes, bytes]) -> None:
+        # Measured before encoding: a value of 64 KiB (the VFS allows that much)
+        # has a length the entry's u16 cannot hold. ENOSPC, as ext4 without ea_inode.
+        if sum(4 + len(k) + len(v) for k, v in xs.items()) > F.PAYLOAD:
+            raise FsError(errno.ENOSPC, "xattrs do not fit in one block")
         body = b"".join(
             bytes([len(k), 0]) + len(v).to_bytes(2, "little") + k + v for k, v in sorted(xs.items())
         )

@@ -105,3 +105,19 @@ def test_writes_near_and_past_the_largest_file_size(mounter, options):
         assert os.pread(f.fileno(), 1, 15 << 40) == b"b"
         assert os.pread(f.fileno(), 100, LIMIT - 100) == b"y" * 100
     assert m.p("after").read_bytes() == b"q" * 100_000
+
+
+def test_xattr_value_too_large_for_the_block_is_enospc(mnt):
+    """setxattr of a value up to the VFS's 64 KiB that does not fit in the inode's
+    one xattr block: ENOSPC (ext4 without ea_inode), the xattrs there untouched."""
+    f = mnt.p("x")
+    f.write_bytes(b"")
+    os.setxattr(f, "user.keep", b"1")
+    for size in (5000, 65535, 65536):
+        with pytest.raises(OSError) as ei:
+            os.setxattr(f, "user.big", b"v" * size)
+        assert ei.value.errno == errno.ENOSPC, size
+    assert os.listxattr(f) == ["user.keep"]
+    os.setxattr(f, "user.fits", b"w" * 3000)
+    assert os.getxattr(f, "user.fits") == b"w" * 3000
+    no_daemon_errors(mnt)
