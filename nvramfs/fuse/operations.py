@@ -337,6 +337,11 @@ class Operations(pyfuse3.Operations):
             entry.st_size = a.size
             entry.st_mtime_ns = a.mtime_ns
             entry.st_ctime_ns = a.ctime_ns
+        elif a.ctime_ns > entry.st_ctime_ns:
+            # A namespace call (link, unlink, rename) stamped ctime in the image
+            # while writes keep size and times here: the newer ctime wins, and
+            # flush_meta must not put the older one back.
+            entry.st_ctime_ns = a.ctime_ns
         return entry
 
     def _refresh(self, *inos: int) -> None:

@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,30 @@ def test_xattr_value_too_large_for_the_block_is_enospc(mnt):
     os.setxattr(f, "user.fits", b"w" * 3000)
     assert os.getxattr(f, "user.fits") == b"w" * 3000
     no_daemon_errors(mnt)
+
+
+@pytest.mark.parametrize("options", MODES, ids=MODE_IDS)
+def test_link_and_unlink_stamp_the_ctime_of_a_file_just_written(mounter, tmpfs_dir, options):
+    """pjdfstest's link/00.t and unlink/00.t: a new or removed name changes the
+    inode's ctime, also while its data and size are still waiting for writeback."""
+    m = mounter(mounter.image(), options)
+    seen = {}
+    for where, root in (("nvramfs", m.path), ("tmpfs", tmpfs_dir)):
+        f = root / "f"
+        f.write_bytes(b"x" * 100)
+        steps = []
+        for step in ("link", "unlink"):
+            before = os.stat(f).st_ctime_ns
+            time.sleep(0.01)
+            if step == "link":
+                os.link(f, root / "g")
+            else:
+                os.unlink(root / "g")
+            steps.append(os.stat(f).st_ctime_ns > before)
+        seen[where] = steps
+    assert seen["nvramfs"] == seen["tmpfs"] == [True, True]
+    # The ctime the image holds is the new one, not the older one the cache had.
+    ctime = os.stat(m.p("f")).st_ctime_ns
+    m.umount()
+    m = mounter(m.image, options)
+    assert os.stat(m.p("f")).st_ctime_ns == ctime
