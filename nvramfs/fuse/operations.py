@@ -1151,6 +1151,8 @@ class Operations(pyfuse3.Operations):
         if self._is_ctl(fh):
             self.control.readdir(start_id, token)
             return
+        if start_id == 0:
+            self._touch_dir_atime(fh)
         if start_id < 1:
             if not pyfuse3.readdir_reply(token, b".", self._attr(fh), 1):
                 return
@@ -1168,6 +1170,26 @@ class Operations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, name, entry, cookie + 2):
                 break
             self._remember(fh, name, ino)
+
+    def _touch_dir_atime(self, ino: int) -> None:
+        """A listing reads the directory: atime by the mount's rule, as `read`
+        (the kernel leaves it to FUSE filesystems and drops its cached atime after
+        READDIR). Straight into the image: directories have no cached size or
+        times waiting for a flush, and relatime makes this once per change."""
+        if self.atime == "noatime" or self.readonly:
+            return
+        entry = self._attr(ino)
+        at = entry.st_atime_ns
+        now = time.time_ns()
+        if (
+            self.atime == "relatime"
+            and at > entry.st_mtime_ns
+            and at > entry.st_ctime_ns
+            and now - at <= _DAY_NS
+        ):
+            return
+        self.img.setattr(ino, atime_ns=now, ctime_ns=entry.st_ctime_ns)
+        self._load(ino)
 
     @_handler
     async def releasedir(self, fh: int) -> None:

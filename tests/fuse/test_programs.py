@@ -149,3 +149,28 @@ def test_link_and_unlink_stamp_the_ctime_of_a_file_just_written(mounter, tmpfs_d
     m.umount()
     m = mounter(m.image, options)
     assert os.stat(m.p("f")).st_ctime_ns == ctime
+
+
+def test_listing_a_directory_updates_its_atime_by_the_relatime_rule(mounter, tmpfs_dir):
+    """`ls` reads a directory: its atime moves when it is not newer than mtime or
+    ctime (relatime, the default), as on tmpfs and ext4; a second listing leaves it."""
+    img = mounter.image()
+    m = mounter(img)
+    seen = {}
+    for where, root in (("nvramfs", m.path), ("tmpfs", tmpfs_dir)):
+        d = root / "d"
+        d.mkdir()
+        (d / "f").write_bytes(b"")
+        os.utime(d, ns=(1_000_000_000, 2_000_000_000))  # atime older than mtime
+        os.listdir(d)
+        first = os.stat(d).st_atime_ns
+        os.listdir(d)
+        seen[where] = (first > 2_000_000_000, os.stat(d).st_atime_ns == first)
+    assert seen["nvramfs"] == seen["tmpfs"] == (True, True)
+    atime = os.stat(m.p("d")).st_atime_ns
+    m.umount()
+    m = mounter(img, "noatime")
+    assert os.stat(m.p("d")).st_atime_ns == atime  # it reached the image
+    os.utime(m.p("d"), ns=(1_000_000_000, 2_000_000_000))
+    os.listdir(m.p("d"))
+    assert os.stat(m.p("d")).st_atime_ns == 1_000_000_000  # noatime: never
