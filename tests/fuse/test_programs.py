@@ -174,3 +174,20 @@ def test_listing_a_directory_updates_its_atime_by_the_relatime_rule(mounter, tmp
     os.utime(m.p("d"), ns=(1_000_000_000, 2_000_000_000))
     os.listdir(m.p("d"))
     assert os.stat(m.p("d")).st_atime_ns == 1_000_000_000  # noatime: never
+
+
+def test_every_atime_word_of_mount8_mounts_and_strictatime_works(mounter):
+    """fstab lines carry relatime, strictatime, nodiratime, lazytime...: libfuse
+    refuses some of them, so they stay in the daemon (which keeps atime itself:
+    FUSE inodes are S_NOATIME to the kernel). strictatime: every read moves atime."""
+    img = mounter.image()
+    m = mounter(img, "relatime,diratime,nostrictatime,nolazytime,atime")
+    (m.p("f")).write_bytes(b"data")
+    m.umount()
+    m = mounter(img, "nodiratime,lazytime,norelatime,strictatime")
+    f = m.p("f")
+    f.read_bytes()
+    first = os.stat(f).st_atime_ns  # newer than mtime and ctime now
+    time.sleep(0.01)
+    f.read_bytes()
+    assert os.stat(f).st_atime_ns > first  # relatime would have left it
