@@ -739,10 +739,10 @@ class Operations(pyfuse3.Operations):
     def _after_unlink(self, ino: int, in_use: bool) -> None:
         """The inode lost a name: if it was the last, it is an orphan or gone."""
         try:
-            nlink = self.img.getattr(ino).nlink
+            a = self.img.getattr(ino)
         except Exception:
-            nlink = 0
-        if nlink > 0:
+            a = None
+        if a is not None and a.nlink > 0:
             self._refresh(ino)
             return
         if in_use:
@@ -750,6 +750,8 @@ class Operations(pyfuse3.Operations):
             entry = self._attrs.get(ino)
             if entry is not None:
                 entry.st_nlink = 0
+                if a is not None and a.ctime_ns > entry.st_ctime_ns:
+                    entry.st_ctime_ns = a.ctime_ns  # losing the name stamped it
         else:
             self._freed(ino)
             self.mm.evict_inode(ino)

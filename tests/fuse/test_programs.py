@@ -125,9 +125,10 @@ def test_xattr_value_too_large_for_the_block_is_enospc(mnt):
 
 
 @pytest.mark.parametrize("options", MODES, ids=MODE_IDS)
-def test_link_and_unlink_stamp_the_ctime_of_a_file_just_written(mounter, tmpfs_dir, options):
-    """pjdfstest's link/00.t and unlink/00.t: a new or removed name changes the
-    inode's ctime, also while its data and size are still waiting for writeback."""
+def test_link_unlink_rename_stamp_the_ctime_of_a_file_just_written(mounter, tmpfs_dir, options):
+    """pjdfstest's link/00.t, unlink/00.t, rename/00.t: a new or removed name
+    changes the inode's ctime, also while its data and size are still waiting for
+    writeback, and also when it was the last name of a file still open."""
     m = mounter(mounter.image(), options)
     seen = {}
     for where, root in (("nvramfs", m.path), ("tmpfs", tmpfs_dir)):
@@ -142,8 +143,23 @@ def test_link_and_unlink_stamp_the_ctime_of_a_file_just_written(mounter, tmpfs_d
             else:
                 os.unlink(root / "g")
             steps.append(os.stat(f).st_ctime_ns > before)
+        # The last name goes while the file is open (unlink, rename over it):
+        # fstat shows the new ctime too.
+        for step in ("unlink", "rename"):
+            g = root / step
+            g.write_bytes(b"y" * 100)
+            fd = os.open(g, os.O_RDONLY)
+            before = os.fstat(fd).st_ctime_ns
+            time.sleep(0.01)
+            if step == "unlink":
+                os.unlink(g)
+            else:
+                (root / "new").write_bytes(b"n")
+                os.rename(root / "new", g)
+            steps.append(os.fstat(fd).st_ctime_ns > before)
+            os.close(fd)
         seen[where] = steps
-    assert seen["nvramfs"] == seen["tmpfs"] == [True, True]
+    assert seen["nvramfs"] == seen["tmpfs"] == [True] * 4
     # The ctime the image holds is the new one, not the older one the cache had.
     ctime = os.stat(m.p("f")).st_ctime_ns
     m.umount()
