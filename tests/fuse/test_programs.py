@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -207,3 +208,80 @@ def test_every_atime_word_of_mount8_mounts_and_strictatime_works(mounter):
     time.sleep(0.01)
     f.read_bytes()
     assert os.stat(f).st_atime_ns > first  # relatime would have left it
+
+
+def make_tricky_tree(root: Path) -> None:
+    """What archivers and copiers special-case: hard links, symlinks (one dangling,
+    one long), a sparse file, a 255-byte name, a deep path, a fifo, set times."""
+    root.mkdir()
+    (root / "d1" / "d2").mkdir(parents=True)
+    (root / "a").write_bytes(bytes(range(256)) * 400)
+    os.link(root / "a", root / "d1" / "a_link")
+    os.symlink("../a", root / "d1" / "sym")
+    os.symlink("y" * 1000, root / "dangling")
+    with open(root / "sparse", "wb") as f:
+        f.seek(3 << 20)
+        f.write(b"mid")
+        f.seek(10 << 20)
+        f.write(b"end")
+    (root / ("n" * 255)).write_bytes(b"long name")
+    deep = root.joinpath(*[f"dir{i:02d}_" + "x" * 50 for i in range(40)])
+    deep.mkdir(parents=True)
+    (deep / "deep").write_bytes(b"deep")
+    os.mkfifo(root / "fifo")
+    os.chmod(root / "a", 0o4755)
+    os.utime(root / "a", ns=(1_234_567_890_123_456_789, 1_234_567_890_987_654_321))
+
+
+def tree_listing(root: Path) -> list[tuple]:
+    """Everything but directory sizes (tmpfs counts entries, nvramfs blocks)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = os.lstat(p)
+            rel = str(p.relative_to(root))
+            data = None
+            if stat.S_ISREG(st.st_mode):
+                data = p.read_bytes()
+            elif stat.S_ISLNK(st.st_mode):
+                data = os.readlink(p)
+            size = None if stat.S_ISDIR(st.st_mode) else st.st_size
+            out.append((rel, st.st_mode, st.st_nlink, size, st.st_mtime_ns, data))
+    return sorted(out)
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="tar is not installed")
+@pytest.mark.parametrize("options", MODES, ids=MODE_IDS)
+def test_tar_and_cp_round_trip_a_tricky_tree_as_on_tmpfs(mounter, tmpfs_dir, options):
+    """tar -xSp into the mount, tar -cS out of it, cp -a within it, sed -i on a
+    hard-linked file: the same tree as on tmpfs, and fsck clean after unmount."""
+    img = mounter.image()
+    m = mounter(img, options)
+    src = tmpfs_dir / "src"
+    make_tricky_tree(src)
+    archive = tmpfs_dir / "src.tar"
+    tar_c = ["tar", "--format=posix", "-cSf"]  # pax: times to the nanosecond
+    subprocess.run([*tar_c, archive, "-C", src, "."], check=True, timeout=60)
+    listings = {}
+    for where, root in (("nvramfs", m.path), ("tmpfs", tmpfs_dir / "dst")):
+        x = root / "x"
+        x.mkdir(parents=True)
+        subprocess.run(["tar", "-xSpf", archive, "-C", x], check=True, timeout=60)
+        subprocess.run(["cp", "-a", x, root / "copy"], check=True, timeout=60)
+        back = tmpfs_dir / f"back-{where}.tar"
+        subprocess.run([*tar_c, back, "-C", root / "copy", "."], check=True, timeout=60)
+        again = tmpfs_dir / f"again-{where}"
+        again.mkdir()
+        subprocess.run(["tar", "-xSpf", back, "-C", again], check=True, timeout=60)
+        subprocess.run(["sed", "-i", "s/x/X/", root / "copy" / "d1" / "a_link"], timeout=60)
+        listings[where] = (tree_listing(x), tree_listing(again), tree_listing(root / "copy"))
+    assert listings["nvramfs"][0] == tree_listing(src)
+    assert listings["nvramfs"][0] == listings["nvramfs"][1]
+    # sed -i stamps its own mtime: the rest must be the same.
+    for n, t in zip(listings["nvramfs"][2], listings["tmpfs"][2], strict=True):
+        assert n[:4] == t[:4] and n[5] == t[5], (n[0], t[0])
+    assert os.stat(m.p("x", "sparse")).st_blocks <= 16
+    no_daemon_errors(m)
+    m.umount()
+    fsck_clean(img)
