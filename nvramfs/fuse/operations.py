@@ -455,12 +455,28 @@ class Operations(pyfuse3.Operations):
         if len(name) > NAME_MAX:
             raise FUSEError(errno.ENAMETOOLONG)
 
-    def _check_new(self, parent: int, name: bytes) -> None:
-        """A name about to be created: not too long, and not the control directory's."""
+    def _check_new(self, parent: int, name: bytes, in_ctl: int = errno.EPERM) -> None:
+        """A name about to be created: not too long, not the control directory's,
+        not in it (`in_ctl`: the VFS's answer for a directory without the operation:
+        EPERM, EACCES for create)."""
         self._check_writable()
         self._check_name(name)
-        if parent == self._root and name == CTL_NAME and self.control is not None:
+        if self.control is None:
+            return
+        if self.control.owns(parent):
+            raise FUSEError(in_ctl)
+        if parent == self._root and name == CTL_NAME:
             raise FUSEError(errno.EEXIST)
+
+    def _check_old(self, parent: int, name: bytes) -> None:
+        """A name about to go (unlink, rmdir, rename): the control directory and its
+        files are the daemon's, as /proc's are the kernel's: EPERM."""
+        self._check_writable()
+        self._check_name(name)
+        if self.control is not None and (
+            self.control.owns(parent) or (parent == self._root and name == CTL_NAME)
+        ):
+            raise FUSEError(errno.EPERM)
 
     def _is_ctl(self, ino: int) -> bool:
         return self.control is not None and self.control.owns(ino)
@@ -729,6 +745,8 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         """A new name for an inode (+1 lookup); its nlink and ctime change."""
         self._check_new(new_parent_inode, new_name)
+        if self._is_ctl(inode):
+            raise FUSEError(errno.EPERM)
         self.img.link(inode, new_parent_inode, new_name)
         self._orphans.discard(inode)
         return await self._new_entry(new_parent_inode, new_name, inode)
@@ -761,8 +779,7 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove a name. An inode the kernel still knows (open or cached) stays
         readable as an orphan until its last forget/release."""
-        self._check_writable()
-        self._check_name(name)
+        self._check_old(parent_inode, name)
         ino = self.img.lookup(parent_inode, name)
         in_use = self._in_use(ino)
         if not in_use and ino in self._reserved:
@@ -774,8 +791,7 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove an empty directory (ENOTEMPTY otherwise); the parent loses a link."""
-        self._check_writable()
-        self._check_name(name)
+        self._check_old(parent_inode, name)
         ino = self.img.lookup(parent_inode, name)
         self.img.rmdir(parent_inode, name)
         self._refresh(parent_inode)
@@ -794,9 +810,10 @@ class Operations(pyfuse3.Operations):
         """Move a name, atomically replacing an existing target (RENAME_NOREPLACE and
         RENAME_EXCHANGE as the flags say). A replaced inode still in use is kept as
         an orphan, like unlink."""
-        self._check_writable()
-        self._check_name(name_old)
-        self._check_new(parent_inode_new, name_new)
+        self._check_old(parent_inode_old, name_old)
+        if self.control is not None and parent_inode_new == self._root and name_new == CTL_NAME:
+            raise FUSEError(errno.ENOTEMPTY)  # a directory over a directory with entries
+        self._check_old(parent_inode_new, name_new)
         ino = self.img.lookup(parent_inode_old, name_old)
         victim = None
         try:
@@ -929,7 +946,7 @@ class Operations(pyfuse3.Operations):
         EEXIST is the answer whatever the flags: the existing file is neither
         opened nor truncated (O_TRUNC, when the kernel passes it, has nothing to
         cut in a new file)."""
-        self._check_new(parent_inode, name)
+        self._check_new(parent_inode, name, in_ctl=errno.EACCES)
         uid, gid, mode = self._ctx_ids(parent_inode, ctx, mode)
         ino = self.img.create(parent_inode, name, mode, uid, gid, 0)
         self.mm.set_size(ino, 0)

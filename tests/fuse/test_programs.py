@@ -285,3 +285,41 @@ def test_tar_and_cp_round_trip_a_tricky_tree_as_on_tmpfs(mounter, tmpfs_dir, opt
     no_daemon_errors(m)
     m.umount()
     fsck_clean(img)
+
+
+def test_the_control_directory_refuses_namespace_changes(mnt):
+    """`.nvramfs` and its files are the daemon's, as /proc's are the kernel's: a
+    rename, unlink, rmdir or link of them is EPERM and a new file in it EACCES (the
+    VFS's answers for a directory without those operations), never a misleading
+    ENOENT; `rm -rf` says so and the directory stays. A directory renamed over it
+    gets ENOTEMPTY, as over any directory with entries."""
+    ctl = mnt.p(".nvramfs")
+    mnt.p("x").write_bytes(b"x")
+    mnt.p("dd").mkdir()
+    attempts = {
+        "rename it": lambda: os.rename(ctl, mnt.p("y")),
+        "rename over it": lambda: os.rename(mnt.p("dd"), ctl),
+        "rename into it": lambda: os.rename(mnt.p("x"), ctl / "x"),
+        "rename out of it": lambda: os.rename(ctl / "stats", mnt.p("s")),
+        "rmdir it": lambda: os.rmdir(ctl),
+        "unlink in it": lambda: os.unlink(ctl / "stats"),
+        "mkdir in it": lambda: os.mkdir(ctl / "d"),
+        "symlink in it": lambda: os.symlink("x", ctl / "l"),
+        "link from it": lambda: os.link(ctl / "stats", mnt.p("l")),
+        "link into it": lambda: os.link(mnt.p("x"), ctl / "l"),
+        "create in it": lambda: open(ctl / "new", "w"),
+    }
+    got = {}
+    for what, call in attempts.items():
+        with pytest.raises(OSError) as ei:
+            call()
+        got[what] = errno.errorcode[ei.value.errno]
+    want = {what: "EPERM" for what in attempts}
+    want["create in it"] = "EACCES"
+    want["rename over it"] = "ENOTEMPTY"  # what a directory with entries answers
+    assert got == want
+    out = subprocess.run(["rm", "-rf", str(ctl)], capture_output=True, text=True)
+    assert out.returncode != 0 and "not permitted" in out.stderr
+    assert sorted(os.listdir(ctl)) == ["ctl", "events", "stats"]
+    assert mnt.p("x").read_bytes() == b"x"
+    no_daemon_errors(mnt)
