@@ -102,6 +102,9 @@ class DeviceModel:
     def writeback(self, blocks: np.ndarray) -> None:
         """Dirty pages programmed into `blocks` (one page each), in one batch."""
         b = np.asarray(blocks, dtype=np.int64)
+        if len(b) == 1:  # an fsync of one page: the same prices, without the array steps
+            self._writeback_one(int(b[0]))
+            return
         if len(b) > 1 and not bool((b[1:] > b[:-1]).all()):
             b = np.unique(b)  # (mm's batches come sorted and unique)
         if len(b) and (int(b[0]) < 0 or int(b[-1]) >= self.nr_blocks):
@@ -154,6 +157,37 @@ class DeviceModel:
         self.live.reshape(-1, spp)[dirty_sectors] = after
         self.sector_programs[dirty_sectors] += nkeep + ntarget
         self.bytes_programmed += int(nkeep.sum() + ntarget.sum()) * PAGE_SIZE
+
+    def _writeback_one(self, block: int) -> None:
+        """`writeback` of one block, summed in the same order (the same bits)."""
+        if not 0 <= block < self.nr_blocks:
+            return
+        m = self.medium
+        self.bytes_written_back += PAGE_SIZE
+        ns = self.modelled_ns
+        spp = self.sector_pages
+        sector = block // spp
+        if m.in_place or not self.programmed[block]:
+            ns["writeback"] += 1 * self._page_program_ns
+            self.bytes_programmed += PAGE_SIZE
+            self.programmed[block] = True
+            self.live[block] = True
+            self.sector_programs[sector] += 1
+            return
+        lo = sector * spp
+        live = self.live[lo : lo + spp]
+        nkeep = int(np.count_nonzero(live)) - int(live[block - lo])
+        ns["erase"] += nkeep * self._page_nvram_read_ns + m.erase_ns
+        if nkeep:
+            ns["erase"] += nkeep * self._page_program_ns
+        ns["writeback"] += 1 * self._page_program_ns
+        self.sector_erases[sector] += 1
+        self.erases += 1
+        self.bytes_erased += m.erase_sector
+        live[block - lo] = True  # erased, then the kept pages and the target programmed
+        self.programmed[lo : lo + spp] = live
+        self.sector_programs[sector] += nkeep + 1
+        self.bytes_programmed += (nkeep + 1) * PAGE_SIZE
 
     def _program(self, blocks: np.ndarray, kind: str) -> None:
         self.modelled_ns[kind] += len(blocks) * self._page_program_ns

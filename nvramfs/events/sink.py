@@ -12,7 +12,8 @@ writer's own `format_buffer` and appends the lines to the log. Both append
 with O_APPEND, whole lines only.
 
 The wire: an 8-byte header (the payload's length, little-endian) and a
-`marshal`led list of records: a page batch as `emit_pages` took it, an event
+`marshal`led list of records: a page batch as `emit_pages` took it (or as
+`emit_page_rows` did, its int64 array as bytes), an event
 dict whose values are plain scalars, or a line the daemon encoded itself (a
 dict with lists or other values in it; a batch not made of Python ints).
 `marshal` would write a numpy value as its raw bytes, so only plain Python
@@ -115,7 +116,7 @@ class Sink:
         self._inflight.append(buf)
         if self._failed is not None:
             self._fail(self._failed)
-        payload = marshal.dumps([r if _plain(r) else _line(r) for r in buf])
+        payload = marshal.dumps([_wire(r) for r in buf])
         self._queue.put(_HEAD.pack(len(payload)) + payload)
         self._take_acks()
 
@@ -201,6 +202,23 @@ def _plain(rec: Any) -> bool:
         and (type(refcount) is int or (type(refcount) is list and type(refcount[0]) is int))
         and (type(mapcount) is int or (type(mapcount) is list and type(mapcount[0]) is int))
     )
+
+
+def _wire(rec: Any) -> Any:
+    """`rec` as it travels: as it is when marshal keeps it exactly; an emit_page_rows
+    batch with its array as bytes; otherwise its lines, made here."""
+    if type(rec) is tuple and len(rec[3]) == 7:
+        ev, seq, t, (ino, rows, home_from, home_to, reason, counts, via) = rec
+        if (
+            type(t) is float
+            and type(ino) is int
+            and rows.dtype.str == "<i8"
+            and (counts is None or (type(counts[0]) is int and type(counts[1]) is int))
+        ):
+            wired = (rows.tobytes(), rows.shape[0])
+            return (ev, seq, t, (ino, wired, home_from, home_to, reason, counts, via))
+        return _line(rec)
+    return rec if _plain(rec) else _line(rec)
 
 
 def _line(rec: Any) -> str:

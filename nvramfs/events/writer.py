@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -156,6 +157,26 @@ def _as_list(col: Any) -> Any:
     return tolist() if tolist is not None else col if type(col) is int else list(col)
 
 
+def _rows_columns(
+    ino: int, rows: Any, home_from: str, home_to: str, reason: str, counts: Any, via: Any
+) -> tuple:
+    """The ten emit_pages columns of an emit_page_rows record. `rows`: the int64 array
+    the mm handed over (index, pfn_from, pfn_to, and refcount, mapcount unless `counts`
+    gives one pair for every page), or on the sink's wire its bytes and row count."""
+    if type(rows) is tuple:
+        data, k = rows
+        flat = array("q", data).tolist()
+        n = len(flat) // k
+        lists = [flat[r * n : (r + 1) * n] for r in range(k)]
+    else:
+        lists = rows.tolist()
+    if counts is None:
+        index, pfn_from, pfn_to, refcount, mapcount = lists
+    else:
+        (index, pfn_from, pfn_to), (refcount, mapcount) = lists, counts
+    return (ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via)
+
+
 def _page_dict_line(ev: str, seq: int, t: float, cols: tuple, k: int) -> str:
     """One line of a batch through the JSON encoder (a field the template cannot take)."""
     ino, index, pfn_from, pfn_to, home_from, home_to, reason, refcount, mapcount, via = cols
@@ -183,7 +204,10 @@ def format_buffer(buf: list[Any]) -> Iterator[bytes]:
     lines: list[str] = []
     for rec in buf:
         if type(rec) is tuple:
-            lines += _page_lines(*rec)
+            ev, seq, t, cols = rec
+            if len(cols) == 7:  # an emit_page_rows batch
+                cols = _rows_columns(*cols)
+            lines += _page_lines(ev, seq, t, cols)
         elif type(rec) is str:  # a line the daemon made (events/sink.py)
             lines.append(rec)
         else:
@@ -287,6 +311,36 @@ class EventWriter:
         if not buf:
             self._t_first = t
         buf.append((ev, seq, t, cols))
+        self._pending += n
+        if t - self._t_first >= self.flush_seconds or self._pending >= self.flush_events:
+            self.flush(wait=False)
+
+    def emit_page_rows(
+        self,
+        ev: str,
+        ino: int,
+        rows: Any,
+        home_from: str,
+        home_to: str,
+        reason: str,
+        counts: tuple[int, int] | None = None,
+        via: str | None = None,
+    ) -> None:
+        """emit_pages with the columns as one int64 array, `rows[:, k]` page k's index,
+        pfn_from, pfn_to, and refcount and mapcount unless `counts` gives one pair for
+        every page. The writer keeps the array (the caller hands it over and does not
+        touch it again): the mm's batches reach the log, or the sink's pipe as bytes,
+        without a Python int made per page in the daemon."""
+        n = rows.shape[1]
+        if not n:
+            return
+        seq = self._seq
+        self._seq = seq + n
+        t = self._clock() - self._t0
+        buf = self._buf
+        if not buf:
+            self._t_first = t
+        buf.append((ev, seq, t, (ino, rows, home_from, home_to, reason, counts, via)))
         self._pending += n
         if t - self._t_first >= self.flush_seconds or self._pending >= self.flush_events:
             self.flush(wait=False)
@@ -406,6 +460,24 @@ class NullEventWriter:
                 mapcount=mapcount[k],
                 **extra,
             )
+
+    def emit_page_rows(
+        self,
+        ev: str,
+        ino: int,
+        rows: Any,
+        home_from: str,
+        home_to: str,
+        reason: str,
+        counts: tuple[int, int] | None = None,
+        via: str | None = None,
+    ) -> None:
+        """EventWriter.emit_page_rows, as emit_pages of its columns."""
+        if type(self).emit is NullEventWriter.emit:
+            self._seq += rows.shape[1]
+            return
+        if rows.shape[1]:
+            self.emit_pages(ev, *_rows_columns(ino, rows, home_from, home_to, reason, counts, via))
 
     @property
     def pending(self) -> int:

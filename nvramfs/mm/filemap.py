@@ -285,8 +285,8 @@ class FrameRows:
 
 # emit_page_events: one migrate/writeback/cow event per page of a batch of
 # one file (log_page_event's fields; refcount and mapcount read from the
-# struct pages of `counted`, or given as `counts`), as one emit_pages call
-# when the log has it.
+# struct pages of `counted`, or given as `counts`), handed to the log as one
+# int64 array (emit_page_rows) when the log takes it.
 def emit_page_events(
     m: Machine,
     ev: str,
@@ -301,32 +301,34 @@ def emit_page_events(
     via: str | None = None,
     counts: tuple[int, int] | None = None,
 ) -> None:
-    cols = (
-        np.asarray(indices).tolist(),
-        np.asarray(pfn_from).tolist(),
-        np.asarray(pfn_to).tolist(),
-    )
-    emit_pages = getattr(m.events, "emit_pages", None)
+    events = m.events
+    emit_page_rows = getattr(events, "emit_page_rows", None)
+    if emit_page_rows is not None:
+        rows = np.empty((3 if counts is not None else 5, len(indices)), dtype=np.int64)
+        rows[0] = indices
+        rows[1] = pfn_from
+        rows[2] = pfn_to
+        if counts is None:
+            rows[3] = m._refcount[counted]
+            np.add(m._mapcount[counted], 1, out=rows[4])
+        emit_page_rows(ev, ino, rows, home_from, home_to, reason, counts, via)
+        return
+    index_l = np.asarray(indices).tolist()
+    from_l = np.asarray(pfn_from).tolist()
+    to_l = np.asarray(pfn_to).tolist()
     if counts is None:
-        # Lists, per page: the writer formats one value when they are all the same.
         ref = m._refcount[counted].tolist()
         mc = (m._mapcount[counted] + 1).tolist()
     else:  # the counts every page had at the moment the event stands for
-        ref, mc = counts
-    if emit_pages is not None:
-        emit_pages(ev, ino, *cols, home_from, home_to, reason, ref, mc, via)
-        return
-    if type(ref) is int:
-        ref = [ref] * len(cols[0])
-        mc = [mc] * len(cols[0])
+        ref, mc = [counts[0]] * len(index_l), [counts[1]] * len(index_l)
     extra = {} if via is None else {"via": via}
-    for k in range(len(ref)):
-        m.events.emit(
+    for k in range(len(index_l)):
+        events.emit(
             ev,
             ino=ino,
-            index=cols[0][k],
-            pfn_from=cols[1][k],
-            pfn_to=cols[2][k],
+            index=index_l[k],
+            pfn_from=from_l[k],
+            pfn_to=to_l[k],
             **{"from": home_from, "to": home_to},
             reason=reason,
             refcount=ref[k],

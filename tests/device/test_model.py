@@ -224,3 +224,34 @@ def test_nor_batched_writeback_is_the_sector_loop_exactly():
         b.erases, b.bytes_erased, b.bytes_programmed, b.bytes_written_back
     )  # fmt: skip
     assert a.erases > 100
+
+
+@pytest.mark.parametrize("medium", ["nor", "optane"])
+def test_one_page_writebacks_are_the_sector_loop_exactly(medium):
+    """fsync's one-page writebacks (their own short path), between batches and frees:
+    the same wear arrays, byte counts and modelled_ns bits as the sector loop."""
+    rng = np.random.default_rng(11)
+    programmed = rng.random(1000) < 0.5
+    a, b = model(medium, 1000, programmed), model(medium, 1000, programmed)
+    for _ in range(600):
+        r = rng.random()
+        if r < 0.1:
+            freed = rng.choice(1000, 50, replace=False)
+            a.free(freed)
+            b.free(freed)
+        batch = rng.choice(1000, 1 if r < 0.8 else int(rng.integers(2, 50)), replace=False)
+        a.writeback(batch)
+        if b.medium.in_place:  # the definition there: every target just programmed
+            b.bytes_written_back += len(batch) * 4096
+            b._program(np.unique(batch), "writeback")
+        else:
+            _writeback_sector_by_sector(b, batch)
+    a.writeback(np.array([1000, -1]))  # outside the device: nothing
+    a.writeback(np.array([1000]))
+    assert a.modelled_ns == b.modelled_ns  # exact, not approx
+    for name in ("programmed", "live", "sector_programs", "sector_erases"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert (a.erases, a.bytes_erased, a.bytes_programmed, a.bytes_written_back) == (
+        b.erases, b.bytes_erased, b.bytes_programmed, b.bytes_written_back
+    )  # fmt: skip
+    assert (a.erases > 100) == (medium == "nor")

@@ -200,3 +200,48 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert not alive(sink), "the sink outlived its daemon"
     got = lines(path)
     assert [e["seq"] for e in got] == list(range(8000))
+
+
+def test_page_rows_give_the_lines_of_one_emit_per_page(tmp_path) -> None:
+    """emit_page_rows (the mm's page batches, one int64 array handed over) writes
+    exactly the lines of one `emit` per page, formatted here or by the sink, and a
+    ListEventWriter gets the same dicts; the array may be reused once handed over."""
+    from nvramfs.events.writer import ListEventWriter
+
+    rows5 = np.array([[0, 1, 2], [7, 8, 9], [1 << 20, 5, 6], [1, 2, 1], [0, 1, 0]], np.int64)
+    rows3 = np.array([[4], [(1 << 40) + 9], [9]], np.int64)
+    batches = [
+        (schema.WRITEBACK, 2, rows5, "pagecache", "xip", "background", None, None),
+        (schema.COW, 3, rows3, "xip", "pagecache", "write", (1, 0), "pfn_mkwrite"),
+        (schema.MIGRATE, 2, rows3, "pagecache", "xip", 'not "a word"', (2, 3), None),
+        (schema.MIGRATE, 2, rows5[:, :0], "pagecache", "xip", "tick", None, None),
+    ]
+
+    def per_page(w) -> None:
+        for ev, ino, rows, hf, ht, reason, counts, via in batches:
+            cols = rows.tolist()
+            for k in range(rows.shape[1]):
+                ref, mc = counts if counts is not None else (cols[3][k], cols[4][k])
+                extra = {} if via is None else {"via": via}
+                w.emit(ev, ino=ino, index=cols[0][k], pfn_from=cols[1][k], pfn_to=cols[2][k],
+                       **{"from": hf, "to": ht}, reason=reason, refcount=ref, mapcount=mc,
+                       **extra)  # fmt: skip
+
+    def rows_of(w) -> None:
+        for ev, ino, rows, hf, ht, reason, counts, via in batches:
+            handed = rows.copy()
+            w.emit_page_rows(ev, ino, handed, hf, ht, reason, counts, via)
+
+    out = []
+    for name, how, offload in [("emit", per_page, False), ("rows", rows_of, False),
+                               ("sink", rows_of, True)]:  # fmt: skip
+        w = EventWriter(tmp_path / f"{name}.jsonl", clock=Clock(), offload=offload)
+        how(w)
+        w.close()
+        out.append((tmp_path / f"{name}.jsonl").read_text())
+    assert out[0].count("\n") == 5
+    assert out[1] == out[0] and out[2] == out[0]
+    listed = [ListEventWriter(clock=Clock()) for _ in range(2)]
+    per_page(listed[0])
+    rows_of(listed[1])
+    assert listed[1].events == listed[0].events and len(listed[0].events) == 5
