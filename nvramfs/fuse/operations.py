@@ -1207,8 +1207,11 @@ class Operations(pyfuse3.Operations):
             and now - at <= _DAY_NS
         ):
             return
-        self.img.setattr(ino, atime_ns=now, ctime_ns=entry.st_ctime_ns)
-        self._load(ino)
+        try:
+            self.img.setattr(ino, atime_ns=now, ctime_ns=entry.st_ctime_ns)
+            self._load(ino)
+        except Exception as exc:  # an access time never fails the listing
+            self.translate("readdir atime", exc)
 
     @_handler
     async def releasedir(self, fh: int) -> None:

@@ -323,3 +323,37 @@ def test_the_control_directory_refuses_namespace_changes(mnt):
     assert sorted(os.listdir(ctl)) == ["ctl", "events", "stats"]
     assert mnt.p("x").read_bytes() == b"x"
     no_daemon_errors(mnt)
+
+
+def test_a_directory_atime_that_cannot_be_stored_never_fails_the_listing(tmp_path):
+    """The handler itself: an image that refuses the atime update (full journal,
+    read-only after an error) leaves `ls` working."""
+    from nvramfs.events.writer import EventWriter
+    from nvramfs.fuse.operations import Operations
+    from nvramfs.image import FsError, Image
+    from nvramfs.image.mkfs import mkfs
+    from nvramfs.mm import MemoryManager
+
+    mkfs(tmp_path / "img", size=16 << 20)
+    img = Image.open(tmp_path / "img")
+    events = EventWriter(tmp_path / "log.jsonl")
+    mm = MemoryManager(img, 1024, events=events)
+    ops = Operations(img, mm, events)
+    try:
+        real = img.setattr
+
+        def refuse(ino, **kw):
+            if set(kw) == {"atime_ns", "ctime_ns"}:
+                raise FsError(errno.ENOSPC)
+            return real(ino, **kw)
+
+        img.setattr = refuse
+        before = ops._attr(ops._root).st_atime_ns
+        ops._touch_dir_atime(ops._root)  # relatime: the root's atime is not newer
+        assert ops._attr(ops._root).st_atime_ns == before
+        assert ops.errors == 0
+    finally:
+        ops.shutdown()
+        mm.close()
+        events.close()
+        img.close()
