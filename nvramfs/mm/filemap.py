@@ -132,7 +132,7 @@ def delete_from_page_cache(mapping: AddressSpace, page: int) -> None:
 
 # cancel_dirty_page: the page's contents no longer matter (truncation).
 def cancel_dirty_page(m: Machine, page: int) -> None:
-    m.flags[page] = int(m.flags[page]) & ~PG_DIRTY
+    m.set_page_flags(page, int(m.flags[page]) & ~PG_DIRTY)
 
 
 # page_mkclean: write-protect and clean every shared pte that maps `page`,
@@ -166,7 +166,7 @@ def clear_page_dirty_for_io(mapping: AddressSpace, page: int) -> bool:
     if page_mkclean(mapping, page):
         set_page_dirty(m, page)
     if m.flags[page] & PG_DIRTY:
-        m.flags[page] = int(m.flags[page]) & ~PG_DIRTY
+        m.set_page_flags(page, int(m.flags[page]) & ~PG_DIRTY)
         return True
     return False
 
@@ -211,6 +211,7 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
         for page in pages.tolist():
             page_mkclean(mapping, page)
     m.flags[pages] = (f & ~np.uint32(PG_DIRTY)) | (PG_LOCKED | PG_WRITEBACK)
+    m.nr_file_dirty -= int(np.count_nonzero(f & PG_DIRTY))  # none is anon (checked above)
     indices = m.index[pages].copy()
     views = FrameRows(m, pages)
     try:
@@ -229,7 +230,9 @@ def write_cache_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> 
         blocks = np.asarray(blocks)
     except BaseException:
         # The pages stay dirty for a later attempt.
-        m.flags[pages] = (m.flags[pages] & ~np.uint32(PG_WRITEBACK | PG_LOCKED)) | PG_DIRTY
+        f = m.flags[pages]
+        m.flags[pages] = (f & ~np.uint32(PG_WRITEBACK | PG_LOCKED)) | PG_DIRTY
+        m.nr_file_dirty += int(np.count_nonzero((f & (PG_DIRTY | PG_ANON)) == 0))
         raise
     BUG_ON(len(blocks) != len(pages), "write_pages returned the wrong number of blocks")
     BUG_ON(bool((blocks <= 0).any()), "write_pages returned no block", f"ino {mapping.host}")

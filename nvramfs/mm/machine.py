@@ -56,6 +56,8 @@ _FLAG_NAMES = (
     (PG_ANON, "anon"),
 )
 
+_DIRTY_ANON = PG_DIRTY | PG_ANON
+
 ZERO_PFN = 0
 STRUCT_PAGE_SIZE = 64
 # The memmap of a ZONE_DEVICE namespace is allocated per 2 MiB subsection.
@@ -114,6 +116,11 @@ class Machine:
         self.data_rw = memoryview(self.data.reshape(-1))
         self._refcount[ZERO_PFN] = 1
         self.flags[ZERO_PFN] = PG_RESERVED | PG_UPTODATE
+        # NR_FILE_DIRTY: how many frames have PG_dirty without PG_anon (dirty
+        # page-cache pages), kept as the kernel keeps it, moved where PG_dirty or
+        # PG_anon changes (set_page_flags and the batched sites that set or clear
+        # PG_dirty), so that balance_dirty_pages does not count every struct page.
+        self.nr_file_dirty = 0
         # Free frames, a stack (LIFO: a just-freed frame is cache-warm).
         self.free_list: list[int] = list(range(n - 1, 0, -1))
         # Direct reclaim: called by alloc_page when no frame is free; returns
@@ -167,10 +174,24 @@ class Machine:
         return bool(int(self.flags[pfn]) & mask)
 
     def set_flag(self, pfn: int, mask: int) -> None:
-        self.flags[pfn] = int(self.flags[pfn]) | mask
+        self.set_page_flags(pfn, int(self.flags[pfn]) | mask)
 
     def clear_flag(self, pfn: int, mask: int) -> None:
-        self.flags[pfn] = int(self.flags[pfn]) & ~mask
+        self.set_page_flags(pfn, int(self.flags[pfn]) & ~mask)
+
+    # set_page_flags: the page's flags word becomes `new`, NR_FILE_DIRTY moved
+    # if that makes it a dirty page-cache page or stops it being one. Every
+    # store of flags that may change PG_dirty or PG_anon of one page goes
+    # through here.
+    def set_page_flags(self, pfn: int, new: int) -> None:
+        old = int(self.flags[pfn])
+        self.flags[pfn] = new
+        self.nr_file_dirty += ((new & _DIRTY_ANON) == PG_DIRTY) - ((old & _DIRTY_ANON) == PG_DIRTY)
+
+    # The full count NR_FILE_DIRTY stands for (one pass over every struct page):
+    # for tests and debug checks, which tie the running count to it.
+    def count_file_dirty(self) -> int:
+        return int(np.count_nonzero((self.flags & _DIRTY_ANON) == PG_DIRTY))
 
     def dump_page(self, pfn: int) -> str:
         """The struct page of `pfn` in one line, as dump_page() prints it."""
@@ -264,6 +285,8 @@ class Machine:
             pfn,
             "freeing a page still in the page cache",
         )
+        if (f & _DIRTY_ANON) == PG_DIRTY:
+            self.nr_file_dirty -= 1
         self.flags[pfn] = 0
         self.mapping[pfn] = 0
         self.page_block[pfn] = 0

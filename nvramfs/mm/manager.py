@@ -88,10 +88,16 @@ from .machine import (
     Machine,
 )
 from .memory import handle_mm_fault, unmap_mapping_pages
-from .migrate import demote, demote_clean_pages, promote, reclaimable_frames
+from .migrate import (
+    demote,
+    demote_clean_chunk,
+    demote_clean_pages,
+    promote,
+    reclaimable_frames,
+)
 from .policy import Policy, make_policy
 from .stats import Stats, fault_kind
-from .vma import PTE_INDEX_MASK, PTE_SHIFT, PTRS_PER_PTE, VMA, MMStruct
+from .vma import PTE_INDEX_MASK, PTE_SHIFT, PTRS_PER_PTE, VMA, Chunk, MMStruct
 
 # The filesystem's vma of a file covers every page a file can have.
 MAX_FILE_PAGES = 1 << 51
@@ -177,9 +183,9 @@ class MemoryManager:
         # wait at the second (global_dirty_limits).
         self.dirty_background_thresh = max(1, int(dram_pages * dirty_background_ratio))
         self.dirty_thresh = max(self.dirty_background_thresh + 1, int(dram_pages * dirty_ratio))
-        # balance_dirty_pages_ratelimited: the dirty frames are counted (a pass over
-        # every struct page) once this many pages were written since the last count,
-        # a small part of the gap between the thresholds.
+        # balance_dirty_pages_ratelimited: the dirty count is looked at once this
+        # many pages were written since the last look, a small part of the gap
+        # between the thresholds.
         self.ratelimit_pages = max(
             1, min(SWAP_CLUSTER_MAX, (self.dirty_thresh - self.dirty_background_thresh) // 8)
         )
@@ -753,17 +759,16 @@ class MemoryManager:
         base = self._base
         chunk, s0 = mm.get_locked_pte(first << PAGE_SHIFT)
         p = chunk.pte_np[s0 : s0 + npg]
-        present = (p & _PAGE_PRESENT) != 0
-        npresent = int(np.count_nonzero(present))
-        if npresent and np.count_nonzero(
-            present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0))
-        ):
-            return False
+        npresent = int(np.count_nonzero(p & _PAGE_PRESENT))
+        if npresent:
+            present = (p & _PAGE_PRESENT) != 0
+            if np.count_nonzero(present & (((p >> PTE_PFN_SHIFT) < base) | ((p & _PAGE_RW) != 0))):
+                return False
         if np.count_nonzero(p) != npg:  # a pte with neither a pfn nor a bmap hint
             self._prefill_bmap(vma, first, npg)
         src = p >> PTE_PFN_SHIFT  # NVRAM pfn of each page, 0 for a hole
-        hole = src == 0
-        nh = int(np.count_nonzero(hole))
+        nh = npg - int(np.count_nonzero(src))
+        hole = src == 0 if nh else None
         m = self.machine
         frames = m.alloc_pages(npg)
         if frames is None:
@@ -778,7 +783,7 @@ class MemoryManager:
         # Partial pages first hold what the fault gives them (zeroes, or the block).
         for k in {0, npg - 1} if (off0 or tail) else ():
             if (k == 0 and off0) or (k == npg - 1 and tail):
-                if hole[k]:
+                if not src[k]:  # a hole
                     data[frames_l[k]] = 0
                 else:
                     data[frames_l[k]] = np.frombuffer(
@@ -805,7 +810,8 @@ class MemoryManager:
         m._mapcount[frames] = 0
         m.mapping[frames] = ino
         m.index[frames] = idx
-        m.flags[frames] = PG_UPTODATE | PG_LRU | PG_DIRTY
+        m.flags[frames] = PG_UPTODATE | PG_LRU | PG_DIRTY  # fresh frames: flags were 0
+        m.nr_file_dirty += npg
         m.page_block[frames] = np.where(hole, 0, src - base) if nh else src - base
         m.dirtied_at[frames] = self.clock()
         cache.update(zip(range(first, first + npg), frames_l, strict=True))
@@ -1020,9 +1026,9 @@ class MemoryManager:
         return done
 
     def nr_dirty(self) -> int:
-        """Dirty page-cache frames (NR_FILE_DIRTY)."""
-        f = self.machine.flags
-        return int(np.count_nonzero((f & (PG_DIRTY | PG_ANON)) == PG_DIRTY))
+        """Dirty page-cache frames (NR_FILE_DIRTY: the machine's running count, not a
+        pass over the struct pages; tests tie it to the full count)."""
+        return self.machine.nr_file_dirty
 
     def dirty_indices(self, ino: int) -> np.ndarray:
         """The page indices of `ino` dirty in DRAM, sorted: what a size pushed to the
@@ -1140,6 +1146,14 @@ class MemoryManager:
                 self._writeback(pages[isdirty], schema.REASON_DEMOTE)
         elif len(dirty):
             self._writeback(dirty, schema.REASON_DEMOTE)
+        # The usual batch: clean pages of one file in one page-table chunk, all
+        # demoted together (demote_clean_chunk, which checks that they are).
+        mapping = self._spaces.get(int(m.mapping[pages[0]]))
+        if mapping is not None:
+            done = demote_clean_chunk(mapping, np.asarray(pages, dtype=np.int64), reason)
+            if done is not None:
+                self._policy_demoted_slots(*done)
+                return len(pages)
         owners = m.mapping[pages]
         idx = m.index[pages]
         ino = int(owners[0])
@@ -1168,11 +1182,6 @@ class MemoryManager:
         if vma is None:
             return
         pgd = vma.vm_mm.pgd
-        on_demote = self.policy.on_demote
-        # The base policy's on_demote is bit operations on the word: it takes the
-        # whole array of words at once (a policy that overrides it gets one call
-        # per page, as _demote makes).
-        vectorised = type(self.policy).on_demote is Policy.on_demote
         cache = mapping.pages
         if cache and not all_gone:
             gone = np.array([i not in cache for i in indices.tolist()], dtype=bool)
@@ -1190,12 +1199,21 @@ class MemoryManager:
             chunk = pgd.get(no)
             if chunk is None:
                 continue
-            slots = (indices if sel is None else indices[sel]) & PTE_INDEX_MASK
-            words = chunk.state[slots]
-            if vectorised:
-                chunk.state[slots] = on_demote(words)
-            else:
-                chunk.state[slots] = [on_demote(w) for w in words.tolist()]
+            self._policy_demoted_slots(
+                chunk, (indices if sel is None else indices[sel]) & PTE_INDEX_MASK
+            )
+
+    def _policy_demoted_slots(self, chunk: Chunk, slots: np.ndarray) -> None:
+        """The policy's words of the pages at `slots` of `chunk`, which left the page
+        cache: on_demote of each (the base policy's bit operations take the whole
+        array of words at once; a policy that overrides on_demote gets one call per
+        page, as _demote makes)."""
+        on_demote = self.policy.on_demote
+        words = chunk.state[slots]
+        if type(self.policy).on_demote is Policy.on_demote:
+            chunk.state[slots] = on_demote(words)
+        else:
+            chunk.state[slots] = [on_demote(w) for w in words.tolist()]
 
     def _reclaim(self) -> bool:
         """Direct reclaim (shrink_inactive_list): isolate up to SWAP_CLUSTER_MAX of the

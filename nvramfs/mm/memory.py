@@ -127,7 +127,7 @@ def page_add_file_rmap(m: Machine, page: int) -> None:
 def page_add_new_anon_rmap(m: Machine, page: int, index: int) -> None:
     VM_BUG_ON_PAGE(m._mapcount[page] != -1, m, page, "new anon page already mapped")
     m._mapcount[page] = 0
-    m.flags[page] = int(m.flags[page]) | PG_ANON | PG_UPTODATE
+    m.set_page_flags(page, int(m.flags[page]) | PG_ANON | PG_UPTODATE)
     m.index[page] = index
 
 
@@ -146,6 +146,7 @@ def set_page_dirty(m: Machine, page: int) -> bool:
         return False
     m.flags[page] = f | PG_DIRTY
     if not f & PG_ANON:
+        m.nr_file_dirty += 1
         m.dirtied_at[page] = m.clock()
     return True
 

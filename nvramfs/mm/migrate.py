@@ -147,7 +147,7 @@ def demote(mapping: AddressSpace, page: int, reason: str) -> bool:
 def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) -> int:
     m = mapping.machine
     pages = np.asarray(pages, dtype=np.int64)
-    if demote_clean_chunk(mapping, pages, reason):
+    if demote_clean_chunk(mapping, pages, reason) is not None:
         return len(pages)
     busy = PG_ANON | PG_DIRTY | PG_LOCKED | PG_WRITEBACK
     blocks = m.page_block[pages]
@@ -206,25 +206,28 @@ def demote_clean_pages(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
 # (no reference, no pte, no flags: a young pte's PG_referenced goes with the
 # rest; no mapping, no block), the ptes become bmap hints and the frames go
 # onto the free list in batch order, with the same counters and events as
-# demote_clean_pages. False, with nothing changed, when the batch is not in
-# that state.
+# demote_clean_pages. Returns the page-table chunk and the pages' slots in it
+# (for the policy's words), or None, with nothing changed, when the batch is
+# not in that state.
 _CLEAN_PTE_MASK = ~((1 << PTE_PFN_SHIFT) - 1) | _PAGE_PRESENT | _PAGE_DIRTY
 _BUSY_AT_FREE = PG_ANON | PG_DIRTY | PG_LOCKED | PG_WRITEBACK | PG_RESERVED
 
 
-def demote_clean_chunk(mapping: AddressSpace, pages: np.ndarray, reason: str) -> bool:
+def demote_clean_chunk(
+    mapping: AddressSpace, pages: np.ndarray, reason: str
+) -> tuple[Chunk, np.ndarray] | None:
     m = mapping.machine
     vma = mapping.fs_vma
     if not len(pages) or vma is None or len(mapping.i_mmap) != 1 or mapping.i_mmap[0] is not vma:
-        return False
+        return None
     idx = m.index[pages]
     no = int(idx[0]) >> PTE_SHIFT
     if np.count_nonzero((idx >> PTE_SHIFT) != no):
-        return False
+        return None
     chunk = vma.vm_mm.pgd.get(no)
     host = mapping.host
     if chunk is None or np.count_nonzero(m.mapping[pages] != host):
-        return False
+        return None
     blocks = m.page_block[pages]
     if (
         np.count_nonzero(blocks <= 0)
@@ -232,13 +235,13 @@ def demote_clean_chunk(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
         or np.count_nonzero(m._mapcount[pages])  # 0: mapped by one pte
         or np.count_nonzero(m._refcount[pages] != 2)
     ):
-        return False
+        return None
     slots = idx & PTE_INDEX_MASK
     p = chunk.pte_np[slots]
     # Present, clean, and mapping the page itself (p - (page << PTE_PFN_SHIFT)
     # is then just the pte's flag bits).
     if np.count_nonzero(((p - (pages << PTE_PFN_SHIFT)) & _CLEAN_PTE_MASK) != _PAGE_PRESENT):
-        return False
+        return None
     pages_l = _pop_from_cache(mapping, idx, pages)
     m._mapcount[pages] = -1
     m._refcount[pages] = 0
@@ -263,7 +266,7 @@ def demote_clean_chunk(mapping: AddressSpace, pages: np.ndarray, reason: str) ->
         pages,
         counts=(0, 0),  # every frame freed, no pte left
     )
-    return True
+    return chunk, slots
 
 
 # The zap_pte of demote_clean_pages, a page-table chunk at a time (the usual

@@ -42,6 +42,10 @@ def check_invariants(mm) -> None:
     # The DRAM budget holds.
     assert m.frames_used <= m.dram_pages
     assert m.frames_used == sum(1 for p in range(1, n) if ref[p] > 0)
+    # NR_FILE_DIRTY, kept as a running count, is the count of dirty page-cache frames.
+    assert m.nr_file_dirty == m.count_file_dirty() == mm.nr_dirty(), (
+        f"NR_FILE_DIRTY {m.nr_file_dirty} != {m.count_file_dirty()} dirty frames"
+    )
     # Nothing locked or under writeback at rest.
     assert not (m.flags & (PG_LOCKED | PG_WRITEBACK)).any(), "page left locked"
     # Walk every pte of every vma of every file.

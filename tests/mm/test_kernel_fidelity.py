@@ -340,7 +340,7 @@ def test_clear_page_dirty_for_io_folds_page_mkclean_into_the_page(make_mm) -> No
     mapping = mm.address_space(2)
     frame = mapping.pages[0]
     m = mm.machine
-    m.flags[frame] = int(m.flags[frame]) & ~PG_DIRTY  # a store only the pte knows of
+    m.clear_flag(frame, PG_DIRTY)  # a store only the pte knows of
     assert clear_page_dirty_for_io(mapping, frame) is True
     pte = mapping.fs_vma.vm_mm.pte_at(0)
     assert not pte & (_PAGE_RW | _PAGE_DIRTY) and not m.flags[frame] & PG_DIRTY

@@ -324,6 +324,8 @@ def _reclaim_page_by_page(monkeypatch, check_isolated: bool = False) -> None:
     from nvramfs.mm.migrate import reclaimable_frames
 
     monkeypatch.setattr(mm_manager, "demote_clean_pages", _demote_clean_page_by_page)
+    # No batch taken whole by _shrink_isolated's one-chunk path: all go page by page.
+    monkeypatch.setattr(mm_manager, "demote_clean_chunk", lambda mapping, pages, reason: None)
     monkeypatch.setattr(MemoryManager, "_policy_demoted", _policy_demoted_page_by_page)
     shrink = MemoryManager._shrink_isolated
 
