@@ -337,6 +337,11 @@ class Operations(pyfuse3.Operations):
             entry.st_size = a.size
             entry.st_mtime_ns = a.mtime_ns
             entry.st_ctime_ns = a.ctime_ns
+        elif a.ctime_ns > entry.st_ctime_ns:
+            # A namespace call (link, unlink, rename) stamped ctime in the image
+            # while writes keep size and times here: the newer ctime wins, and
+            # flush_meta must not put the older one back.
+            entry.st_ctime_ns = a.ctime_ns
         return entry
 
     def _refresh(self, *inos: int) -> None:
@@ -450,12 +455,28 @@ class Operations(pyfuse3.Operations):
         if len(name) > NAME_MAX:
             raise FUSEError(errno.ENAMETOOLONG)
 
-    def _check_new(self, parent: int, name: bytes) -> None:
-        """A name about to be created: not too long, and not the control directory's."""
+    def _check_new(self, parent: int, name: bytes, in_ctl: int = errno.EPERM) -> None:
+        """A name about to be created: not too long, not the control directory's,
+        not in it (`in_ctl`: the VFS's answer for a directory without the operation:
+        EPERM, EACCES for create)."""
         self._check_writable()
         self._check_name(name)
-        if parent == self._root and name == CTL_NAME and self.control is not None:
+        if self.control is None:
+            return
+        if self.control.owns(parent):
+            raise FUSEError(in_ctl)
+        if parent == self._root and name == CTL_NAME:
             raise FUSEError(errno.EEXIST)
+
+    def _check_old(self, parent: int, name: bytes) -> None:
+        """A name about to go (unlink, rmdir, rename): the control directory and its
+        files are the daemon's, as /proc's are the kernel's: EPERM."""
+        self._check_writable()
+        self._check_name(name)
+        if self.control is not None and (
+            self.control.owns(parent) or (parent == self._root and name == CTL_NAME)
+        ):
+            raise FUSEError(errno.EPERM)
 
     def _is_ctl(self, ino: int) -> bool:
         return self.control is not None and self.control.owns(ino)
@@ -477,9 +498,7 @@ class Operations(pyfuse3.Operations):
             ino = parent_inode
         else:
             ino = self.img.lookup(parent_inode, name)
-        entry = self._attr(ino)
-        if ino in self._reserved:
-            self._count_delalloc(ino, entry)
+        entry = self._with_blocks(ino, self._attr(ino))
         self._remember(parent_inode, name if name not in (b".", b"..") else b"", ino)
         return entry
 
@@ -509,8 +528,15 @@ class Operations(pyfuse3.Operations):
             if dead is not None:
                 return dead
             entry = self._load(inode)
-        if inode in self._reserved:
-            self._count_delalloc(inode, entry)
+        return self._with_blocks(inode, entry)
+
+    def _with_blocks(self, ino: int, entry: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+        """`entry` with st_blocks current, for every reply that carries attributes
+        (lookup, getattr, readdirplus, setattr, link): the kernel caches what any of
+        them says, and `tar -S`, `cp --sparse` take a file whose st_blocks is 0 for
+        all hole."""
+        if ino in self._reserved:
+            self._count_delalloc(ino, entry)
         return entry
 
     def _count_delalloc(self, ino: int, entry: pyfuse3.EntryAttributes) -> None:
@@ -578,7 +604,7 @@ class Operations(pyfuse3.Operations):
             # The image holds the times now, the size follows its data.
             cur.st_atime_ns, cur.st_mtime_ns, cur.st_ctime_ns = a.atime_ns, a.mtime_ns, a.ctime_ns
             self._meta_dirty.add(inode)
-        return self._load(inode)
+        return self._with_blocks(inode, self._load(inode))
 
     def _set_size(
         self,
@@ -676,7 +702,7 @@ class Operations(pyfuse3.Operations):
 
     async def _new_entry(self, parent: int, name: bytes, ino: int) -> pyfuse3.EntryAttributes:
         self._refresh(parent)
-        entry = self._load(ino)
+        entry = self._with_blocks(ino, self._load(ino))
         self._remember(parent, name, ino)
         return entry
 
@@ -719,6 +745,8 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         """A new name for an inode (+1 lookup); its nlink and ctime change."""
         self._check_new(new_parent_inode, new_name)
+        if self._is_ctl(inode):
+            raise FUSEError(errno.EPERM)
         self.img.link(inode, new_parent_inode, new_name)
         self._orphans.discard(inode)
         return await self._new_entry(new_parent_inode, new_name, inode)
@@ -729,10 +757,10 @@ class Operations(pyfuse3.Operations):
     def _after_unlink(self, ino: int, in_use: bool) -> None:
         """The inode lost a name: if it was the last, it is an orphan or gone."""
         try:
-            nlink = self.img.getattr(ino).nlink
+            a = self.img.getattr(ino)
         except Exception:
-            nlink = 0
-        if nlink > 0:
+            a = None
+        if a is not None and a.nlink > 0:
             self._refresh(ino)
             return
         if in_use:
@@ -740,6 +768,8 @@ class Operations(pyfuse3.Operations):
             entry = self._attrs.get(ino)
             if entry is not None:
                 entry.st_nlink = 0
+                if a is not None and a.ctime_ns > entry.st_ctime_ns:
+                    entry.st_ctime_ns = a.ctime_ns  # losing the name stamped it
         else:
             self._freed(ino)
             self.mm.evict_inode(ino)
@@ -749,8 +779,7 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove a name. An inode the kernel still knows (open or cached) stays
         readable as an orphan until its last forget/release."""
-        self._check_writable()
-        self._check_name(name)
+        self._check_old(parent_inode, name)
         ino = self.img.lookup(parent_inode, name)
         in_use = self._in_use(ino)
         if not in_use and ino in self._reserved:
@@ -762,8 +791,7 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         """Remove an empty directory (ENOTEMPTY otherwise); the parent loses a link."""
-        self._check_writable()
-        self._check_name(name)
+        self._check_old(parent_inode, name)
         ino = self.img.lookup(parent_inode, name)
         self.img.rmdir(parent_inode, name)
         self._refresh(parent_inode)
@@ -782,9 +810,10 @@ class Operations(pyfuse3.Operations):
         """Move a name, atomically replacing an existing target (RENAME_NOREPLACE and
         RENAME_EXCHANGE as the flags say). A replaced inode still in use is kept as
         an orphan, like unlink."""
-        self._check_writable()
-        self._check_name(name_old)
-        self._check_new(parent_inode_new, name_new)
+        self._check_old(parent_inode_old, name_old)
+        if self.control is not None and parent_inode_new == self._root and name_new == CTL_NAME:
+            raise FUSEError(errno.ENOTEMPTY)  # a directory over a directory with entries
+        self._check_old(parent_inode_new, name_new)
         ino = self.img.lookup(parent_inode_old, name_old)
         victim = None
         try:
@@ -917,7 +946,7 @@ class Operations(pyfuse3.Operations):
         EEXIST is the answer whatever the flags: the existing file is neither
         opened nor truncated (O_TRUNC, when the kernel passes it, has nothing to
         cut in a new file)."""
-        self._check_new(parent_inode, name)
+        self._check_new(parent_inode, name, in_ctl=errno.EACCES)
         uid, gid, mode = self._ctx_ids(parent_inode, ctx, mode)
         ino = self.img.create(parent_inode, name, mode, uid, gid, 0)
         self.mm.set_size(ino, 0)
@@ -964,6 +993,16 @@ class Operations(pyfuse3.Operations):
             n = len(buf)
             if n == 0:
                 return 0
+            limit = self.img.max_size
+            if off + n > limit:
+                # As the VFS's generic_write_check_limits: EFBIG at or past the
+                # largest size, a short write up to it. FUSE leaves the kernel's
+                # limit at MAX_LFS_FILESIZE, so the check is the filesystem's: a
+                # page accepted past it could never be written back.
+                if off >= limit:
+                    raise FUSEError(errno.EFBIG)
+                buf = buf[: limit - off]
+                n = len(buf)
             entry = of.attr
             if entry.st_mode & 0o6000 and of.uid:
                 self._kill_suid(of, entry)
@@ -1037,12 +1076,11 @@ class Operations(pyfuse3.Operations):
         mine = self._reserved.get(ino)
         if not mine:
             return
-        gone = sorted(i for i in mine if i >= first_page)
+        gone = [i for i in mine if i >= first_page]
         if not gone:
             return
         mine.difference_update(gone)
-        blocks = self.img.bmap(ino, gone[0], gone[-1] - gone[0] + 1)
-        unused = sum(1 for i in gone if not blocks[i - gone[0]])
+        unused = int((self.img.bmap_pages(ino, gone) == 0).sum())
         if unused:
             self.img.unreserve(unused)
         if not mine:
@@ -1052,9 +1090,9 @@ class Operations(pyfuse3.Operations):
         """Forget reservations writeback already consumed (their pages have blocks now)."""
         mine = self._reserved.get(ino)
         if mine:
-            lo, hi = min(mine), max(mine)
-            blocks = self.img.bmap(ino, lo, hi - lo + 1)
-            mine.difference_update([i for i in list(mine) if blocks[i - lo]])
+            pages = list(mine)
+            blocks = self.img.bmap_pages(ino, pages)
+            mine.difference_update([p for p, b in zip(pages, blocks, strict=True) if b])
 
     def _unreserve_all(self, ino: int) -> None:
         """The inode is gone (after _prune_reserved): every reservation left is unused."""
@@ -1132,6 +1170,8 @@ class Operations(pyfuse3.Operations):
         if self._is_ctl(fh):
             self.control.readdir(start_id, token)
             return
+        if start_id == 0:
+            self._touch_dir_atime(fh)
         if start_id < 1:
             if not pyfuse3.readdir_reply(token, b".", self._attr(fh), 1):
                 return
@@ -1145,10 +1185,33 @@ class Operations(pyfuse3.Operations):
         for cookie, name, ino in self.img.readdir(fh, after=start_id - 2):
             if hide_ctl and name == CTL_NAME:
                 continue
-            entry = self._attr(ino)
+            entry = self._with_blocks(ino, self._attr(ino))
             if not pyfuse3.readdir_reply(token, name, entry, cookie + 2):
                 break
             self._remember(fh, name, ino)
+
+    def _touch_dir_atime(self, ino: int) -> None:
+        """A listing reads the directory: atime by the mount's rule, as `read`
+        (the kernel leaves it to FUSE filesystems and drops its cached atime after
+        READDIR). Straight into the image: directories have no cached size or
+        times waiting for a flush, and relatime makes this once per change."""
+        if self.atime == "noatime" or self.readonly:
+            return
+        entry = self._attr(ino)
+        at = entry.st_atime_ns
+        now = time.time_ns()
+        if (
+            self.atime == "relatime"
+            and at > entry.st_mtime_ns
+            and at > entry.st_ctime_ns
+            and now - at <= _DAY_NS
+        ):
+            return
+        try:
+            self.img.setattr(ino, atime_ns=now, ctime_ns=entry.st_ctime_ns)
+            self._load(ino)
+        except Exception as exc:  # an access time never fails the listing
+            self.translate("readdir atime", exc)
 
     @_handler
     async def releasedir(self, fh: int) -> None:

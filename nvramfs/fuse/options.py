@@ -53,7 +53,8 @@ OPTION_HELP = [
     ("remount", "change a live mount: ro/rw, policy=, promote_cap=, dram= (at most as mounted)"),
     ("dirty_background=PCT", "background writeback past this % of the DRAM budget dirty (10)"),
     ("dirty_limit=PCT", "writers wait for writeback at this % of the budget dirty (20)"),
-    ("noatime, strictatime", "access times on read (default relatime)"),
+    ("noatime, strictatime", "access times on read and listing (default relatime);"),
+    ("", "mount(8)'s other atime words (norelatime, lazytime...) are accepted"),
 ]
 
 # VFS mount flags libfuse understands; passed on to the kernel mount.
@@ -74,6 +75,23 @@ _VFS_FLAGS = {
     "nostrictatime",
     "lazytime",
     "nolazytime",
+    "async",
+    "sync",
+    "dirsync",
+}
+# The VFS flags libfuse 3.14's mount accepts; it refuses the rest (relatime,
+# strictatime, diratime, lazytime and their no- forms: fuse_session_new fails).
+# Those mean nothing to the kernel for FUSE anyway (its inodes are S_NOATIME):
+# the daemon keeps atime itself by `MountOptions.atime`.
+_LIBFUSE_FLAGS = {
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "atime",
+    "noatime",
     "async",
     "sync",
     "dirsync",
@@ -116,10 +134,16 @@ class MountOptions:
 
     @property
     def atime(self) -> str:
-        """relatime (default), strictatime or noatime: the last such flag given."""
+        """relatime (default), strictatime or noatime: the last such flag given, as
+        mount(8) reads them (norelatime is strict, atime and nostrictatime undo
+        noatime and strictatime)."""
         for flag in reversed(self.vfs_flags):
             if flag in ("relatime", "strictatime", "noatime"):
                 return flag
+            if flag == "norelatime":
+                return "strictatime"
+            if flag in ("atime", "nostrictatime"):
+                return "relatime"
         return "relatime"
 
     @property
@@ -159,7 +183,7 @@ class MountOptions:
             opts.add("allow_other")
         if self.default_permissions or self.allow_other:
             opts.add("default_permissions")
-        opts.update(self.vfs_flags)
+        opts.update(f for f in self.vfs_flags if f in _LIBFUSE_FLAGS)
         return opts
 
 

@@ -605,6 +605,17 @@ class Image(Allocator, ExtentMaps, Directories):
             return np.array([e.lookup_one(first) if len(e.lblk) else 0], np.int64)
         return e.lookup(np.arange(first, first + count, dtype=np.int64))
 
+    def bmap_pages(self, ino: int, pages: np.ndarray | list[int]) -> np.ndarray:
+        """NVRAM block of each of `pages` of `ino` (any order, any spread); 0 = hole.
+        For scattered pages: `bmap` of their span would build an array as long as
+        the span, terabytes of pages in a sparse file."""
+        return self._ext(ino).lookup(np.asarray(pages, dtype=np.int64))
+
+    @property
+    def max_size(self) -> int:
+        """The largest file size the extent maps can address (EFBIG past it)."""
+        return MAX_PAGES * BS - 1
+
     def block_view(self, block: int, count: int = 1) -> memoryview:
         """Blocks [block, block+count) as a read-only, zero-copy slice of the mapping."""
         if not (0 < block and count >= 0 and block + count <= self.nr_blocks):
@@ -1323,6 +1334,10 @@ class Image(Allocator, ExtentMaps, Directories):
         return out
 
     def _store_xattrs(self, ino: int, xs: dict[bytes, bytes]) -> None:
+        # Measured before encoding: a value of 64 KiB (the VFS allows that much)
+        # has a length the entry's u16 cannot hold. ENOSPC, as ext4 without ea_inode.
+        if sum(4 + len(k) + len(v) for k, v in xs.items()) > F.PAYLOAD:
+            raise FsError(errno.ENOSPC, "xattrs do not fit in one block")
         body = b"".join(
             bytes([len(k), 0]) + len(v).to_bytes(2, "little") + k + v for k, v in sorted(xs.items())
         )
@@ -1688,7 +1703,7 @@ def _latch_corruption(fn: Callable) -> Callable:
 
 
 for _name in (
-    "getattr lookup readdir readlink bmap create mkdir symlink link unlink rmdir rename "
+    "getattr lookup readdir readlink bmap bmap_pages create mkdir symlink link unlink rmdir rename "
     "release setattr getxattr setxattr listxattr removexattr write_pages"
 ).split():
     setattr(Image, _name, _latch_corruption(getattr(Image, _name)))
