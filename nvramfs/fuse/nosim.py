@@ -121,17 +121,18 @@ class NoSim:
     def residency(self, ino: int) -> dict[str, int]:
         size = self.img.getattr(ino).size
         pages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
-        mapped = int(np.count_nonzero(self.img.bmap(ino, 0, pages))) if pages else 0
+        mapped = int(self.img.mapped_runs(ino, 0, pages)[1].sum()) if pages else 0
         return {"pages": pages, "xip": mapped, "pagecache": 0, "dirty": 0}
 
     def residency_map(self, ino: int, nr_pages: int) -> list[list[Any]]:
         """Runs of `xip` (a block) and `hole` pages: with no simulation nothing is in DRAM."""
-        from nvramfs.mm.manager import run_lengths
+        from nvramfs.mm.manager import residency_runs
 
         if nr_pages <= 0:
             return []
-        blocks = np.asarray(self.img.bmap(ino, 0, nr_pages))
-        return run_lengths((blocks != 0).astype(np.uint8), ("hole", "xip"))
+        starts, lens = self.img.mapped_runs(ino, 0, nr_pages)
+        none = np.zeros(0, np.int64)
+        return residency_runs(nr_pages, starts, lens, none, none)
 
     def close(self) -> None:
         pass

@@ -611,6 +611,17 @@ class Image(Allocator, ExtentMaps, Directories):
         the span, terabytes of pages in a sparse file."""
         return self._ext(ino).lookup(np.asarray(pages, dtype=np.int64))
 
+    def mapped_runs(self, ino: int, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, lengths) of the runs of pages in [first, first+count) of `ino` that
+        have a block, ascending: the extent map clipped, never an array per page (a
+        sparse file may span terabytes)."""
+        e = self._ext(ino)
+        end = first + count
+        lo, hi = e.lblk, e.lblk + e.len
+        keep = (hi > first) & (lo < end)
+        lo = np.maximum(lo[keep], first)
+        return lo, np.minimum(hi[keep], end) - lo
+
     @property
     def max_size(self) -> int:
         """The largest file size the extent maps can address (EFBIG past it)."""

@@ -43,6 +43,10 @@ class Backing(Protocol):
         ...
 
 
+# Optional: `mapped_runs(ino, first, count) -> (starts, lengths)`, the runs of pages
+# that have a block (Image and MemBacking have it): the residency map of a sparse
+# file is built from them, not from a bmap as long as the file.
+#
 # Optional: a backing that also has `i_size(ino) -> int | None` tells mm each file's
 # size when mm first sees the file (MemBacking does); otherwise the FUSE layer tells
 # it with MemoryManager.set_size.
@@ -104,6 +108,12 @@ class MemBacking:
             n = min(count, len(m) - first)
             out[:n] = m[first : first + n]
         return out
+
+    def mapped_runs(self, ino: int, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        mapped = self.bmap(ino, first, count) != 0
+        edges = np.flatnonzero(np.diff(np.r_[False, mapped, False].astype(np.int8)))
+        starts, ends = edges[0::2], edges[1::2]
+        return starts.astype(np.int64) + first, (ends - starts).astype(np.int64)
 
     def block_view(self, block: int, count: int = 1) -> memoryview:
         if not 0 < block or block + count > self.nr_blocks:

@@ -1586,16 +1586,23 @@ class MemoryManager:
         NVRAM block serves it), `hole` (no frame, no block: reads as zeros)."""
         if nr_pages <= 0:
             return []
-        blocks = np.asarray(self.backing.bmap(ino, 0, nr_pages))
-        state = np.where(blocks != 0, 1, 0).astype(np.uint8)  # hole 0, xip 1
+        idx = codes = np.zeros(0, np.int64)
         mapping = self._spaces.get(ino)
         if mapping is not None and mapping.pages:
             idx = np.fromiter(mapping.pages.keys(), np.int64, len(mapping.pages))
             frames = np.fromiter(mapping.pages.values(), np.int64, len(mapping.pages))
             keep = idx < nr_pages
             idx, frames = idx[keep], frames[keep]
-            dirty = (self.machine.flags[frames] & PG_DIRTY) != 0
-            state[idx] = np.where(dirty, 3, 2)  # pagecache 2, dirty 3
+            order = np.argsort(idx)
+            idx, frames = idx[order], frames[order]
+            codes = np.where((self.machine.flags[frames] & PG_DIRTY) != 0, 3, 2)
+        runs = getattr(self.backing, "mapped_runs", None)
+        if runs is not None:
+            starts, lens = runs(ino, 0, nr_pages)
+            return residency_runs(nr_pages, starts, lens, idx, codes)
+        # A backing without runs (a trace's): one state per page.
+        state = (np.asarray(self.backing.bmap(ino, 0, nr_pages)) != 0).astype(np.uint8)
+        state[idx] = codes
         return run_lengths(state, RESIDENCY_STATES)
 
     def close(self) -> None:
@@ -1611,6 +1618,40 @@ class MemoryManager:
 
 # The states of residency_map, by their code in its array.
 RESIDENCY_STATES = ("hole", "xip", "pagecache", "dirty")
+
+
+def residency_runs(
+    nr_pages: int,
+    starts: np.ndarray,
+    lens: np.ndarray,
+    cached: np.ndarray,
+    codes: np.ndarray,
+) -> list[list[Any]]:
+    """residency_map's runs over [0, nr_pages) from the runs of pages with a block
+    (`starts`, `lens`: ascending, disjoint; `xip` unless cached, else `hole`) and the
+    cached pages (`cached`: ascending indices below nr_pages, `codes`: 2 pagecache,
+    3 dirty). Work and memory follow the runs and the cached pages, not the file's
+    length: a sparse file may span terabytes."""
+    xs = np.asarray(starts, np.int64)
+    xe = xs + np.asarray(lens, np.int64)
+    cuts = np.unique(np.concatenate([[0, nr_pages], xs, xe, cached, cached + 1]))
+    seg = cuts[cuts < nr_pages]
+    code = np.zeros(len(seg), np.uint8)
+    if len(xs):
+        i = np.searchsorted(xs, seg, side="right") - 1
+        ic = np.maximum(i, 0)
+        code[(i >= 0) & (seg < xe[ic])] = 1
+    if len(cached):
+        j = np.minimum(np.searchsorted(cached, seg), len(cached) - 1)
+        hit = cached[j] == seg
+        code[hit] = codes[j[hit]]
+    first = np.r_[True, code[1:] != code[:-1]]
+    run_starts = seg[first]
+    counts = np.diff(np.append(run_starts, nr_pages))
+    return [
+        [RESIDENCY_STATES[c], s, n]
+        for c, s, n in zip(code[first].tolist(), run_starts.tolist(), counts.tolist(), strict=True)
+    ]
 
 
 def run_lengths(codes: np.ndarray, names: tuple[str, ...]) -> list[list[Any]]:
