@@ -83,18 +83,15 @@ _VFS_FLAGS = {
 # strictatime, diratime, lazytime and their no- forms: fuse_session_new fails).
 # Those mean nothing to the kernel for FUSE anyway (its inodes are S_NOATIME):
 # the daemon keeps atime itself by `MountOptions.atime`.
-_LIBFUSE_FLAGS = {
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
-    "exec",
-    "noexec",
-    "atime",
-    "noatime",
-    "async",
-    "sync",
-    "dirsync",
+_LIBFUSE_FLAGS = _VFS_FLAGS - {
+    "diratime",
+    "lazytime",
+    "nodiratime",
+    "nolazytime",
+    "norelatime",
+    "nostrictatime",
+    "relatime",
+    "strictatime",
 }
 # Words mount(8)/fstab use that mean nothing to the filesystem itself.
 _IGNORED = {"defaults", "auto", "noauto", "user", "nouser", "users", "owner", "_netdev", "nofail"}

@@ -203,6 +203,16 @@ def _writeback_sector_by_sector(d: DeviceModel, blocks: np.ndarray) -> None:
         d._program(targets, "writeback")
 
 
+def _assert_same_model(a: DeviceModel, b: DeviceModel) -> None:
+    """The same modelled_ns bits (exact, not approx), wear arrays and byte counts."""
+    assert a.modelled_ns == b.modelled_ns
+    for name in ("programmed", "live", "sector_programs", "sector_erases"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert (a.erases, a.bytes_erased, a.bytes_programmed, a.bytes_written_back) == (
+        b.erases, b.bytes_erased, b.bytes_programmed, b.bytes_written_back
+    )  # fmt: skip
+
+
 def test_nor_batched_writeback_is_the_sector_loop_exactly():
     """Random batches, frees and rewrites: the vectorised writeback leaves the same
     wear arrays, byte counts and the same modelled_ns bits as the sector loop."""
@@ -217,12 +227,7 @@ def test_nor_batched_writeback_is_the_sector_loop_exactly():
             b.free(freed)
         a.writeback(batch)
         _writeback_sector_by_sector(b, batch)
-    assert a.modelled_ns == b.modelled_ns  # exact, not approx
-    for name in ("programmed", "live", "sector_programs", "sector_erases"):
-        assert np.array_equal(getattr(a, name), getattr(b, name)), name
-    assert (a.erases, a.bytes_erased, a.bytes_programmed, a.bytes_written_back) == (
-        b.erases, b.bytes_erased, b.bytes_programmed, b.bytes_written_back
-    )  # fmt: skip
+    _assert_same_model(a, b)
     assert a.erases > 100
 
 
@@ -248,10 +253,5 @@ def test_one_page_writebacks_are_the_sector_loop_exactly(medium):
             _writeback_sector_by_sector(b, batch)
     a.writeback(np.array([1000, -1]))  # outside the device: nothing
     a.writeback(np.array([1000]))
-    assert a.modelled_ns == b.modelled_ns  # exact, not approx
-    for name in ("programmed", "live", "sector_programs", "sector_erases"):
-        assert np.array_equal(getattr(a, name), getattr(b, name)), name
-    assert (a.erases, a.bytes_erased, a.bytes_programmed, a.bytes_written_back) == (
-        b.erases, b.bytes_erased, b.bytes_programmed, b.bytes_written_back
-    )  # fmt: skip
+    _assert_same_model(a, b)
     assert (a.erases > 100) == (medium == "nor")
